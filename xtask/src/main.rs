@@ -1,1 +1,245 @@
-fn main() { eprintln!("xtask: not yet implemented"); std::process::exit(2) }
+//! `cargo xtask`: the project's test entry points.
+//!
+//! The host cannot call prctl(PR_SET_IO_FLUSHER) (no CAP_SYS_RESOURCE), so the
+//! tests that need the real kernel run in a throwaway QEMU/TCG VM whose PID 1
+//! has every capability. See `cargo xtask help`.
+
+mod json;
+mod util;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+use util::{bail, run, Phases, Result};
+use vm::{VmOpts, Workspace};
+
+const HELP: &str = "\
+cargo xtask COMMAND [OPTIONS]
+
+Commands:
+  test [VM-OPTIONS] [-- TEST-ARGS]
+        The project's single test command: `cargo test --workspace --all-features`
+        on the host, then `vm-test`. Fails if either fails.
+  vm-test [VM-OPTIONS] [-- TEST-ARGS]
+        Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
+        kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
+        Fails if any fails, if the VM does not finish, or if zero tests ran.
+        Defaults: --modules brd,loop and mkfs.ext4 from the host if present.
+  vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
+        Boot the same VM and run a host shell script (copied in) or a shell
+        command; its exit status becomes this command's. Examples and package
+        binaries of reclaim-scope are built and put on the guest PATH (/opt/bin).
+
+VM-OPTIONS:
+  --modules a,b,..     kernel modules to make available (with dependencies);
+                       load them in the payload: `modprobe brd rd_size=...`
+  --host-bin NAME      copy a host executable (and its libraries) to /opt/bin;
+                       installs its Debian package if missing (qemu-nbd, mkfs.xfs,
+                       nbd-client, mkfs.ext4, nbdkit, ...). Repeatable.
+  --apt PKG            install a Debian package on the host if missing. Repeatable.
+  --file HOST[:GUEST]  copy a file or directory in (default /opt/files/NAME).
+  --mem SIZE           guest memory (default 512M)
+  --smp N              guest CPUs (default 2)
+  --timeout SECS       kill the VM and fail after SECS (default 480)
+  --cmdline ARGS       appended to the kernel command line
+  --no-install         never run apt-get; fail if something is missing
+  --refresh-kernel     re-resolve linux-image-cloud-amd64 instead of the cache
+  --keep-debug         do not strip debug info from our binaries
+
+Inside the guest: RECLAIM_SCOPE_VM=1; proc, sysfs, devtmpfs, tracefs
+(/sys/kernel/tracing), cgroup2 (/sys/fs/cgroup) and tmpfs /tmp are mounted;
+/var/lock exists. Caches and console logs live in target/vm/.
+";
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        print!("{HELP}");
+        return Ok(ExitCode::from(2));
+    };
+    match cmd.as_str() {
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "vm-test" => {
+            let (opts, tail) = parse_vm_opts(rest, true)?;
+            let ws = Workspace::locate()?;
+            let mut phases = Phases::default();
+            let r = vm::vm_test(&ws, &opts, &tail, &mut phases);
+            phases.report();
+            r.map(|_| ExitCode::SUCCESS)
+        }
+        "vm-run" => {
+            let (opts, tail) = parse_vm_opts(rest, false)?;
+            let ws = Workspace::locate()?;
+            let mut phases = Phases::default();
+            let r = vm::vm_run(&ws, &opts, &tail, &mut phases);
+            phases.report();
+            let s = r?;
+            Ok(ExitCode::from(u8::try_from(s).unwrap_or(1)))
+        }
+        "test" => {
+            let (opts, tail) = parse_vm_opts(rest, true)?;
+            let ws = Workspace::locate()?;
+            let mut phases = Phases::default();
+            // Host tests first: they are fast and catch most mistakes. stdout is
+            // inherited so cargo's "test result:" lines stay visible.
+            let host = phases.time("host tests", || {
+                run(Command::new(&ws.cargo).current_dir(&ws.root).args([
+                    "test",
+                    "--workspace",
+                    "--all-features",
+                ]))
+            });
+            if let Err(e) = &host {
+                eprintln!("xtask: host tests failed: {e}; running the VM tests anyway");
+            }
+            let vm = vm::vm_test(&ws, &opts, &tail, &mut phases);
+            phases.report();
+            match (host, vm) {
+                (Ok(()), Ok(())) => {
+                    println!("xtask: all tests passed (host and VM)");
+                    Ok(ExitCode::SUCCESS)
+                }
+                (h, v) => {
+                    if let Err(e) = h {
+                        eprintln!("xtask: FAILED host: {e}");
+                    }
+                    if let Err(e) = v {
+                        eprintln!("xtask: FAILED vm: {e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        other => bail!("unknown command `{other}`; try `cargo xtask help`"),
+    }
+}
+
+/// Parse VM options; everything after `--` is returned as the tail.
+fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<String>)> {
+    let mut o = VmOpts::default();
+    if test_defaults {
+        // The gfp proof formats an ext4 on a brd ramdisk: page cache of a real
+        // block-backed file system, not shmem. mkfs.ext4 is optional (busybox
+        // mke2fs is the fallback) so vm-test installs nothing extra by default.
+        o.modules = vec!["brd".into(), "loop".into()];
+        o.optional_host_bins = vec!["mkfs.ext4".into()];
+    }
+    let mut it = args.iter();
+    let mut tail = Vec::new();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        let mut val = |name: &str| -> Result<String> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => bail!("{name} needs a value"),
+            }
+        };
+        match flag {
+            "--" => {
+                tail.extend(it.by_ref().cloned());
+                break;
+            }
+            "--modules" | "--module" => o.modules.extend(
+                val(flag)?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            "--host-bin" => o.host_bins.push(val(flag)?),
+            "--apt" => o.apt.push(val(flag)?),
+            "--file" => {
+                let v = val(flag)?;
+                let (h, g) = match v.split_once(':') {
+                    Some((h, g)) => (h.to_owned(), g.to_owned()),
+                    None => {
+                        let name = PathBuf::from(&v)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        (v.clone(), format!("/opt/files/{name}"))
+                    }
+                };
+                if !g.starts_with('/') {
+                    bail!("--file guest path must be absolute: {g}");
+                }
+                o.files.push((PathBuf::from(h), g));
+            }
+            "--mem" => o.mem = val(flag)?,
+            "--smp" => o.smp = parse_num(flag, &val(flag)?)? as u32,
+            "--timeout" => o.timeout = Duration::from_secs(parse_num(flag, &val(flag)?)?),
+            "--cmdline" => o.cmdline = val(flag)?,
+            "--no-install" => o.install = false,
+            "--refresh-kernel" => o.refresh_kernel = true,
+            "--keep-debug" => o.keep_debug = true,
+            _ => bail!("unknown option `{a}`; try `cargo xtask help`"),
+        }
+    }
+    o.modules.sort();
+    o.modules.dedup();
+    Ok((o, tail))
+}
+
+fn parse_num(flag: &str, v: &str) -> Result<u64> {
+    v.parse()
+        .map_err(|_| util::Error(format!("{flag}: `{v}` is not a number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_vm_opts;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let (o, tail) = parse_vm_opts(
+            &s(&[
+                "--modules",
+                "nbd,xfs",
+                "--module=fuse",
+                "--host-bin",
+                "qemu-nbd",
+                "--timeout=60",
+                "--mem",
+                "1G",
+                "--file",
+                "a/b.sh",
+                "--",
+                "run.sh",
+                "--x",
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(o.modules, s(&["fuse", "nbd", "xfs"]));
+        assert_eq!(o.host_bins, s(&["qemu-nbd"]));
+        assert_eq!(o.timeout.as_secs(), 60);
+        assert_eq!(o.mem, "1G");
+        assert_eq!(o.files[0].1, "/opt/files/b.sh");
+        assert_eq!(tail, s(&["run.sh", "--x"]));
+        assert!(parse_vm_opts(&s(&["--bogus"]), false).is_err());
+        assert!(parse_vm_opts(&s(&["--timeout"]), false).is_err());
+        let (t, _) = parse_vm_opts(&[], true).unwrap();
+        assert!(t.modules.contains(&"brd".to_owned()));
+    }
+}

@@ -1,0 +1,1253 @@
+//! The kernel-truth VM: host tools, Debian's cloud kernel, an initramfs with
+//! busybox and our binaries, and a QEMU/TCG boot with a hard timeout.
+//!
+//! `vm-test` and `vm-run` differ only in the payload that /init runs; both use
+//! [`Stage`] to build the initramfs and [`boot`] to run it.
+
+use crate::json::Json;
+use crate::util::{
+    bail, capture, capture_stdout, dpkg_installed, run, sh_quote, which, Context, Phases, Result,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Options shared by `vm-test`, `vm-run` and `test`.
+#[derive(Debug, Clone)]
+pub struct VmOpts {
+    /// Kernel modules to make available in the guest (loaded by the payload,
+    /// because module parameters such as `brd rd_size=` only apply on first load).
+    pub modules: Vec<String>,
+    /// Host executables copied (with their libraries) into /opt/bin.
+    pub host_bins: Vec<String>,
+    /// Host executables copied only if they exist (defaults of `vm-test`).
+    pub optional_host_bins: Vec<String>,
+    /// Extra Debian packages to install on the host if missing.
+    pub apt: Vec<String>,
+    /// Extra files or directories: (host path, guest path).
+    pub files: Vec<(PathBuf, String)>,
+    pub mem: String,
+    pub smp: u32,
+    pub timeout: Duration,
+    /// Allow `apt-get` to install what is missing.
+    pub install: bool,
+    /// Re-resolve the kernel package even if one is cached.
+    pub refresh_kernel: bool,
+    /// Keep debug info in our binaries (bigger initramfs, better backtraces).
+    pub keep_debug: bool,
+    /// Appended to the kernel command line.
+    pub cmdline: String,
+}
+
+impl Default for VmOpts {
+    fn default() -> Self {
+        VmOpts {
+            modules: Vec::new(),
+            host_bins: Vec::new(),
+            optional_host_bins: Vec::new(),
+            apt: Vec::new(),
+            files: Vec::new(),
+            mem: "512M".into(),
+            smp: 2,
+            timeout: Duration::from_secs(8 * 60),
+            install: true,
+            refresh_kernel: false,
+            keep_debug: false,
+            cmdline: String::new(),
+        }
+    }
+}
+
+/// Where the workspace and its target directory are.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+    pub cargo: String,
+}
+
+impl Workspace {
+    pub fn locate() -> Result<Workspace> {
+        // xtask/ lives directly under the workspace root.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("xtask manifest dir has no parent")?
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let meta = capture_stdout(
+            Command::new(&cargo)
+                .args(["metadata", "--format-version", "1", "--no-deps"])
+                .current_dir(&root),
+        )?;
+        let meta = Json::parse(&meta).ctx(|| "cannot parse `cargo metadata`")?;
+        let target = meta
+            .get("target_directory")
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        Ok(Workspace {
+            root,
+            target,
+            cargo,
+        })
+    }
+
+    fn vm_dir(&self) -> PathBuf {
+        self.target.join("vm")
+    }
+
+    fn cargo(&self) -> Command {
+        let mut c = Command::new(&self.cargo);
+        c.current_dir(&self.root);
+        c
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host tools
+// ---------------------------------------------------------------------------
+
+/// Debian package that provides a host binary we may be asked to copy.
+fn package_of(bin: &str) -> Option<&'static str> {
+    Some(match bin {
+        "qemu-nbd" | "qemu-img" | "qemu-io" => "qemu-utils",
+        "nbd-client" => "nbd-client",
+        "mkfs.xfs" | "xfs_io" | "xfs_repair" | "xfs_db" => "xfsprogs",
+        "mkfs.ext4" | "mkfs.ext2" | "mke2fs" | "e2fsck" | "tune2fs" | "debugfs" => "e2fsprogs",
+        "nbdkit" => "nbdkit",
+        "fio" => "fio",
+        "targetcli" => "targetcli-fb",
+        "strace" => "strace",
+        _ => return None,
+    })
+}
+
+/// Install what the VM step needs, and only what is missing.
+pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
+    let mut missing: Vec<String> = Vec::new();
+    let mut need = |ok: bool, pkg: &str| {
+        if !ok && !missing.iter().any(|m| m == pkg) {
+            missing.push(pkg.to_owned());
+        }
+    };
+    need(which("qemu-system-x86_64").is_some(), "qemu-system-x86");
+    // The initramfs needs a *static* busybox; a dynamic one from package
+    // `busybox` would need its libraries too.
+    need(dpkg_installed("busybox-static"), "busybox-static");
+    need(which("cpio").is_some(), "cpio");
+    need(which("depmod").is_some(), "kmod");
+    for b in &opts.host_bins {
+        if which(b).is_none() {
+            match package_of(b) {
+                Some(p) => need(false, p),
+                None => bail!(
+                    "host binary `{b}` not found on PATH and its package is unknown: \
+                     install it or pass `--apt PACKAGE`"
+                ),
+            }
+        }
+    }
+    for p in &opts.apt {
+        need(dpkg_installed(p), p);
+    }
+    if missing.is_empty() {
+        println!("xtask: host tools present (qemu-system-x86_64, busybox-static, cpio, kmod)");
+        return Ok(());
+    }
+    if !opts.install {
+        bail!(
+            "missing host packages {missing:?} and --no-install was given; run \
+             `apt-get install --no-install-recommends {}`",
+            missing.join(" ")
+        );
+    }
+    if which("apt-get").is_none() {
+        bail!("missing host packages {missing:?} and apt-get is not available");
+    }
+    println!(
+        "xtask: installing missing host packages: {}",
+        missing.join(" ")
+    );
+    // A failed update (offline mirror) is not fatal: the lists may be recent enough.
+    if let Err(e) = run(Command::new("apt-get").arg("update")) {
+        println!("xtask: warning: {e}; trying to install anyway");
+    }
+    let base = ["install", "-y", "--no-install-recommends"];
+    if missing.iter().any(|p| p == "qemu-system-x86") {
+        // The image ships qemu-utils 10.x (backports) while the distribution's
+        // qemu-system-x86 is 7.2 and needs a matching qemu-utils: a plain install
+        // fails with "held broken packages". Pinning qemu-utils to bookworm
+        // installs a consistent pair and keeps qemu-img/qemu-io/qemu-nbd.
+        let mut pinned = Command::new("apt-get");
+        pinned.args(base).arg("--allow-downgrades").args(&missing);
+        pinned.arg("qemu-utils/bookworm");
+        match run(&mut pinned) {
+            Ok(()) => return verify_installed(opts),
+            Err(e) => println!("xtask: pinned install failed ({e}); trying a plain install"),
+        }
+    }
+    let mut plain = Command::new("apt-get");
+    plain.args(base).args(&missing);
+    run(&mut plain).map_err(|e| {
+        format!("required host packages {missing:?} are missing and apt-get failed: {e}")
+    })?;
+    verify_installed(opts)
+}
+
+fn verify_installed(opts: &VmOpts) -> Result<()> {
+    if which("qemu-system-x86_64").is_none() {
+        bail!("qemu-system-x86_64 not found after installing qemu-system-x86");
+    }
+    for b in &opts.host_bins {
+        if which(b).is_none() {
+            bail!("host binary `{b}` still not found after installing its package");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Kernel
+// ---------------------------------------------------------------------------
+
+/// An extracted Debian kernel: vmlinuz plus `root/lib/modules/<kver>`.
+pub struct Kernel {
+    pub kver: String,
+    pub vmlinuz: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Kernel {
+    fn moddir(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.kver)
+    }
+
+    fn from_dir(dir: &Path) -> Option<Kernel> {
+        if !dir.join(".complete").is_file() {
+            return None;
+        }
+        let kver = dir.file_name()?.to_str()?.to_owned();
+        Some(Kernel {
+            vmlinuz: dir.join("boot").join(format!("vmlinuz-{kver}")),
+            root: dir.to_path_buf(),
+            kver,
+        })
+    }
+}
+
+const KERNEL_META: &str = "linux-image-cloud-amd64";
+
+/// Fetch Debian's cloud kernel once; later runs reuse `target/vm/kernel/<kver>`
+/// without touching the network.
+pub fn ensure_kernel(ws: &Workspace, opts: &VmOpts) -> Result<Kernel> {
+    let kdir = ws.vm_dir().join("kernel");
+    fs::create_dir_all(&kdir).ctx(|| format!("cannot create {}", kdir.display()))?;
+    if !opts.refresh_kernel {
+        let mut cached: Vec<Kernel> = fs::read_dir(&kdir)
+            .ctx(|| format!("cannot list {}", kdir.display()))?
+            .filter_map(|e| Kernel::from_dir(&e.ok()?.path()))
+            .collect();
+        cached.sort_by(|a, b| a.kver.cmp(&b.kver));
+        if let Some(k) = cached.pop() {
+            println!(
+                "xtask: kernel {} (cached in {}; --refresh-kernel to re-resolve)",
+                k.kver,
+                k.root.display()
+            );
+            return Ok(k);
+        }
+    }
+
+    let debs = kdir.join("debs");
+    fs::create_dir_all(&debs).ctx(|| format!("cannot create {}", debs.display()))?;
+    let meta = apt_download(&debs, KERNEL_META)?;
+    let depends = capture_stdout(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&meta)
+            .arg("Depends"),
+    )?;
+    // "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)"
+    let pkg = depends
+        .split([',', '|'])
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
+        .find(|d| d.starts_with("linux-image-") && *d != KERNEL_META)
+        .ok_or_else(|| format!("{KERNEL_META} has no linux-image dependency: {depends:?}"))?
+        .to_owned();
+    let kver = pkg.trim_start_matches("linux-image-").to_owned();
+    let dir = kdir.join(&kver);
+    if let Some(k) = Kernel::from_dir(&dir) {
+        println!("xtask: kernel {kver} already cached");
+        return Ok(k);
+    }
+    println!("xtask: fetching kernel package {pkg}");
+    let deb = apt_download(&debs, &pkg)?;
+    let tmp = kdir.join(format!("{kver}.tmp"));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).ctx(|| format!("cannot create {}", tmp.display()))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    prepare_modules(&tmp, &kver)?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tmp, &dir)
+        .ctx(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    fs::write(dir.join(".complete"), &pkg).ctx(|| "cannot mark kernel cache complete")?;
+    let k = Kernel::from_dir(&dir).ok_or("kernel cache vanished")?;
+    if !k.vmlinuz.is_file() {
+        bail!("{pkg} has no {}", k.vmlinuz.display());
+    }
+    Ok(k)
+}
+
+/// `apt-get download PKG` into `dir`; runs `apt-get update` once if the package
+/// lists do not know the package yet (fresh container).
+fn apt_download(dir: &Path, pkg: &str) -> Result<PathBuf> {
+    let find = || -> Option<PathBuf> {
+        let prefix = format!("{pkg}_");
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+            })
+            .collect();
+        v.sort();
+        v.pop()
+    };
+    // Old downloads of the meta package must not decide the version.
+    if let Some(old) = find() {
+        let _ = fs::remove_file(old);
+    }
+    let dl = || {
+        let mut c = Command::new("apt-get");
+        // Downloading as root into a root-owned dir: skip the _apt sandbox warning.
+        c.args(["-o", "APT::Sandbox::User=root", "download", pkg])
+            .current_dir(dir);
+        run(&mut c)
+    };
+    if dl().is_err() {
+        println!("xtask: apt-get download {pkg} failed; running apt-get update and retrying");
+        run(Command::new("apt-get").arg("update"))?;
+        dl().map_err(|e| format!("cannot download kernel package {pkg}: {e}"))?;
+    }
+    find().ok_or_else(|| format!("apt-get download {pkg} produced no .deb").into())
+}
+
+/// Make the extracted module tree usable by busybox modprobe: modules under
+/// lib/modules, decompressed, with a modules.dep that matches.
+fn prepare_modules(root: &Path, kver: &str) -> Result<()> {
+    let usr = root.join("usr/lib/modules");
+    let lib = root.join("lib/modules");
+    if !lib.join(kver).is_dir() && usr.join(kver).is_dir() {
+        // Newer Debian kernels ship merged-/usr paths; depmod -b wants lib/modules.
+        fs::create_dir_all(&lib).ctx(|| "cannot create lib/modules")?;
+        fs::rename(usr.join(kver), lib.join(kver)).ctx(|| "cannot move usr/lib/modules")?;
+    }
+    let moddir = lib.join(kver);
+    if !moddir.is_dir() {
+        bail!("kernel package has no modules directory for {kver}");
+    }
+    let mut compressed: Vec<(PathBuf, &str)> = Vec::new();
+    walk(&moddir, &mut |p| {
+        let n = p.to_string_lossy();
+        for (ext, tool) in [(".ko.xz", "xz"), (".ko.zst", "zstd"), (".ko.gz", "gzip")] {
+            if n.ends_with(ext) {
+                compressed.push((p.to_path_buf(), tool));
+            }
+        }
+    })?;
+    if !compressed.is_empty() {
+        println!(
+            "xtask: decompressing {} modules (busybox modprobe needs plain .ko)",
+            compressed.len()
+        );
+        let mut by_tool: BTreeMap<&str, Vec<PathBuf>> = BTreeMap::new();
+        for (p, t) in compressed {
+            by_tool.entry(t).or_default().push(p);
+        }
+        for (tool, files) in by_tool {
+            for chunk in files.chunks(200) {
+                let mut c = Command::new(tool);
+                c.arg("-d").arg("-f");
+                if tool == "zstd" {
+                    c.args(["--rm", "-q"]);
+                }
+                c.args(chunk);
+                capture(&mut c)?;
+            }
+        }
+    }
+    capture(Command::new("depmod").arg("-b").arg(root).arg(kver))?;
+    Ok(())
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) -> Result<()> {
+    for e in fs::read_dir(dir).ctx(|| format!("cannot list {}", dir.display()))? {
+        let p = e.ctx(|| "readdir")?.path();
+        if p.is_dir() && !p.is_symlink() {
+            walk(&p, f)?;
+        } else {
+            f(&p);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Crate binaries
+// ---------------------------------------------------------------------------
+
+/// Executables built by cargo, by target name.
+#[derive(Default)]
+pub struct Artifacts {
+    /// Integration-test targets named `vm_*` (the kernel-truth suites).
+    pub vm_tests: Vec<(String, PathBuf)>,
+    /// Examples and package binaries, put on the guest's PATH.
+    pub bins: Vec<(String, PathBuf)>,
+}
+
+const PACKAGE: &str = "reclaim-scope";
+
+pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
+    let mut art = Artifacts::default();
+    if with_tests {
+        let mut c = ws.cargo();
+        c.args([
+            "test",
+            "--no-run",
+            "--all-features",
+            "--message-format=json",
+            "-p",
+            PACKAGE,
+        ]);
+        for (kind, name, exe) in cargo_executables(&mut c)? {
+            if kind == "test" && name.starts_with("vm_") {
+                art.vm_tests.push((name, exe));
+            }
+        }
+    }
+    let mut c = ws.cargo();
+    c.args([
+        "build",
+        "--examples",
+        "--bins",
+        "--all-features",
+        "--message-format=json",
+        "-p",
+        PACKAGE,
+    ]);
+    for (kind, name, exe) in cargo_executables(&mut c)? {
+        if kind == "example" || kind == "bin" {
+            art.bins.push((name, exe));
+        }
+    }
+    art.vm_tests.sort();
+    art.vm_tests.dedup();
+    art.bins.sort();
+    art.bins.dedup();
+    Ok(art)
+}
+
+/// Run a cargo build with JSON messages; return (kind, target name, executable).
+fn cargo_executables(cmd: &mut Command) -> Result<Vec<(String, String, PathBuf)>> {
+    println!("xtask: $ {}", crate::util::show(cmd));
+    // stderr stays on the terminal so compile errors and progress are visible.
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .ctx(|| "cannot start cargo")?;
+    let mut v = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = Json::parse(line) else { continue };
+        if msg.get("reason").as_str() == Some("compiler-message") {
+            if let Some(r) = msg.get("message").get("rendered").as_str() {
+                eprint!("{r}");
+            }
+        }
+        if msg.get("reason").as_str() != Some("compiler-artifact") {
+            continue;
+        }
+        let Some(exe) = msg.get("executable").as_str() else {
+            continue;
+        };
+        let target = msg.get("target");
+        let name = target.get("name").as_str().unwrap_or("").to_owned();
+        for k in target.get("kind").as_array() {
+            if let Some(k) = k.as_str() {
+                v.push((k.to_owned(), name.clone(), PathBuf::from(exe)));
+            }
+        }
+    }
+    if !out.status.success() {
+        bail!("`{}` failed ({})", crate::util::show(cmd), out.status);
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------
+// Initramfs
+// ---------------------------------------------------------------------------
+
+/// A directory tree that becomes the initramfs. Merged-/usr layout like the
+/// host, so library paths printed by `ldd` are valid in the guest as-is.
+pub struct Stage {
+    root: PathBuf,
+    done: BTreeSet<PathBuf>,
+}
+
+impl Stage {
+    pub fn new(dir: PathBuf) -> Result<Stage> {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("cannot clear {}", dir.display()))?;
+        }
+        for d in [
+            "usr/bin",
+            "usr/sbin",
+            "usr/lib",
+            "usr/lib64",
+            "opt/bin",
+            "opt/tests",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "mnt",
+            "root",
+            "run",
+            "var/lock",
+            "etc",
+        ] {
+            fs::create_dir_all(dir.join(d)).ctx(|| format!("cannot create {d} in stage"))?;
+        }
+        for (link, to) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            symlink(to, dir.join(link)).ctx(|| format!("cannot link /{link}"))?;
+        }
+        fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+            .ctx(|| "etc/passwd")?;
+        fs::write(dir.join("etc/group"), "root:x:0:\n").ctx(|| "etc/group")?;
+        Ok(Stage {
+            root: dir,
+            done: BTreeSet::new(),
+        })
+    }
+
+    /// Host path inside the stage for an absolute guest path.
+    fn at(&self, guest: &str) -> PathBuf {
+        self.root.join(guest.trim_start_matches('/'))
+    }
+
+    fn write(&mut self, guest: &str, data: &[u8], mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.at(guest);
+        if let Some(d) = p.parent() {
+            fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
+        }
+        fs::write(&p, data).ctx(|| format!("cannot write {}", p.display()))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).ctx(|| "chmod")?;
+        Ok(())
+    }
+
+    pub fn add_busybox(&mut self) -> Result<()> {
+        let bb = which("busybox").ok_or("busybox not found (package busybox-static)")?;
+        let out = capture(Command::new("ldd").arg(&bb));
+        if out.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("not a dynamic")) {
+            println!(
+                "xtask: warning: {} is dynamically linked; copying its libraries",
+                bb.display()
+            );
+        }
+        self.add_exe(&bb, "/usr/bin/busybox", false)?;
+        let list = capture_stdout(Command::new(&bb).arg("--list-full"))?;
+        for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            // bin/x, sbin/x, usr/bin/x, usr/sbin/x → merged /usr.
+            let rel = applet.strip_prefix("usr/").unwrap_or(applet);
+            let dst = self.at(&format!("/usr/{rel}"));
+            if !dst.exists() {
+                let target = if rel.starts_with("bin/") {
+                    "busybox"
+                } else {
+                    "../bin/busybox"
+                };
+                symlink(target, &dst).ctx(|| format!("cannot link applet {applet}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy an executable and the shared libraries `ldd` names for it.
+    pub fn add_exe(&mut self, src: &Path, guest: &str, strip_debug: bool) -> Result<()> {
+        let dst = self.at(guest);
+        if let Some(d) = dst.parent() {
+            fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
+        }
+        let stripped = strip_debug
+            && which("strip").is_some()
+            && Command::new("strip")
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&dst)
+                .arg(src)
+                .status()
+                .is_ok_and(|s| s.success());
+        if !stripped {
+            fs::copy(src, &dst).ctx(|| format!("cannot copy {}", src.display()))?;
+        }
+        self.add_libs(src)
+    }
+
+    fn add_libs(&mut self, exe: &Path) -> Result<()> {
+        let out = Command::new("ldd")
+            .arg(exe)
+            .stdin(Stdio::null())
+            .output()
+            .ctx(|| "cannot run ldd")?;
+        // ldd exits non-zero for static executables ("not a dynamic executable").
+        for lib in parse_ldd(&String::from_utf8_lossy(&out.stdout)) {
+            if self.done.insert(lib.clone()) {
+                let dst = self.at(&lib.to_string_lossy());
+                if let Some(d) = dst.parent() {
+                    fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
+                }
+                // fs::copy follows symlinks: the guest gets the real file under
+                // the name the dynamic loader asks for.
+                fs::copy(&lib, &dst).ctx(|| format!("cannot copy library {}", lib.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_path(&mut self, src: &Path, guest: &str) -> Result<()> {
+        if src.is_dir() {
+            for e in fs::read_dir(src).ctx(|| format!("cannot list {}", src.display()))? {
+                let e = e.ctx(|| "readdir")?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                self.add_path(
+                    &e.path(),
+                    &format!("{}/{name}", guest.trim_end_matches('/')),
+                )?;
+            }
+            Ok(())
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let data = fs::read(src).ctx(|| format!("cannot read {}", src.display()))?;
+            let mode = fs::metadata(src)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o644);
+            self.write(guest, &data, mode)
+        }
+    }
+
+    /// Copy the requested modules and everything they depend on; write a
+    /// modules.dep that lists exactly those.
+    pub fn add_modules(&mut self, k: &Kernel, wanted: &[String]) -> Result<()> {
+        let moddir = k.moddir();
+        let dep =
+            fs::read_to_string(moddir.join("modules.dep")).ctx(|| "cannot read modules.dep")?;
+        let deps = parse_modules_dep(&dep);
+        let builtin: BTreeSet<String> = fs::read_to_string(moddir.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .map(module_name)
+            .collect();
+        let mut closure: BTreeSet<String> = BTreeSet::new();
+        let mut stack: Vec<String> = Vec::new();
+        for w in wanted {
+            let n = w.replace('-', "_");
+            if let Some((path, _)) = deps.get(&n) {
+                stack.push(path.clone());
+            } else if builtin.contains(&n) {
+                println!("xtask: module {w} is built into {}; nothing to add", k.kver);
+            } else {
+                bail!(
+                    "kernel {} has no module `{w}` (see {})",
+                    k.kver,
+                    moddir.join("modules.dep").display()
+                );
+            }
+        }
+        let by_path: BTreeMap<&str, &Vec<String>> =
+            deps.values().map(|(p, d)| (p.as_str(), d)).collect();
+        while let Some(p) = stack.pop() {
+            if closure.insert(p.clone()) {
+                stack.extend(
+                    by_path
+                        .get(p.as_str())
+                        .into_iter()
+                        .flat_map(|d| d.iter().cloned()),
+                );
+            }
+        }
+        if closure.is_empty() {
+            return Ok(());
+        }
+        let gdir = format!("/usr/lib/modules/{}", k.kver);
+        let mut dep_out = String::new();
+        for p in &closure {
+            let data = fs::read(moddir.join(p)).ctx(|| format!("cannot read module {p}"))?;
+            self.write(&format!("{gdir}/{p}"), &data, 0o644)?;
+            let d = by_path
+                .get(p.as_str())
+                .map(|d| d.join(" "))
+                .unwrap_or_default();
+            dep_out.push_str(&format!("{p}: {d}\n").replace(": \n", ":\n"));
+        }
+        self.write(&format!("{gdir}/modules.dep"), dep_out.as_bytes(), 0o644)?;
+        for f in ["modules.builtin", "modules.alias", "modules.order"] {
+            if let Ok(data) = fs::read(moddir.join(f)) {
+                self.write(&format!("{gdir}/{f}"), &data, 0o644)?;
+            }
+        }
+        let names: Vec<String> = closure.iter().map(|p| module_name(p)).collect();
+        println!("xtask: modules in initramfs: {}", names.join(" "));
+        Ok(())
+    }
+
+    /// Write /init: mount the kernel file systems the tests rely on, run the
+    /// payload, print the end marker, power off.
+    pub fn write_init(&mut self, payload: &str, nonce: &str) -> Result<()> {
+        let init = format!(
+            r#"#!/bin/sh
+# Generated by `cargo xtask` (xtask/src/vm.rs). PID 1 of the kernel-truth VM.
+export PATH=/opt/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TERM=dumb RUST_BACKTRACE=1 RECLAIM_SCOPE_VM=1
+m() {{ mount -t "$1" "$1" "$2" || echo "@@VM-WARN cannot mount $1 on $2"; }}
+m proc /proc
+m sysfs /sys
+m devtmpfs /dev
+m tracefs /sys/kernel/tracing
+m cgroup2 /sys/fs/cgroup
+m tmpfs /tmp
+mkdir -p /dev/pts /dev/shm /var/lock /run
+m devpts /dev/pts
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+echo "@@VM-INIT kernel=$(uname -r) cpus=$(nproc) mem_kb=$(sed -n 's/MemTotal: *//p' /proc/meminfo)"
+cd /tmp
+overall=0
+{payload}
+sync
+echo "@@VM-DONE nonce={nonce} status=$overall"
+poweroff -f
+"#
+        );
+        self.write("/init", init.as_bytes(), 0o755)
+    }
+
+    /// Pack the stage as a gzip-compressed newc cpio archive.
+    pub fn pack(&self, out: &Path) -> Result<u64> {
+        // Sorted names and root ownership: the archive only depends on content.
+        let script = format!(
+            "set -e; cd {}; find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1 -n > {}",
+            sh_quote(&self.root.to_string_lossy()),
+            sh_quote(&out.to_string_lossy())
+        );
+        capture(Command::new("sh").arg("-c").arg(&script))?;
+        Ok(fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+    }
+}
+
+/// Absolute library paths from `ldd` output (including the dynamic loader).
+fn parse_ldd(out: &str) -> Vec<PathBuf> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let p = match l.split_once("=>") {
+                Some((_, rhs)) => rhs.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            p.starts_with('/').then(|| PathBuf::from(p))
+        })
+        .collect()
+}
+
+/// modules.dep → name → (path, dependency paths).
+fn parse_modules_dep(dep: &str) -> BTreeMap<String, (String, Vec<String>)> {
+    dep.lines()
+        .filter_map(|l| {
+            let (p, d) = l.split_once(':')?;
+            let p = p.trim().to_owned();
+            let d = d.split_whitespace().map(str::to_owned).collect();
+            Some((module_name(&p), (p, d)))
+        })
+        .collect()
+}
+
+/// "kernel/drivers/block/nbd.ko(.xz)" → "nbd"; dashes normalised like modprobe does.
+fn module_name(path: &str) -> String {
+    let base = path.trim().rsplit('/').next().unwrap_or("");
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
+// ---------------------------------------------------------------------------
+// Boot
+// ---------------------------------------------------------------------------
+
+pub struct BootOutcome {
+    /// Payload status from the end marker; `None` if the marker never came.
+    pub status: Option<i32>,
+    pub console: Vec<String>,
+    pub timed_out: bool,
+    /// Time from starting QEMU to /init's first line.
+    pub boot_time: Option<Duration>,
+    /// Time from /init's first line to the end marker.
+    pub run_time: Option<Duration>,
+}
+
+pub fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", t, std::process::id())
+}
+
+/// Boot the VM and stream its console. Lines after /init starts go to stdout
+/// as they arrive; kernel noise before that is only kept for failure reports.
+pub fn boot(
+    k: &Kernel,
+    initrd: &Path,
+    opts: &VmOpts,
+    nonce: &str,
+    log: &Path,
+) -> Result<BootOutcome> {
+    let qemu = which("qemu-system-x86_64").ok_or("qemu-system-x86_64 not found")?;
+    let mut append = "console=ttyS0 quiet panic=-1".to_owned();
+    if !opts.cmdline.is_empty() {
+        append.push(' ');
+        append.push_str(&opts.cmdline);
+    }
+    let mut cmd = Command::new(qemu);
+    // /dev/kvm exists on these machines but is not usable: TCG only.
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", &opts.mem, "-smp"])
+        .arg(opts.smp.to_string())
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(&append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    println!("xtask: $ {}", crate::util::show(&cmd));
+    let start = Instant::now();
+    let mut child = cmd.spawn().ctx(|| "cannot start qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stream).split(b'\n').map_while(|l| l.ok()) {
+                let s = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_owned();
+                if tx.send(s).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+
+    let mut logf = fs::File::create(log).ctx(|| format!("cannot create {}", log.display()))?;
+    let deadline = start + opts.timeout;
+    let done_tag = format!("@@VM-DONE nonce={nonce} status=");
+    let mut o = BootOutcome {
+        status: None,
+        console: Vec::new(),
+        timed_out: false,
+        boot_time: None,
+        run_time: None,
+    };
+    let mut init_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            o.timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(line) => {
+                let _ = writeln!(logf, "{line}");
+                if let (None, Some(pos)) = (init_at, line.find("@@VM-INIT")) {
+                    init_at = Some(Instant::now());
+                    o.boot_time = Some(start.elapsed());
+                    // The firmware's terminal escapes may precede the marker.
+                    println!(
+                        "xtask: guest booted in {:.1} s ({})",
+                        start.elapsed().as_secs_f64(),
+                        line[pos..].trim()
+                    );
+                } else if let Some(pos) = line.find(&done_tag) {
+                    let st = line[pos + done_tag.len()..].trim();
+                    o.status = Some(st.parse().unwrap_or(-1));
+                    o.run_time = init_at.map(|t| t.elapsed());
+                } else if init_at.is_some() {
+                    println!("{line}");
+                }
+                o.console.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                o.timed_out = true;
+                break;
+            }
+            // Both pipes closed: QEMU has exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if o.timed_out {
+        println!(
+            "xtask: VM timed out after {} s; killing QEMU",
+            opts.timeout.as_secs()
+        );
+        let _ = child.kill();
+    } else {
+        // poweroff -f normally ends QEMU at once; do not wait forever if not.
+        let grace = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < grace {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    let st = child.wait().ctx(|| "waiting for QEMU")?;
+    for r in readers {
+        let _ = r.join();
+    }
+    if o.status.is_none() && !o.timed_out {
+        println!("xtask: QEMU exited ({st}) without the end marker");
+    }
+    Ok(o)
+}
+
+pub fn print_console(o: &BootOutcome, log: &Path) {
+    println!(
+        "xtask: ===== full VM console ({} lines, also in {}) =====",
+        o.console.len(),
+        log.display()
+    );
+    for l in &o.console {
+        println!("console| {l}");
+    }
+    println!("xtask: ===== end of VM console =====");
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------
+
+/// Everything before the boot: tools, kernel, binaries, initramfs.
+fn prepare(
+    ws: &Workspace,
+    opts: &VmOpts,
+    phases: &mut Phases,
+    with_tests: bool,
+    name: &str,
+) -> Result<(Kernel, Stage, Artifacts)> {
+    phases.time("install", || ensure_host_tools(opts))?;
+    let k = phases.time("kernel", || ensure_kernel(ws, opts))?;
+    let art = phases.time("build", || build_artifacts(ws, with_tests))?;
+    let mut stage = Stage::new(ws.vm_dir().join(format!("stage-{name}")))?;
+    stage.add_busybox()?;
+    for (n, p) in &art.bins {
+        stage.add_exe(p, &format!("/opt/bin/{n}"), !opts.keep_debug)?;
+    }
+    for b in opts.host_bins.iter().chain(&opts.optional_host_bins) {
+        match which(b) {
+            Some(p) => {
+                let n = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                stage.add_exe(&p, &format!("/opt/bin/{n}"), false)?;
+            }
+            None if opts.host_bins.contains(b) => bail!("host binary `{b}` not found"),
+            None => println!("xtask: optional host binary `{b}` not found; skipped"),
+        }
+    }
+    for (src, guest) in &opts.files {
+        stage.add_path(src, guest)?;
+    }
+    stage.add_modules(&k, &opts.modules)?;
+    Ok((k, stage, art))
+}
+
+fn pack_and_boot(
+    ws: &Workspace,
+    k: &Kernel,
+    stage: &Stage,
+    opts: &VmOpts,
+    nonce: &str,
+    name: &str,
+    phases: &mut Phases,
+) -> Result<(BootOutcome, PathBuf)> {
+    let ir = ws.vm_dir().join(format!("initramfs-{name}.cpio.gz"));
+    let size = phases.time("initramfs", || stage.pack(&ir))?;
+    println!(
+        "xtask: initramfs {} ({:.1} MiB)",
+        ir.display(),
+        size as f64 / 1048576.0
+    );
+    let log = ws.vm_dir().join(format!("console-{name}.log"));
+    let t = Instant::now();
+    let o = boot(k, &ir, opts, nonce, &log)?;
+    phases.add("boot+run", t.elapsed());
+    if let Some(b) = o.boot_time {
+        println!(
+            "xtask: boot {:.1} s, payload {:.1} s",
+            b.as_secs_f64(),
+            o.run_time.unwrap_or_default().as_secs_f64()
+        );
+    }
+    Ok((o, log))
+}
+
+/// Per-binary results parsed from the console.
+#[derive(Debug, Default, PartialEq)]
+pub struct BinResult {
+    pub name: String,
+    pub status: Option<i32>,
+    pub passed: u32,
+    pub failed: u32,
+    pub ignored: u32,
+    pub failures: Vec<String>,
+}
+
+pub fn parse_results(console: &[String]) -> Vec<BinResult> {
+    let mut v: Vec<BinResult> = Vec::new();
+    for l in console {
+        if let Some(n) = l.split("@@VM-BIN-BEGIN ").nth(1) {
+            v.push(BinResult {
+                name: n.trim().to_owned(),
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(cur) = v.last_mut() else { continue };
+        if let Some(rest) = l.split("@@VM-BIN-END ").nth(1) {
+            cur.status = rest
+                .split("status=")
+                .nth(1)
+                .and_then(|s| s.trim().parse().ok());
+        } else if let Some(t) = l.strip_prefix("test ") {
+            if t.ends_with(" ... ok") {
+                cur.passed += 1;
+            } else if let Some(name) = t.strip_suffix(" ... FAILED") {
+                cur.failed += 1;
+                cur.failures.push(name.to_owned());
+            } else if t.ends_with(" ... ignored") || t.contains(" ... ignored,") {
+                cur.ignored += 1;
+            }
+        }
+    }
+    v
+}
+
+pub fn vm_test(
+    ws: &Workspace,
+    opts: &VmOpts,
+    test_args: &[String],
+    phases: &mut Phases,
+) -> Result<()> {
+    let (k, mut stage, art) = prepare(ws, opts, phases, true, "test")?;
+    if art.vm_tests.is_empty() {
+        bail!("no integration tests named tests/vm_*.rs were built: a suite that runs nothing is not a pass");
+    }
+    let mut payload = String::new();
+    let extra: Vec<String> = test_args.iter().map(|a| sh_quote(a)).collect();
+    for (n, p) in &art.vm_tests {
+        stage.add_exe(p, &format!("/opt/tests/{n}"), !opts.keep_debug)?;
+        payload.push_str(&format!(
+            "echo \"@@VM-BIN-BEGIN {n}\"\n/opt/tests/{n} --include-ignored --test-threads=1 {}\nst=$?\n\
+             echo \"@@VM-BIN-END {n} status=$st\"\n[ $st -eq 0 ] || overall=1\n",
+            extra.join(" ")
+        ));
+    }
+    let names: Vec<&str> = art.vm_tests.iter().map(|(n, _)| n.as_str()).collect();
+    println!("xtask: VM test binaries: {}", names.join(" "));
+    let nonce = nonce();
+    stage.write_init(&payload, &nonce)?;
+    let (o, log) = pack_and_boot(ws, &k, &stage, opts, &nonce, "test", phases)?;
+
+    let results = parse_results(&o.console);
+    println!("xtask: ===== VM test results =====");
+    let (mut passed, mut failed) = (0, 0);
+    for r in &results {
+        println!(
+            "xtask:   {:<24} exit {:<5} passed {:>3}  failed {:>3}{}",
+            r.name,
+            r.status.map_or("none".into(), |s| s.to_string()),
+            r.passed,
+            r.failed,
+            if r.failures.is_empty() {
+                String::new()
+            } else {
+                format!("  FAILED: {}", r.failures.join(", "))
+            }
+        );
+        passed += r.passed;
+        failed += r.failed;
+    }
+    println!(
+        "xtask:   total: {passed} passed, {failed} failed, in {} binaries",
+        results.len()
+    );
+    let ok = match (o.timed_out, o.status) {
+        (true, _) => Err(format!(
+            "VM timed out after {} s (raise with --timeout)",
+            opts.timeout.as_secs()
+        )),
+        (false, None) => {
+            Err("the VM ended without the end marker (kernel panic or crash?)".to_owned())
+        }
+        (false, Some(0)) if passed + failed == 0 => Err(
+            "zero VM tests ran (filtered out?): a suite that runs nothing is not a pass".to_owned(),
+        ),
+        (false, Some(0)) if results.len() != art.vm_tests.len() => Err(format!(
+            "only {} of {} test binaries reported",
+            results.len(),
+            art.vm_tests.len()
+        )),
+        (false, Some(0)) => Ok(()),
+        (false, Some(s)) => Err(format!("VM test suite failed (status {s})")),
+    };
+    if let Err(e) = ok {
+        print_console(&o, &log);
+        bail!("{e}");
+    }
+    println!("xtask: VM tests passed ({passed} tests)");
+    Ok(())
+}
+
+pub fn vm_run(
+    ws: &Workspace,
+    opts: &VmOpts,
+    script: &[String],
+    phases: &mut Phases,
+) -> Result<i32> {
+    if script.is_empty() {
+        bail!("vm-run needs a script or command after `--`");
+    }
+    let (k, mut stage, _art) = prepare(ws, opts, phases, false, "run")?;
+    let first = Path::new(&script[0]);
+    let payload = if first.is_file() {
+        // A host script file: copy it in and run it with its arguments.
+        stage.add_path(first, "/opt/run/script")?;
+        let args: Vec<String> = script[1..].iter().map(|a| sh_quote(a)).collect();
+        format!("sh /opt/run/script {}\noverall=$?\n", args.join(" "))
+    } else {
+        format!("sh -c {}\noverall=$?\n", sh_quote(&script.join(" ")))
+    };
+    let nonce = nonce();
+    stage.write_init(&payload, &nonce)?;
+    let (o, log) = pack_and_boot(ws, &k, &stage, opts, &nonce, "run", phases)?;
+    match (o.timed_out, o.status) {
+        (false, Some(s)) => {
+            println!("xtask: guest script exited with status {s}");
+            if s != 0 {
+                print_console(&o, &log);
+            }
+            Ok(s)
+        }
+        (true, _) => {
+            print_console(&o, &log);
+            bail!(
+                "VM timed out after {} s (raise with --timeout)",
+                opts.timeout.as_secs()
+            )
+        }
+        (false, None) => {
+            print_console(&o, &log);
+            bail!("the VM ended without the end marker (kernel panic or crash?)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_parsing() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ldd(out),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
+
+    #[test]
+    fn modules_dep_parsing() {
+        let d = parse_modules_dep(
+            "kernel/fs/xfs/xfs.ko: kernel/lib/libcrc32c.ko\nkernel/drivers/block/nbd.ko:\nkernel/x/target-core-user.ko.xz:\n",
+        );
+        assert_eq!(
+            d["xfs"],
+            (
+                "kernel/fs/xfs/xfs.ko".into(),
+                vec!["kernel/lib/libcrc32c.ko".into()]
+            )
+        );
+        assert_eq!(d["nbd"].1, Vec::<String>::new());
+        assert!(d.contains_key("target_core_user"));
+    }
+
+    #[test]
+    fn results_parsing() {
+        let lines: Vec<String> = [
+            "@@VM-BIN-BEGIN vm_a",
+            "running 3 tests",
+            "test flags::set ... ok",
+            "test flags::clear ... FAILED",
+            "test other ... ignored, reason",
+            "@@VM-BIN-END vm_a status=101",
+            "@@VM-BIN-BEGIN vm_b",
+            "test x ... ok",
+            "@@VM-BIN-END vm_b status=0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = parse_results(&lines);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].passed, r[0].failed, r[0].ignored, r[0].status),
+            (1, 1, 1, Some(101))
+        );
+        assert_eq!(r[0].failures, vec!["flags::clear".to_owned()]);
+        assert_eq!((r[1].passed, r[1].status), (1, Some(0)));
+    }
+}
