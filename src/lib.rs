@@ -1,1 +1,82 @@
-//! placeholder
+//! Scoped `PR_SET_IO_FLUSHER` for Linux user-space storage daemons.
+//!
+//! # The problem
+//!
+//! A user-space storage daemon — an NBD, ublk, FUSE, TCMU or iSCSI server —
+//! serves a device on which a file system is stacked. When the daemon
+//! allocates memory, most often page cache for its own `pwrite()` into a
+//! backing file, the kernel may enter direct reclaim; reclaim may write back
+//! the upper file system, whose I/O goes to the device the daemon serves.
+//! The daemon waits on itself and the machine deadlocks. In 2019 this was
+//! shown on linux-ext4 with tcmu-runner writing into an ext4 backing file
+//! under XFS; Linux 5.6 answered with `prctl(PR_SET_IO_FLUSHER)`, a
+//! per-thread flag that makes every allocation of the thread `GFP_NOIO`
+//! (so also `GFP_NOFS`) and exempts it from dirty throttling on its own
+//! device. It is easy to misuse, and real projects shipped it broken for
+//! years because nothing checked its effect.
+//!
+//! This crate makes that lever scoped, nested, cheap, honest about failure,
+//! and observable:
+//!
+//! ```
+//! use reclaim_scope::NoFsScope;
+//!
+//! let scope = NoFsScope::enter();            // the thread is an I/O flusher...
+//! let page_cache_hungry = vec![0u8; 1 << 16]; // ...so this cannot recurse into FS reclaim
+//! drop(scope);                               // ...and now it is back as it was
+//! # drop(page_cache_hungry);
+//! ```
+//!
+//! - [`NoFsScope`] guards a code region; [`IoFlusher`] marks a worker's role
+//!   for a whole loop; [`AllowFsReclaim`] clears the flag for a region of a
+//!   flagged thread. All nest, restore exactly what they changed, and make a
+//!   syscall only when they change the state.
+//! - [`try_enter`](NoFsScope::try_enter) fails with an [`Error`] that names
+//!   the fix; [`enter`](NoFsScope::enter) never fails, its guard says
+//!   whether it [is effective](NoFsScope::is_effective), and the first
+//!   failure is reported once per process ([`degradation`]).
+//! - [`support`] asks the kernel without side effects; [`ThreadFlags`] and
+//!   [`threads_of`] read the kernel's real state of any thread from `/proc`.
+//!
+//! # The capability
+//!
+//! Both `PR_SET_IO_FLUSHER` and `PR_GET_IO_FLUSHER` need `CAP_SYS_RESOURCE`
+//! in the **initial** user namespace: a root process in a container without
+//! `--cap-add SYS_RESOURCE`, or a systemd service without
+//! `AmbientCapabilities=CAP_SYS_RESOURCE`, gets `EPERM`. Kernels before 5.6
+//! answer `EINVAL`; `PF_LOCAL_THROTTLE` exists from 5.8. Reading the flags
+//! from `/proc` needs nothing.
+//!
+//! # Inheritance: the pitfalls
+//!
+//! - The flag belongs to **one thread**. Setting it in `main()` does not
+//!   protect worker threads that already exist; a thread pool or an async
+//!   runtime created before runs unprotected.
+//! - `clone()` **inherits** it: a thread (or process) spawned while a scope
+//!   is active is flagged for its whole life, even after the scope ends.
+//!   Spawn helpers inside [`AllowFsReclaim`], and audit with
+//!   [`threads_of`].
+//! - `execve()` **keeps** it: a launcher can flag an unmodified daemon (the
+//!   `reclaim-scope exec` idea), and a flagged daemon's hook scripts run
+//!   flagged too.
+//! - A guard that is not effective protects nothing: check it, use the
+//!   strict form, or watch [`degradation`].
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+mod error;
+mod report;
+mod scope;
+mod status;
+// The only module allowed `unsafe`: every block carries a `// SAFETY:` comment.
+#[allow(unsafe_code)]
+mod sys;
+
+pub use error::{Error, ErrorKind};
+pub use report::{degradation, set_degradation_hook};
+pub use scope::{
+    refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, try_with_nofs,
+    with_fs_reclaim_allowed, with_nofs, AllowFsReclaim, IoFlusher, NoFsScope, Support,
+};
+pub use status::{current_tid, threads_of, ThreadFlags, ThreadInfo};

@@ -1,0 +1,982 @@
+//! Scope guards over the thread's allocation context.
+//!
+//! Mechanics shared by [`NoFsScope`], [`IoFlusher`] and [`AllowFsReclaim`]:
+//!
+//! - A thread-local stack depth. Each guard remembers its level and the
+//!   state to restore, as the kernel's `memalloc_noio_save()` /
+//!   `memalloc_noio_restore()` do; only a guard that changes the state makes
+//!   a syscall, so nested scopes and scopes on an already-flagged thread are
+//!   a few instructions.
+//! - The kernel's real state is probed once per thread, at the first entry
+//!   (threads inherit the flag from the thread that created them), and kept
+//!   in step with every change this crate makes.
+//! - A refusal (`EPERM`, `EINVAL`) is remembered for the process, so a
+//!   best-effort scope on an unprivileged daemon costs no syscall after the
+//!   first, and is reported once ([`crate::degradation`]).
+//! - Guards dropped out of order are a bug: debug builds panic, release
+//!   builds keep the flag right for the guards still alive.
+
+use crate::{report, sys, Error, ThreadFlags};
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+const OP_SET: &str = "prctl(PR_SET_IO_FLUSHER)";
+const OP_GET: &str = "prctl(PR_GET_IO_FLUSHER)";
+
+/// What this crate knows of the calling thread's kernel flag.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    Unknown,
+    Clear,
+    Flagged,
+}
+
+impl Kernel {
+    fn from_flag(on: bool) -> Self {
+        if on {
+            Kernel::Flagged
+        } else {
+            Kernel::Clear
+        }
+    }
+}
+
+/// Per-thread scope state. Only `Copy` cells: no destructor, so it is
+/// usable (and never panics) during thread-local teardown.
+struct ThreadState {
+    /// Number of guards on this thread's stack (including ones dropped out
+    /// of order and not yet popped).
+    depth: Cell<u32>,
+    /// The state the top guard asks for; meaningful while `depth > 0`.
+    desired: Cell<bool>,
+    /// The kernel's flag as last probed or set.
+    kernel: Cell<Kernel>,
+    /// Whether `OUT_OF_ORDER` holds entries.
+    out_of_order: Cell<bool>,
+}
+
+thread_local! {
+    static STATE: ThreadState = const {
+        ThreadState {
+            depth: Cell::new(0),
+            desired: Cell::new(false),
+            kernel: Cell::new(Kernel::Unknown),
+            out_of_order: Cell::new(false),
+        }
+    };
+    /// `(level, restore)` of guards dropped before the guards above them.
+    /// Cold: touched only after a nesting bug.
+    static OUT_OF_ORDER: RefCell<Vec<(u32, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The process-wide memo of a refused `PR_SET_IO_FLUSHER`: 0, or the errno.
+static REFUSED: AtomicI32 = AtomicI32::new(0);
+
+fn refused() -> i32 {
+    #[cfg(test)]
+    if let Some(s) = sys::fake::state() {
+        return s.refused;
+    }
+    REFUSED.load(Ordering::Relaxed)
+}
+
+fn set_refused(errno: i32) {
+    #[cfg(test)]
+    if sys::fake::state().is_some() {
+        return sys::fake::update(|s| s.refused = errno);
+    }
+    REFUSED.store(errno, Ordering::Relaxed);
+}
+
+/// Sets the flag unless a refusal is remembered; remembers a new refusal.
+fn apply(on: bool) -> Result<(), Error> {
+    let memo = refused();
+    if memo != 0 {
+        return Err(Error::from_errno(OP_SET, memo));
+    }
+    sys::set_io_flusher(on).map_err(|errno| {
+        if errno == sys::EPERM || errno == sys::EINVAL {
+            set_refused(errno);
+        }
+        Error::from_errno(OP_SET, errno)
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn probe_kernel() -> bool {
+    match sys::thread_flags_self() {
+        Ok(bits) => bits & sys::PF_MEMALLOC_NOIO != 0,
+        // No /proc: ask the prctl (which needs the capability; without it
+        // the flag cannot have been set by this process's code anyway).
+        Err(_) => sys::get_io_flusher().unwrap_or(false),
+    }
+}
+
+impl ThreadState {
+    #[inline]
+    fn kernel_flagged(&self) -> bool {
+        match self.kernel.get() {
+            Kernel::Flagged => true,
+            Kernel::Clear => false,
+            Kernel::Unknown => {
+                let on = probe_kernel();
+                self.kernel.set(Kernel::from_flag(on));
+                on
+            }
+        }
+    }
+
+    #[inline]
+    fn enter(&self, on: bool, strict: bool) -> Result<Scope, Error> {
+        let kernel = self.kernel_flagged();
+        let depth = self.depth.get();
+        let restore = if depth == 0 {
+            kernel
+        } else {
+            self.desired.get()
+        };
+        let effective = kernel == on || self.change(on, strict)?;
+        let level = depth
+            .checked_add(1)
+            .expect("reclaim-scope: more than u32::MAX nested scopes");
+        self.depth.set(level);
+        self.desired.set(on);
+        Ok(Scope {
+            level,
+            restore,
+            effective,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Changes the kernel flag: `Ok(true)` if done, `Ok(false)` if refused
+    /// in best-effort mode (reported once), `Err` if refused in strict mode.
+    #[cold]
+    #[inline(never)]
+    fn change(&self, on: bool, strict: bool) -> Result<bool, Error> {
+        match apply(on) {
+            Ok(()) => {
+                self.kernel.set(Kernel::from_flag(on));
+                Ok(true)
+            }
+            Err(e) if strict => Err(e),
+            Err(e) => {
+                report::degraded(&e);
+                Ok(false)
+            }
+        }
+    }
+
+    #[inline]
+    fn exit(&self, scope: &Scope) {
+        let depth = self.depth.get();
+        if scope.level != depth {
+            return self.exit_out_of_order(scope, depth);
+        }
+        let mut level = depth - 1;
+        let mut target = scope.restore;
+        if self.out_of_order.get() {
+            (level, target) = self.pop_out_of_order(level, target);
+        }
+        self.depth.set(level);
+        // `target` is the state the new top guard asks for (or, at level 0,
+        // the thread's state before the outermost guard).
+        self.desired.set(target);
+        if self.kernel.get() != Kernel::from_flag(target) {
+            // Best effort: a drop cannot fail. A refusal here can only
+            // follow a refusal at entry, which was reported already.
+            let _ = self.change(target, false);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn exit_out_of_order(&self, scope: &Scope, depth: u32) {
+        // The guards above this one are still alive and decide the state,
+        // so nothing changes now; this guard's restore value is kept until
+        // the guard above it is dropped.
+        let _ = OUT_OF_ORDER.try_with(|v| v.borrow_mut().push((scope.level, scope.restore)));
+        self.out_of_order.set(true);
+        if cfg!(debug_assertions) && !std::thread::panicking() {
+            panic!(
+                "reclaim-scope: a scope guard of nesting level {} was dropped while the \
+                 thread is at level {}: guards must be dropped in the reverse order of \
+                 their creation (was one moved into a struct, or leaked with mem::forget?). \
+                 The thread's flag stays right for the guards still alive.",
+                scope.level, depth
+            );
+        }
+    }
+
+    /// Pops the guards below `level + 1` that were dropped out of order and
+    /// returns the new top level and the state to restore.
+    #[cold]
+    #[inline(never)]
+    fn pop_out_of_order(&self, mut level: u32, mut target: bool) -> (u32, bool) {
+        let _ = OUT_OF_ORDER.try_with(|v| {
+            let mut v = v.borrow_mut();
+            while let Some(i) = v.iter().position(|&(l, _)| l == level && level > 0) {
+                target = v.swap_remove(i).1;
+                level -= 1;
+            }
+            self.out_of_order.set(!v.is_empty());
+        });
+        (level, target)
+    }
+}
+
+/// The mechanics behind every guard: one level of the thread's stack.
+struct Scope {
+    /// 1-based nesting level; 0 for a guard created during thread-local
+    /// teardown, which does nothing.
+    level: u32,
+    /// The state to go back to when this guard ends.
+    restore: bool,
+    /// Whether the kernel state is what this guard asks for.
+    effective: bool,
+    /// `!Send` and `!Sync`: the flag belongs to the thread.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Scope {
+    #[inline]
+    fn enter(on: bool, strict: bool) -> Result<Scope, Error> {
+        STATE
+            .try_with(|st| st.enter(on, strict))
+            .unwrap_or(Ok(Scope {
+                level: 0,
+                restore: on,
+                effective: false,
+                _not_send: PhantomData,
+            }))
+    }
+}
+
+impl Drop for Scope {
+    #[inline]
+    fn drop(&mut self) {
+        if self.level != 0 {
+            let _ = STATE.try_with(|st| st.exit(self));
+        }
+    }
+}
+
+macro_rules! guard_common {
+    ($ty:ident) => {
+        impl $ty {
+            /// Whether the kernel flag is in the state this guard asks for.
+            ///
+            /// `false` only for a best-effort guard whose request was
+            /// refused (see [`degradation`](crate::degradation)).
+            #[inline]
+            pub fn is_effective(&self) -> bool {
+                self.scope.effective
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("level", &self.scope.level)
+                    .field("effective", &self.scope.effective)
+                    .finish()
+            }
+        }
+    };
+}
+
+/// A code region whose allocations cannot recurse into file-system or I/O
+/// reclaim: while the guard lives, the calling thread is an I/O flusher
+/// (`PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE`).
+///
+/// Wrap the allocation-heavy part of serving a request — the `pwrite` into
+/// the backing file, a buffer allocation — and the kernel will not write
+/// back the file system that sits on your own device to satisfy it.
+///
+/// - Nested scopes, and scopes on a thread that is already flagged
+///   (inherited, or inside an [`IoFlusher`]), make no syscall.
+/// - The outermost scope costs two `prctl` calls (set, then restore): keep a
+///   hot loop inside an [`IoFlusher`] instead.
+/// - The guard is `!Send` and `!Sync` and must be dropped on its thread, in
+///   the reverse order of creation.
+/// - A thread spawned while the scope is active inherits the flag **for its
+///   whole life** (and so does a process it execs): spawn with
+///   [`AllowFsReclaim`] around the spawn, or use the crate's spawn helpers.
+///
+/// ```
+/// use reclaim_scope::NoFsScope;
+///
+/// let scope = NoFsScope::enter(); // best effort: never fails
+/// let buf = vec![0u8; 1 << 20];   // allocated with GFP_NOIO if effective
+/// println!("protected: {}", scope.is_effective());
+/// drop(scope);                    // the thread's previous state is back
+/// # drop(buf);
+/// ```
+///
+/// The guard cannot leave its thread:
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<reclaim_scope::NoFsScope>();
+/// ```
+///
+/// ```compile_fail
+/// fn assert_sync<T: Sync>() {}
+/// assert_sync::<reclaim_scope::NoFsScope>();
+/// ```
+#[must_use = "the scope ends as soon as the guard is dropped: bind it with `let _scope = …` \
+              (not `let _ = …`) to keep it for the region"]
+#[clippy::has_significant_drop]
+#[doc(alias = "PR_SET_IO_FLUSHER")]
+#[doc(alias = "memalloc_nofs_save")]
+#[doc(alias = "GFP_NOFS")]
+pub struct NoFsScope {
+    scope: Scope,
+}
+
+impl NoFsScope {
+    /// Enters the scope, best effort: never fails.
+    ///
+    /// If the kernel refuses (no `CAP_SYS_RESOURCE`, kernel < 5.6, not
+    /// Linux), the guard is [not effective](Self::is_effective), the refusal
+    /// is reported once per process, and later scopes cost no syscall.
+    ///
+    /// ```
+    /// let scope = reclaim_scope::NoFsScope::enter();
+    /// if !scope.is_effective() {
+    ///     eprintln!("unprotected: {:?}", reclaim_scope::degradation());
+    /// }
+    /// ```
+    #[inline]
+    pub fn enter() -> NoFsScope {
+        match Scope::enter(true, false) {
+            Ok(scope) => NoFsScope { scope },
+            Err(_) => unreachable!("best-effort enter does not fail"),
+        }
+    }
+
+    /// Enters the scope, or fails with an [`Error`] saying why the kernel
+    /// refused and how to fix it. On failure nothing changed.
+    ///
+    /// Succeeds without a syscall (and without the capability) when the
+    /// thread is already flagged.
+    ///
+    /// ```
+    /// match reclaim_scope::NoFsScope::try_enter() {
+    ///     Ok(_scope) => { /* allocations here are GFP_NOIO */ }
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// ```
+    #[inline]
+    pub fn try_enter() -> Result<NoFsScope, Error> {
+        Scope::enter(true, true).map(|scope| NoFsScope { scope })
+    }
+}
+
+guard_common!(NoFsScope);
+
+/// The I/O-flusher role of a worker thread: the same kernel state as
+/// [`NoFsScope`], held for a long stretch — typically a whole worker loop
+/// of a storage daemon.
+///
+/// While it lives, the thread's allocations cannot recurse into
+/// file-system or I/O reclaim, and the thread is exempt from dirty
+/// throttling on the device it serves (`PF_LOCAL_THROTTLE`). Every scope and
+/// `NoFsFile` call inside it is then free of syscalls. Dropping it
+/// restores what the thread had before.
+///
+/// Threads this worker spawns inherit the flag (that is usually what a
+/// daemon wants for its I/O helpers; see [`AllowFsReclaim`] for the others).
+///
+/// ```no_run
+/// use reclaim_scope::IoFlusher;
+///
+/// std::thread::spawn(|| {
+///     let _flusher = IoFlusher::try_enter().expect("needs CAP_SYS_RESOURCE");
+///     loop {
+///         // take a request from the device, serve it from the backing file
+///         # break;
+///     }
+/// });
+/// ```
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<reclaim_scope::IoFlusher>();
+/// ```
+///
+/// ```compile_fail
+/// fn assert_sync<T: Sync>() {}
+/// assert_sync::<reclaim_scope::IoFlusher>();
+/// ```
+#[must_use = "the thread stops being an I/O flusher as soon as the guard is dropped: bind it \
+              with `let _flusher = …` (not `let _ = …`)"]
+#[clippy::has_significant_drop]
+#[doc(alias = "PR_SET_IO_FLUSHER")]
+#[doc(alias = "prctl")]
+pub struct IoFlusher {
+    scope: Scope,
+}
+
+impl IoFlusher {
+    /// Makes the calling thread an I/O flusher, best effort (see
+    /// [`NoFsScope::enter`]).
+    ///
+    /// ```
+    /// let flusher = reclaim_scope::IoFlusher::enter();
+    /// println!("I/O flusher: {}", flusher.is_effective());
+    /// ```
+    #[inline]
+    pub fn enter() -> IoFlusher {
+        match Scope::enter(true, false) {
+            Ok(scope) => IoFlusher { scope },
+            Err(_) => unreachable!("best-effort enter does not fail"),
+        }
+    }
+
+    /// Makes the calling thread an I/O flusher, or says why the kernel
+    /// refused (see [`NoFsScope::try_enter`]).
+    ///
+    /// ```
+    /// if let Err(e) = reclaim_scope::IoFlusher::try_enter() {
+    ///     eprintln!("refusing to serve unprotected: {e}");
+    /// }
+    /// ```
+    #[inline]
+    pub fn try_enter() -> Result<IoFlusher, Error> {
+        Scope::enter(true, true).map(|scope| IoFlusher { scope })
+    }
+}
+
+guard_common!(IoFlusher);
+
+/// A region that runs with the flag **cleared** on a thread that is an I/O
+/// flusher, restoring it on drop.
+///
+/// The flag is inherited by `clone()` and survives `execve()`, so anything an
+/// I/O-flusher thread starts — a logging thread, a hook script, a
+/// compaction helper — would be flagged for its whole life, exempt from
+/// dirty throttling and allocating with `GFP_NOIO`. Start those inside this
+/// scope. It also lets a large allocation that may fail under `GFP_NOIO`
+/// use full reclaim, where the caller knows no lock of its own device is
+/// held.
+///
+/// On a thread that is not flagged it makes no syscall.
+///
+/// ```
+/// use reclaim_scope::{AllowFsReclaim, IoFlusher};
+///
+/// let _flusher = IoFlusher::enter();
+/// let helper = {
+///     let _clear = AllowFsReclaim::enter();
+///     std::thread::spawn(|| { /* not an I/O flusher */ })
+/// };
+/// helper.join().unwrap();
+/// ```
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<reclaim_scope::AllowFsReclaim>();
+/// ```
+#[must_use = "the flag comes back as soon as the guard is dropped: bind it with \
+              `let _clear = …` (not `let _ = …`)"]
+#[clippy::has_significant_drop]
+pub struct AllowFsReclaim {
+    scope: Scope,
+}
+
+impl AllowFsReclaim {
+    /// Clears the flag for the region, best effort.
+    ///
+    /// ```
+    /// let _clear = reclaim_scope::AllowFsReclaim::enter();
+    /// ```
+    #[inline]
+    pub fn enter() -> AllowFsReclaim {
+        match Scope::enter(false, false) {
+            Ok(scope) => AllowFsReclaim { scope },
+            Err(_) => unreachable!("best-effort enter does not fail"),
+        }
+    }
+
+    /// Clears the flag for the region, or says why the kernel refused.
+    ///
+    /// ```
+    /// let clear = reclaim_scope::AllowFsReclaim::try_enter();
+    /// assert!(clear.is_ok() || reclaim_scope::ThreadFlags::current()?.noio());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[inline]
+    pub fn try_enter() -> Result<AllowFsReclaim, Error> {
+        Scope::enter(false, true).map(|scope| AllowFsReclaim { scope })
+    }
+}
+
+guard_common!(AllowFsReclaim);
+
+/// Runs `f` inside a best-effort [`NoFsScope`].
+///
+/// ```
+/// let buf = reclaim_scope::with_nofs(|| vec![0u8; 4096]);
+/// assert_eq!(buf.len(), 4096);
+/// ```
+#[inline]
+pub fn with_nofs<R>(f: impl FnOnce() -> R) -> R {
+    let _scope = NoFsScope::enter();
+    f()
+}
+
+/// Runs `f` inside a strict [`NoFsScope`], or returns why it could not be
+/// entered (then `f` does not run).
+///
+/// ```
+/// match reclaim_scope::try_with_nofs(|| 42) {
+///     Ok(v) => assert_eq!(v, 42),
+///     Err(e) => eprintln!("not run: {e}"),
+/// }
+/// ```
+#[inline]
+pub fn try_with_nofs<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
+    let _scope = NoFsScope::try_enter()?;
+    Ok(f())
+}
+
+/// Runs `f` inside a best-effort [`AllowFsReclaim`]: with the flag cleared
+/// on an I/O-flusher thread.
+///
+/// ```
+/// let child = reclaim_scope::with_fs_reclaim_allowed(|| {
+///     std::thread::spawn(|| "a helper that must not inherit the flag")
+/// });
+/// child.join().unwrap();
+/// ```
+#[inline]
+pub fn with_fs_reclaim_allowed<R>(f: impl FnOnce() -> R) -> R {
+    let _clear = AllowFsReclaim::enter();
+    f()
+}
+
+/// Whether `PR_SET_IO_FLUSHER` can be used by this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Support {
+    /// The kernel has it and the caller holds `CAP_SYS_RESOURCE`.
+    Available,
+    /// The kernel has it, but the caller lacks `CAP_SYS_RESOURCE` (`EPERM`).
+    NotPermitted,
+    /// Linux older than 5.6, or not Linux.
+    Unsupported,
+}
+
+impl Support {
+    /// Whether scopes can take effect.
+    pub fn is_available(self) -> bool {
+        self == Support::Available
+    }
+
+    /// The error a strict scope would fail with, naming the fix.
+    ///
+    /// ```
+    /// if let Some(e) = reclaim_scope::support().error() {
+    ///     eprintln!("{e}");
+    /// }
+    /// ```
+    pub fn error(self) -> Option<Error> {
+        match self {
+            Support::Available => None,
+            Support::NotPermitted => Some(Error::from_errno(OP_SET, sys::EPERM)),
+            Support::Unsupported => Some(Error::from_errno(OP_SET, sys::EINVAL)),
+        }
+    }
+}
+
+impl fmt::Display for Support {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Support::Available => "available",
+            Support::NotPermitted => "not permitted (needs CAP_SYS_RESOURCE)",
+            Support::Unsupported => "unsupported (needs Linux 5.6 or newer)",
+        })
+    }
+}
+
+/// Asks the kernel whether `PR_SET_IO_FLUSHER` can be used, without
+/// changing the caller's flags (it asks with `PR_GET_IO_FLUSHER`, which
+/// checks the same capability).
+///
+/// An answer of [`Support::Available`] also forgets an earlier refusal, so
+/// a process that gained the capability later can use scopes again.
+///
+/// ```
+/// use reclaim_scope::{support, Support};
+///
+/// match support() {
+///     Support::Available => println!("scopes take effect"),
+///     other => println!("scopes are no-ops here: {other}"),
+/// }
+/// ```
+#[doc(alias = "probe")]
+pub fn support() -> Support {
+    match sys::get_io_flusher() {
+        Ok(_) => {
+            set_refused(0);
+            Support::Available
+        }
+        Err(e) if e == sys::EPERM && cfg!(target_os = "linux") => Support::NotPermitted,
+        Err(_) => Support::Unsupported,
+    }
+}
+
+/// `prctl(PR_GET_IO_FLUSHER)`: whether the kernel says the calling thread is
+/// an I/O flusher.
+///
+/// Needs `CAP_SYS_RESOURCE` like the setter; [`ThreadFlags::current`] reads
+/// the same state without it.
+///
+/// ```
+/// match reclaim_scope::thread_io_flusher() {
+///     Ok(on) => println!("io flusher: {on}"),
+///     Err(e) => println!("cannot ask: {e}"),
+/// }
+/// ```
+///
+/// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
+#[doc(alias = "PR_GET_IO_FLUSHER")]
+pub fn thread_io_flusher() -> Result<bool, Error> {
+    sys::get_io_flusher().map_err(|e| Error::from_errno(OP_GET, e))
+}
+
+/// `prctl(PR_SET_IO_FLUSHER, on)` on the calling thread, with no scope.
+///
+/// The building block of launchers (`reclaim-scope exec` sets the flag and
+/// execs the daemon, which keeps it). Inside a program prefer the guards:
+/// this call does not restore anything. The crate's guards on this thread
+/// see the change.
+///
+/// ```
+/// if reclaim_scope::set_thread_io_flusher(true).is_ok() {
+///     assert!(reclaim_scope::ThreadFlags::current()?.is_io_flusher());
+///     reclaim_scope::set_thread_io_flusher(false).unwrap();
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
+#[doc(alias = "PR_SET_IO_FLUSHER")]
+#[doc(alias = "prctl")]
+pub fn set_thread_io_flusher(on: bool) -> Result<(), Error> {
+    sys::set_io_flusher(on).map_err(|e| Error::from_errno(OP_SET, e))?;
+    set_refused(0);
+    let _ = STATE.try_with(|st| st.kernel.set(Kernel::from_flag(on)));
+    Ok(())
+}
+
+/// Re-reads the calling thread's real flags from the kernel and returns
+/// them.
+///
+/// The crate probes a thread's state once, at its first scope, and then
+/// tracks its own changes. Call this after changing the flag by other means
+/// (a raw `prctl`, a C library) so the next scope sees the truth.
+///
+/// ```
+/// let flags = reclaim_scope::refresh_thread_state()?;
+/// println!("{flags}");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn refresh_thread_state() -> std::io::Result<ThreadFlags> {
+    let flags = ThreadFlags::current();
+    let kernel = match &flags {
+        Ok(f) => Kernel::from_flag(f.noio()),
+        Err(_) => Kernel::Unknown,
+    };
+    let _ = STATE.try_with(|st| st.kernel.set(kernel));
+    flags
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::sys::fake::{self, FakeThread, Mode};
+    use crate::sys::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOIO};
+
+    const BOTH: u32 = PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE;
+
+    fn flags() -> u32 {
+        fake::state().unwrap().flags & BOTH
+    }
+    fn sets() -> u32 {
+        fake::state().unwrap().set_calls
+    }
+
+    /// Runs `f` on a fresh thread (fresh thread-local state) with a fake
+    /// kernel installed; panics propagate.
+    pub(crate) fn on_fake(state: FakeThread, f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(move || {
+            fake::install(state);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    }
+
+    #[test]
+    fn outermost_sets_and_restores_nested_make_no_syscall() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let a = NoFsScope::try_enter().unwrap();
+            assert!(a.is_effective());
+            assert_eq!(flags(), BOTH);
+            assert_eq!(sets(), 1);
+            {
+                let b = NoFsScope::enter();
+                let c = IoFlusher::try_enter().unwrap();
+                assert!(b.is_effective() && c.is_effective());
+                assert_eq!(sets(), 1, "nested scopes made a syscall");
+            }
+            assert_eq!(flags(), BOTH);
+            drop(a);
+            assert_eq!(flags(), 0);
+            assert_eq!(sets(), 2);
+        });
+    }
+
+    #[test]
+    fn pre_flagged_thread_is_left_alone() {
+        on_fake(FakeThread::flagged(Mode::NotPermitted), || {
+            // Inherited flag, no capability: strict entry still succeeds,
+            // because the kernel state already is what the scope asks for.
+            let s = NoFsScope::try_enter().unwrap();
+            assert!(s.is_effective());
+            drop(s);
+            assert_eq!(flags(), BOTH, "a scope cleared an inherited flag");
+            assert_eq!(sets(), 0);
+        });
+        on_fake(FakeThread::flagged(Mode::Permitted), || {
+            for _ in 0..3 {
+                let _f = IoFlusher::enter();
+            }
+            assert_eq!((flags(), sets()), (BOTH, 0));
+        });
+    }
+
+    #[test]
+    fn eperm_strict_fails_best_effort_degrades_once() {
+        on_fake(FakeThread::new(Mode::NotPermitted), || {
+            let e = NoFsScope::try_enter().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::NotPermitted);
+            assert!(e.to_string().contains("CAP_SYS_RESOURCE"));
+            assert_eq!(sets(), 1);
+            for _ in 0..10 {
+                let s = NoFsScope::enter();
+                assert!(!s.is_effective());
+                let _inner = NoFsScope::enter();
+            }
+            assert_eq!(sets(), 1, "a remembered refusal was asked again");
+            assert_eq!(flags(), 0);
+            assert!(crate::degradation().is_some());
+            // Strict entry after the memo fails the same way, without a syscall.
+            assert_eq!(
+                IoFlusher::try_enter().unwrap_err().kind(),
+                crate::ErrorKind::NotPermitted
+            );
+            assert_eq!(sets(), 1);
+        });
+    }
+
+    #[test]
+    fn einval_is_unsupported() {
+        on_fake(FakeThread::new(Mode::Old), || {
+            let e = IoFlusher::try_enter().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+            assert_eq!(support(), Support::Unsupported);
+            assert!(!with_nofs(|| NoFsScope::enter().is_effective()));
+        });
+    }
+
+    #[test]
+    fn strict_failure_leaves_no_level_behind() {
+        on_fake(FakeThread::new(Mode::NotPermitted), || {
+            assert!(NoFsScope::try_enter().is_err());
+            STATE.with(|st| assert_eq!(st.depth.get(), 0));
+            assert!(try_with_nofs(|| unreachable!("ran without scope")).is_err());
+        });
+    }
+
+    #[test]
+    fn support_has_no_side_effect_and_forgets_refusal() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            assert_eq!(support(), Support::Available);
+            assert_eq!((flags(), sets()), (0, 0));
+            fake::update(|s| s.refused = sys::EPERM);
+            assert_eq!(support(), Support::Available);
+            assert!(NoFsScope::try_enter().is_ok());
+        });
+        on_fake(FakeThread::new(Mode::NotPermitted), || {
+            assert_eq!(support(), Support::NotPermitted);
+            assert!(support()
+                .error()
+                .unwrap()
+                .to_string()
+                .contains("CAP_SYS_RESOURCE"));
+        });
+    }
+
+    #[test]
+    fn allow_fs_reclaim_clears_inside_flusher_and_restores() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let f = IoFlusher::try_enter().unwrap();
+            {
+                let c = AllowFsReclaim::try_enter().unwrap();
+                assert!(c.is_effective());
+                assert_eq!(flags(), 0);
+                {
+                    let _n = NoFsScope::enter();
+                    assert_eq!(flags(), BOTH);
+                }
+                assert_eq!(flags(), 0);
+            }
+            assert_eq!(flags(), BOTH);
+            drop(f);
+            assert_eq!(flags(), 0);
+            // On a clear thread it is a no-op.
+            let before = sets();
+            let _c = AllowFsReclaim::enter();
+            assert_eq!(sets(), before);
+        });
+    }
+
+    #[test]
+    fn panic_unwinding_through_scopes_restores() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let r = std::panic::catch_unwind(|| {
+                let _a = NoFsScope::enter();
+                let _b = IoFlusher::enter();
+                assert_eq!(flags(), BOTH);
+                panic!("request handler failed");
+            });
+            assert!(r.is_err());
+            assert_eq!(flags(), 0);
+            STATE.with(|st| assert_eq!(st.depth.get(), 0));
+            // The thread is usable again.
+            let _s = NoFsScope::try_enter().unwrap();
+            assert_eq!(flags(), BOTH);
+        });
+    }
+
+    fn drop_out_of_order_release_semantics() {
+        // a: on (level 1), b: clear (level 2), c: on (level 3)
+        let a = IoFlusher::try_enter().unwrap();
+        let b = AllowFsReclaim::try_enter().unwrap();
+        let c = NoFsScope::try_enter().unwrap();
+        assert_eq!(flags(), BOTH);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(b)));
+        assert_eq!(r.is_err(), cfg!(debug_assertions));
+        // c still alive and decides.
+        assert_eq!(flags(), BOTH);
+        drop(c);
+        // b is gone, so a decides: flagged.
+        assert_eq!(flags(), BOTH);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let d = NoFsScope::enter();
+            let _e = AllowFsReclaim::enter();
+            assert_eq!(flags(), 0);
+            drop(d); // out of order: e still alive, stays clear
+        }));
+        assert_eq!(r.is_err(), cfg!(debug_assertions));
+        assert_eq!(flags(), BOTH);
+        drop(a);
+        assert_eq!(flags(), 0);
+        STATE.with(|st| {
+            assert_eq!(st.depth.get(), 0);
+            assert!(!st.out_of_order.get());
+        });
+    }
+
+    #[test]
+    fn out_of_order_drop_panics_in_debug_and_keeps_state_right() {
+        on_fake(
+            FakeThread::new(Mode::Permitted),
+            drop_out_of_order_release_semantics,
+        );
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "the panic exists in debug builds only"
+    )]
+    fn out_of_order_message_says_so() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let a = NoFsScope::enter();
+            let b = NoFsScope::enter();
+            let err =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(a))).unwrap_err();
+            let msg = err.downcast_ref::<String>().unwrap();
+            assert!(
+                msg.contains("dropped while the thread is at level 2"),
+                "{msg}"
+            );
+            assert!(msg.contains("reverse order"), "{msg}");
+            drop(b);
+            assert_eq!(flags(), 0);
+        });
+    }
+
+    #[test]
+    fn raw_changes_are_seen_after_refresh() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            {
+                let _s = NoFsScope::enter();
+            }
+            // Someone sets the flag behind the crate's back.
+            fake::update(|s| s.flags |= BOTH);
+            assert!(refresh_thread_state().unwrap().is_io_flusher());
+            {
+                let _s = NoFsScope::enter();
+            }
+            assert_eq!(flags(), BOTH, "a scope cleared a flag it did not set");
+            set_thread_io_flusher(false).unwrap();
+            assert_eq!(flags(), 0);
+            assert!(!thread_io_flusher().unwrap());
+        });
+    }
+
+    #[test]
+    fn deep_nesting() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            fn rec(n: u32) {
+                if n == 0 {
+                    assert_eq!(flags(), BOTH);
+                    return;
+                }
+                let _s = NoFsScope::enter();
+                if n % 7 == 0 {
+                    let _c = AllowFsReclaim::enter();
+                    assert_eq!(flags(), 0);
+                    rec(n - 1);
+                    assert_eq!(flags(), 0);
+                } else {
+                    rec(n - 1);
+                }
+            }
+            rec(500);
+            assert_eq!(flags(), 0);
+        });
+    }
+
+    #[test]
+    fn guard_in_thread_local_dropped_at_teardown_does_not_panic() {
+        struct Holder(RefCell<Option<NoFsScope>>);
+        thread_local! {
+            static HELD: Holder = const { Holder(RefCell::new(None)) };
+        }
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            HELD.with(|h| *h.0.borrow_mut() = Some(NoFsScope::enter()));
+            assert_eq!(flags(), BOTH);
+            // The guard is dropped by thread-local destructors when this
+            // thread exits; `on_fake` would re-raise a panic.
+        });
+    }
+}

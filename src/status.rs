@@ -1,0 +1,352 @@
+//! Reading the real allocation context of any thread from `/proc`.
+//!
+//! The kernel publishes each task's `flags` word as field 9 of
+//! `/proc/<pid>/task/<tid>/stat`. Reading it needs no capability, so a
+//! daemon, a test or an operator can always check what the kernel really
+//! does — which is the point: `prctl(PR_SET_IO_FLUSHER)` has shipped broken
+//! in real projects because nobody looked.
+
+use crate::sys;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// The allocation-context bits of one thread, as the kernel reports them.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// use reclaim_scope::ThreadFlags;
+///
+/// let flags = ThreadFlags::current()?;
+/// println!("this thread: {flags}"); // e.g. "clear" or "NOIO|LOCAL_THROTTLE (io-flusher)"
+/// # }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ThreadFlags {
+    bits: u32,
+}
+
+impl ThreadFlags {
+    /// Wraps a raw `flags` word (field 9 of `/proc/<pid>/task/<tid>/stat`).
+    ///
+    /// ```
+    /// use reclaim_scope::ThreadFlags;
+    /// let f = ThreadFlags::from_bits(0x0008_0000 | 0x0010_0000);
+    /// assert!(f.noio() && f.local_throttle() && f.is_io_flusher());
+    /// ```
+    pub const fn from_bits(bits: u32) -> Self {
+        ThreadFlags { bits }
+    }
+
+    /// The raw `flags` word, every bit included.
+    pub const fn bits(self) -> u32 {
+        self.bits
+    }
+
+    /// Reads the calling thread's flags from `/proc/thread-self/stat`.
+    ///
+    /// Needs no capability. Fails only if `/proc` is not mounted (or not
+    /// Linux).
+    ///
+    /// ```
+    /// # #[cfg(target_os = "linux")] {
+    /// let f = reclaim_scope::ThreadFlags::current()?;
+    /// assert_eq!(f.is_io_flusher(), f.noio() && f.local_throttle());
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "thread-self")]
+    pub fn current() -> io::Result<Self> {
+        sys::thread_flags_self().map(Self::from_bits)
+    }
+
+    /// Reads the flags of thread `tid` of process `pid` from
+    /// `/proc/<pid>/task/<tid>/stat`.
+    ///
+    /// ```
+    /// # #[cfg(target_os = "linux")] {
+    /// use reclaim_scope::{current_tid, ThreadFlags};
+    /// let pid = std::process::id() as i32;
+    /// let f = ThreadFlags::of_task(pid, current_tid())?;
+    /// assert_eq!(f.noio(), ThreadFlags::current()?.noio());
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn of_task(pid: i32, tid: i32) -> io::Result<Self> {
+        read_task(pid, tid).map(|t| t.flags)
+    }
+
+    /// `PF_MEMALLOC_NOIO`: every allocation of the thread drops `__GFP_IO`
+    /// and `__GFP_FS`. Set by `PR_SET_IO_FLUSHER`.
+    pub const fn noio(self) -> bool {
+        self.bits & sys::PF_MEMALLOC_NOIO != 0
+    }
+
+    /// `PF_MEMALLOC_NOFS`: every allocation drops `__GFP_FS`. User space
+    /// cannot set this bit alone; the kernel sets it inside file-system
+    /// code. See [`blocks_fs_reclaim`](Self::blocks_fs_reclaim) for the
+    /// question "can this thread recurse into the file system?".
+    pub const fn nofs(self) -> bool {
+        self.bits & sys::PF_MEMALLOC_NOFS != 0
+    }
+
+    /// Whether the thread's allocations cannot recurse into file-system
+    /// reclaim: NOIO or NOFS is set (NOIO implies NOFS).
+    pub const fn blocks_fs_reclaim(self) -> bool {
+        self.noio() || self.nofs()
+    }
+
+    /// `PF_LOCAL_THROTTLE` (Linux ≥ 5.8): the thread is throttled only on
+    /// its own dirty pages, not on the device it serves.
+    pub const fn local_throttle(self) -> bool {
+        self.bits & sys::PF_LOCAL_THROTTLE != 0
+    }
+
+    /// Both bits `PR_SET_IO_FLUSHER` sets: what `PR_GET_IO_FLUSHER` reports
+    /// as 1 on Linux ≥ 5.8.
+    pub const fn is_io_flusher(self) -> bool {
+        self.noio() && self.local_throttle()
+    }
+}
+
+impl fmt::Display for ThreadFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        if self.noio() {
+            names.push("NOIO");
+        }
+        if self.nofs() {
+            names.push("NOFS");
+        }
+        if self.local_throttle() {
+            names.push("LOCAL_THROTTLE");
+        }
+        if names.is_empty() {
+            return f.write_str("clear");
+        }
+        f.write_str(&names.join("|"))?;
+        if self.is_io_flusher() {
+            f.write_str(" (io-flusher)")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ThreadFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadFlags")
+            .field("bits", &format_args!("{:#010x}", self.bits))
+            .field("noio", &self.noio())
+            .field("nofs", &self.nofs())
+            .field("local_throttle", &self.local_throttle())
+            .finish()
+    }
+}
+
+/// One thread of a process, as `/proc` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ThreadInfo {
+    /// The kernel's thread id.
+    pub tid: i32,
+    /// The thread's name (`comm`, at most 15 bytes), lossily decoded.
+    pub name: String,
+    /// Its allocation-context flags.
+    pub flags: ThreadFlags,
+}
+
+/// Lists every thread of process `pid` with its name and flags.
+///
+/// Threads that exit while the list is read are left out; a process that
+/// does not exist (or exits before its first thread is read) gives
+/// `NotFound` with a message naming the pid. Needs no capability.
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// let me = std::process::id() as i32;
+/// let threads = reclaim_scope::threads_of(me)?;
+/// assert!(threads.iter().any(|t| t.tid == reclaim_scope::current_tid()));
+/// # }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn threads_of(pid: i32) -> io::Result<Vec<ThreadInfo>> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let entries = std::fs::read_dir(&dir).map_err(|e| not_found_pid(e, pid))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        match read_task(pid, tid) {
+            Ok(t) => out.push(t),
+            // The thread exited between readdir and read: it is gone, skip it.
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    if out.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} exited while its threads were read"),
+        ));
+    }
+    out.sort_by_key(|t| t.tid);
+    Ok(out)
+}
+
+/// The kernel's id of the calling thread (`gettid(2)`): the `tid` that
+/// `/proc/<pid>/task/<tid>` and tracefs' `common_pid` use.
+///
+/// ```
+/// let tid = reclaim_scope::current_tid();
+/// assert!(tid > 0);
+/// ```
+pub fn current_tid() -> i32 {
+    sys::gettid()
+}
+
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+}
+
+fn not_found_pid(e: io::Error, pid: i32) -> io::Error {
+    if gone(&e) {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no process with pid {pid}"),
+        )
+    } else {
+        io::Error::new(e.kind(), format!("reading /proc/{pid}/task: {e}"))
+    }
+}
+
+fn read_task(pid: i32, tid: i32) -> io::Result<ThreadInfo> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let raw = std::fs::read(&path).map_err(|e| {
+        if gone(&e) {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no thread {tid} in process {pid} ({path})"),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("reading {path}: {e}"))
+        }
+    })?;
+    let stat = parse_stat(&raw)?;
+    Ok(ThreadInfo {
+        tid,
+        name: stat.comm,
+        flags: ThreadFlags::from_bits(stat.flags),
+    })
+}
+
+/// The fields of a `stat` line this crate uses.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub comm: String,
+    pub flags: u32,
+}
+
+/// Parses a `/proc/<pid>/task/<tid>/stat` line.
+///
+/// `comm` (field 2) is enclosed in parentheses but may itself contain spaces
+/// and parentheses, so the fields are counted after the **last** `)`: the
+/// first one there is field 3 (`state`), the seventh is field 9 (`flags`).
+pub(crate) fn parse_stat(raw: &[u8]) -> io::Result<Stat> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "malformed /proc stat line ({why}): {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(120)])
+            ),
+        )
+    };
+    let open = raw
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or_else(|| bad("no '('"))?;
+    let close = raw
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or_else(|| bad("no ')'"))?;
+    if close < open {
+        return Err(bad("')' before '('"));
+    }
+    let comm = String::from_utf8_lossy(&raw[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(&raw[close + 1..]).map_err(|_| bad("not UTF-8"))?;
+    let flags = rest
+        .split_ascii_whitespace()
+        .nth(6)
+        .ok_or_else(|| bad("fewer than 9 fields"))?
+        .parse::<u32>()
+        .map_err(|_| bad("flags is not a number"))?;
+    Ok(Stat { comm, flags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(comm: &str, flags: u32) -> Vec<u8> {
+        format!("4242 ({comm}) S 1 4242 4242 0 -1 {flags} 120 0 0 0 5 3 0 0 20 0 3 0 99 1 2")
+            .into_bytes()
+    }
+
+    #[test]
+    fn parses_plain_line() {
+        let s = parse_stat(&line("nbd-worker", 0x0018_0040)).unwrap();
+        assert_eq!(s.comm, "nbd-worker");
+        assert_eq!(s.flags, 0x0018_0040);
+    }
+
+    #[test]
+    fn hostile_comm_names() {
+        for comm in [
+            "a) b (c",
+            "",
+            ")))))))))))))))",
+            "((((",
+            ") S 1 2 3 4 5 999 ",
+            "x y",
+        ] {
+            let s = parse_stat(&line(comm, 4_194_560)).unwrap();
+            assert_eq!(s.comm, comm);
+            assert_eq!(s.flags, 4_194_560, "comm {comm:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_not_panics() {
+        for raw in [
+            &b""[..],
+            b"12 comm S 1",
+            b"12 (comm) S 1 2 3",
+            b"12 (comm) S 1 2 3 4 5 notanumber",
+            b") 12 (",
+            b"12 (comm) S 1 2 3 4 5 \xff\xfe",
+        ] {
+            let e = parse_stat(raw).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn flag_accessors_and_display() {
+        let none = ThreadFlags::from_bits(0x40);
+        assert!(!none.noio() && !none.nofs() && !none.local_throttle());
+        assert_eq!(none.to_string(), "clear");
+        let fl = ThreadFlags::from_bits(sys::PF_MEMALLOC_NOIO | sys::PF_LOCAL_THROTTLE);
+        assert!(fl.is_io_flusher() && fl.blocks_fs_reclaim() && !fl.nofs());
+        assert_eq!(fl.to_string(), "NOIO|LOCAL_THROTTLE (io-flusher)");
+        let nofs = ThreadFlags::from_bits(sys::PF_MEMALLOC_NOFS);
+        assert!(nofs.blocks_fs_reclaim() && !nofs.is_io_flusher());
+        assert_eq!(nofs.to_string(), "NOFS");
+        let old_kernel = ThreadFlags::from_bits(sys::PF_MEMALLOC_NOIO);
+        assert!(old_kernel.blocks_fs_reclaim() && !old_kernel.is_io_flusher());
+    }
+}

@@ -1,0 +1,77 @@
+//! The system backend: the only module of the crate that contains `unsafe`.
+//!
+//! One backend is compiled in, chosen by target:
+//! - `linux`: `prctl(2)` and `gettid(2)` through `libc`;
+//! - `fallback`: every other target; the prctl answers "unsupported".
+//!
+//! Unit tests (`cfg(test)`) can install a per-thread [`fake`] kernel that
+//! simulates the flag, `EPERM` and `EINVAL`; when none is installed the real
+//! backend answers, so the same code paths are exercised either way.
+
+use std::io;
+
+cfg_if::cfg_if! {
+    if #[cfg(target_os = "linux")] {
+        mod linux;
+        use linux as os;
+    } else {
+        mod fallback;
+        use fallback as os;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+/// `PF_SUPERPRIV`: set by the kernel when a task used a capability.
+#[cfg(test)]
+pub(crate) const PF_SUPERPRIV: u32 = 0x0000_0100;
+/// `PF_MEMALLOC_NOFS`: allocations of the task drop `__GFP_FS`.
+pub(crate) const PF_MEMALLOC_NOFS: u32 = 0x0004_0000;
+/// `PF_MEMALLOC_NOIO`: allocations of the task drop `__GFP_IO` and `__GFP_FS`.
+pub(crate) const PF_MEMALLOC_NOIO: u32 = 0x0008_0000;
+/// `PF_LOCAL_THROTTLE` (Linux ≥ 5.8): throttle the task only on its own dirty pages.
+pub(crate) const PF_LOCAL_THROTTLE: u32 = 0x0010_0000;
+
+/// A raw `errno` value.
+pub(crate) type Errno = i32;
+
+pub(crate) const EPERM: Errno = libc::EPERM;
+pub(crate) const EINVAL: Errno = libc::EINVAL;
+
+/// `prctl(PR_SET_IO_FLUSHER, on)` on the calling thread.
+#[inline]
+pub(crate) fn set_io_flusher(on: bool) -> Result<(), Errno> {
+    #[cfg(test)]
+    if let Some(r) = fake::set_io_flusher(on) {
+        return r;
+    }
+    os::set_io_flusher(on)
+}
+
+/// `prctl(PR_GET_IO_FLUSHER)` on the calling thread.
+#[inline]
+pub(crate) fn get_io_flusher() -> Result<bool, Errno> {
+    #[cfg(test)]
+    if let Some(r) = fake::get_io_flusher() {
+        return r;
+    }
+    os::get_io_flusher()
+}
+
+/// The `flags` field of the calling thread, as the kernel reports it in
+/// `/proc/thread-self/stat`.
+pub(crate) fn thread_flags_self() -> io::Result<u32> {
+    #[cfg(test)]
+    if let Some(flags) = fake::flags() {
+        return Ok(flags);
+    }
+    let stat = os::read_thread_self_stat()?;
+    crate::status::parse_stat(&stat).map(|s| s.flags)
+}
+
+/// The kernel's id of the calling thread (`gettid(2)`).
+#[inline]
+pub(crate) fn gettid() -> i32 {
+    os::gettid()
+}
