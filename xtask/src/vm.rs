@@ -1054,6 +1054,24 @@ pub fn parse_results(console: &[String]) -> Vec<BinResult> {
                 .split("status=")
                 .nth(1)
                 .and_then(|s| s.trim().parse().ok());
+        } else if let Some(summary) = l.strip_prefix("test result: ") {
+            // "ok. 11 passed; 0 failed; 0 ignored; ..." is authoritative: with
+            // --nocapture a test's output can split its "test X ... ok" line.
+            let num = |key: &str| -> Option<u32> {
+                summary
+                    .split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches(|c: char| !c.is_ascii_digit())
+                            .strip_suffix(key)
+                    })
+                    .and_then(|n| n.trim().parse().ok())
+            };
+            if let (Some(p), Some(f)) = (num("passed"), num("failed")) {
+                cur.passed = p;
+                cur.failed = f;
+                cur.ignored = num("ignored").unwrap_or(cur.ignored);
+            }
         } else if let Some(t) = l.strip_prefix("test ") {
             if t.ends_with(" ... ok") {
                 cur.passed += 1;
@@ -1237,17 +1255,23 @@ mod tests {
             "@@VM-BIN-BEGIN vm_b",
             "test x ... ok",
             "@@VM-BIN-END vm_b status=0",
+            "@@VM-BIN-BEGIN vm_c",
+            "test noisy ... output of the test",
+            "ok",
+            "test result: ok. 11 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.67s",
+            "@@VM-BIN-END vm_c status=0",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let r = parse_results(&lines);
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 3);
         assert_eq!(
             (r[0].passed, r[0].failed, r[0].ignored, r[0].status),
             (1, 1, 1, Some(101))
         );
         assert_eq!(r[0].failures, vec!["flags::clear".to_owned()]);
         assert_eq!((r[1].passed, r[1].status), (1, Some(0)));
+        assert_eq!((r[2].passed, r[2].failed, r[2].ignored), (11, 0, 2));
     }
 }

@@ -1,0 +1,550 @@
+//! Shared support for the kernel-truth tests (`tests/vm_*.rs`).
+//!
+//! These helpers read the kernel's own view — `/proc/thread-self/stat` flags
+//! and tracefs gfp masks — never the crate's bookkeeping. Integration tests
+//! include it with `mod common;`. Plain safe Rust: std only.
+//!
+//! The string parsers (stat flags, trace lines, gfp classification) are
+//! unit-tested on the host by every `cargo test` (in `tests/vm_harness.rs`); the rest needs the VM
+//! (`cargo xtask vm-test`), where PID 1 has CAP_SYS_RESOURCE and tracefs is
+//! mounted.
+
+// Each test file uses a different subset.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// `prctl` options (not in `libc` for Linux targets).
+pub const PR_SET_IO_FLUSHER: i32 = 57;
+pub const PR_GET_IO_FLUSHER: i32 = 58;
+
+/// Bits of `task_struct::flags` (include/linux/sched.h).
+pub const PF_MEMALLOC_NOFS: u32 = 0x0004_0000;
+pub const PF_MEMALLOC_NOIO: u32 = 0x0008_0000;
+pub const PF_LOCAL_THROTTLE: u32 = 0x0010_0000;
+/// What `PR_SET_IO_FLUSHER(1)` sets and `(0)` clears.
+pub const IO_FLUSHER_BITS: u32 = PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE;
+
+/// The reason string every VM-only test carries in `#[ignore = ...]`.
+pub const VM_ONLY: &str =
+    "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`";
+
+/// True inside the kernel-truth VM (its /init exports `RECLAIM_SCOPE_VM=1`).
+pub fn in_vm() -> bool {
+    std::env::var_os("RECLAIM_SCOPE_VM").is_some_and(|v| v == "1")
+}
+
+/// First line of every VM test: a VM test run on a host (e.g. through
+/// `cargo test -- --include-ignored`) must fail loudly, not pass vacuously.
+pub fn require_vm() {
+    assert!(
+        in_vm(),
+        "kernel-truth test: needs CAP_SYS_RESOURCE and tracefs; run `cargo xtask vm-test`"
+    );
+}
+
+/// The calling thread's kernel thread id, from the `/proc/thread-self`
+/// symlink (`<pid>/task/<tid>`): no syscall wrapper, no `unsafe`.
+pub fn gettid() -> i32 {
+    let link = fs::read_link("/proc/thread-self").expect("readlink /proc/thread-self");
+    let s = link.to_string_lossy();
+    s.rsplit('/')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected /proc/thread-self target {s:?}"))
+}
+
+/// Field 9 (`flags`) of a `/proc/.../stat` line. The comm field (2) may hold
+/// spaces and parentheses, so fields are counted after the **last** `)`.
+pub fn parse_stat_flags(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ")": state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
+/// The calling thread's `task_struct::flags`, as the kernel reports them.
+pub fn thread_flags() -> u32 {
+    let stat = fs::read_to_string("/proc/thread-self/stat").expect("read /proc/thread-self/stat");
+    parse_stat_flags(&stat).unwrap_or_else(|| panic!("cannot parse flags from {stat:?}"))
+}
+
+/// Flags of any thread, or `None` if it has exited.
+pub fn task_flags(pid: i32, tid: i32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    parse_stat_flags(&stat)
+}
+
+/// Render the memalloc bits of a flags word for assertion messages.
+pub fn describe_flags(f: u32) -> String {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (PF_MEMALLOC_NOFS, "PF_MEMALLOC_NOFS"),
+        (PF_MEMALLOC_NOIO, "PF_MEMALLOC_NOIO"),
+        (PF_LOCAL_THROTTLE, "PF_LOCAL_THROTTLE"),
+    ] {
+        if f & bit != 0 {
+            v.push(name);
+        }
+    }
+    format!(
+        "{f:#x} [{}]",
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join("|")
+        }
+    )
+}
+
+/// Run `f` on a new thread and return its result; a panic in `f` is resumed
+/// here. Kernel state is per thread and inherited by `clone()`, so each test
+/// starts from a thread whose flags it can check instead of the harness's.
+pub fn on_fresh_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    match std::thread::spawn(f).join() {
+        Ok(r) => r,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// gfp flags as printed by tracefs
+// ---------------------------------------------------------------------------
+
+/// Whether an allocation may recurse into file-system (`__GFP_FS`) and
+/// block-I/O (`__GFP_IO`) reclaim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GfpClass {
+    pub fs: bool,
+    pub io: bool,
+}
+
+impl GfpClass {
+    /// Neither FS nor IO: what every allocation of an I/O flusher must be.
+    pub fn is_noio(self) -> bool {
+        !self.fs && !self.io
+    }
+}
+
+const GFP_IO_BIT: u64 = 0x40;
+const GFP_FS_BIT: u64 = 0x80;
+
+/// FS/IO content of every name `show_gfp_flags()` can print
+/// (include/trace/events/mmflags.h, include/linux/gfp_types.h; older names
+/// from 4.x kept so a different guest kernel does not break the parser).
+/// `__print_flags` emits the first matching mask of its table and removes
+/// its bits, so the names in one string are disjoint and their union is the
+/// mask: composites first (`GFP_HIGHUSER_MOVABLE|__GFP_COMP`), then single
+/// bits, then leftover bits in hex.
+const GFP_NAMES: &[(&str, bool, bool)] = &[
+    // (name, __GFP_FS, __GFP_IO)
+    ("GFP_TRANSHUGE", true, true), // GFP_TRANSHUGE_LIGHT | __GFP_DIRECT_RECLAIM
+    ("GFP_TRANSHUGE_LIGHT", true, true), // (GFP_HIGHUSER_MOVABLE|...) & ~__GFP_RECLAIM
+    ("GFP_HIGHUSER_MOVABLE", true, true), // GFP_HIGHUSER | __GFP_MOVABLE
+    ("GFP_HIGHUSER", true, true),  // GFP_USER | __GFP_HIGHMEM
+    ("GFP_USER", true, true),      // __GFP_RECLAIM|__GFP_IO|__GFP_FS|__GFP_HARDWALL
+    ("GFP_TEMPORARY", true, true), // (≤4.14) GFP_KERNEL | __GFP_RECLAIMABLE
+    ("GFP_KERNEL_ACCOUNT", true, true), // GFP_KERNEL | __GFP_ACCOUNT
+    ("GFP_KERNEL", true, true),    // __GFP_RECLAIM | __GFP_IO | __GFP_FS
+    ("GFP_NOFS", false, true),     // __GFP_RECLAIM | __GFP_IO
+    ("GFP_ATOMIC", false, false),  // __GFP_HIGH | (__GFP_ATOMIC) | __GFP_KSWAPD_RECLAIM
+    ("GFP_NOIO", false, false),    // __GFP_RECLAIM
+    ("GFP_NOWAIT", false, false),  // __GFP_KSWAPD_RECLAIM (| __GFP_NOWARN)
+    ("GFP_DMA", false, false),
+    ("GFP_DMA32", false, false),
+    ("GFP_IOFS", true, true), // (≤3.x) __GFP_IO | __GFP_FS
+    ("__GFP_IO", false, true),
+    ("__GFP_FS", true, false),
+    ("__GFP_RECLAIM", false, false),
+];
+
+/// Single `__GFP_*` bits that say nothing about FS/IO, across 4.x–6.x.
+const GFP_OTHER_BITS: &[&str] = &[
+    "DMA",
+    "HIGHMEM",
+    "DMA32",
+    "MOVABLE",
+    "RECLAIMABLE",
+    "HIGH",
+    "ATOMIC",
+    "ZERO",
+    "DIRECT_RECLAIM",
+    "KSWAPD_RECLAIM",
+    "WRITE",
+    "NOWARN",
+    "RETRY_MAYFAIL",
+    "REPEAT",
+    "NOFAIL",
+    "NORETRY",
+    "MEMALLOC",
+    "COMP",
+    "NOMEMALLOC",
+    "HARDWALL",
+    "THISNODE",
+    "ACCOUNT",
+    "ZEROTAGS",
+    "SKIP_ZERO",
+    "SKIP_KASAN",
+    "SKIP_KASAN_POISON",
+    "SKIP_KASAN_UNPOISON",
+    "NOLOCKDEP",
+    "NO_OBJ_EXT",
+    "COLD",
+    "NOTRACK",
+    "OTHER_NODE",
+    "NOACCOUNT",
+    "WAIT",
+    "NO_KSWAPD",
+    "KMEMCG",
+];
+
+/// Classify a tracefs `gfp_flags=` value. Unknown names are an error, so a
+/// kernel that prints something new fails the proof instead of passing it.
+pub fn classify_gfp(s: &str) -> Result<GfpClass, String> {
+    let s = s.trim();
+    let mut c = GfpClass::default();
+    if s == "none" || s == "0" || s == "0x0" {
+        return Ok(c);
+    }
+    for tok in s.split('|').map(str::trim) {
+        if let Some((_, fs, io)) = GFP_NAMES.iter().find(|(n, _, _)| *n == tok) {
+            c.fs |= fs;
+            c.io |= io;
+        } else if tok
+            .strip_prefix("__GFP_")
+            .is_some_and(|b| GFP_OTHER_BITS.contains(&b))
+        {
+            // Neither FS nor IO.
+        } else if let Some(hex) = tok.strip_prefix("0x") {
+            // Bits without a name; __GFP_IO/__GFP_FS are 0x40/0x80 in every
+            // kernel since 2.6 (and always have names, so this is defensive).
+            let v = u64::from_str_radix(hex, 16)
+                .map_err(|_| format!("bad gfp token {tok:?} in {s:?}"))?;
+            c.io |= v & GFP_IO_BIT != 0;
+            c.fs |= v & GFP_FS_BIT != 0;
+        } else {
+            return Err(format!("unknown gfp name {tok:?} in {s:?}"));
+        }
+    }
+    Ok(c)
+}
+
+// ---------------------------------------------------------------------------
+// tracefs
+// ---------------------------------------------------------------------------
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub const EV_PAGE_ALLOC: &str = "kmem:mm_page_alloc";
+pub const EV_DIRECT_RECLAIM: &str = "vmscan:mm_vmscan_direct_reclaim_begin";
+pub const EV_MEMCG_RECLAIM: &str = "vmscan:mm_vmscan_memcg_reclaim_begin";
+
+/// One line of `/sys/kernel/tracing/trace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// Event name without its system, e.g. `mm_page_alloc`.
+    pub event: String,
+    pub pid: i32,
+    /// The `gfp_flags=` field, if the event has one.
+    pub gfp: Option<String>,
+    pub line: String,
+}
+
+impl TraceEvent {
+    pub fn is(&self, full_or_short: &str) -> bool {
+        let short = full_or_short.rsplit(':').next().unwrap_or(full_or_short);
+        self.event == short
+    }
+
+    /// Classification of [`gfp`](Self::gfp); panics on unknown names or a
+    /// missing field so a proof cannot pass on a misparse.
+    pub fn gfp_class(&self) -> GfpClass {
+        let g = self
+            .gfp
+            .as_deref()
+            .unwrap_or_else(|| panic!("event without gfp_flags: {}", self.line));
+        classify_gfp(g).unwrap_or_else(|e| panic!("{e} (line: {})", self.line))
+    }
+}
+
+/// Parse the text of the `trace` file. Lines look like
+/// `   vm_harness-123     [001] .....    12.345678: mm_page_alloc: page=... gfp_flags=GFP_KERNEL`
+/// (the irq-flags column may be absent, the task name may contain spaces).
+pub fn parse_trace(text: &str) -> Vec<TraceEvent> {
+    text.lines().filter_map(parse_trace_line).collect()
+}
+
+pub fn parse_trace_line(line: &str) -> Option<TraceEvent> {
+    if line.trim_start().starts_with('#') || line.trim().is_empty() {
+        return None;
+    }
+    // Find the "[cpu]" column whose left neighbour is "-<pid>".
+    let b = line.as_bytes();
+    let mut search = 0;
+    let (pid, after) = loop {
+        let open = search + line[search..].find('[')?;
+        let close = open + line[open..].find(']')?;
+        search = open + 1;
+        if close == open + 1 || !b[open + 1..close].iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let left = line[..open].trim_end();
+        let Some(dash) = left.rfind('-') else {
+            continue;
+        };
+        let Ok(pid) = left[dash + 1..].parse::<i32>() else {
+            continue;
+        };
+        break (pid, &line[close + 1..]);
+    };
+    // "<irq flags> <timestamp>: <event>: <fields>"
+    let ts_end = after.find(": ")?;
+    let rest = &after[ts_end + 2..];
+    let (event, fields) = rest.split_once(':').unwrap_or((rest, ""));
+    let gfp = fields
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("gfp_flags="))
+        .map(str::to_owned);
+    Some(TraceEvent {
+        event: event.trim().to_owned(),
+        pid,
+        gfp,
+        line: line.to_owned(),
+    })
+}
+
+/// An active tracefs session: the events are enabled (with a pid filter)
+/// until [`stop`](Tracer::stop) or drop. Only one may exist at a time; the VM
+/// runs tests with `--test-threads=1`.
+pub struct Tracer {
+    events: Vec<String>,
+    stopped: bool,
+}
+
+fn tracefs(rel: &str) -> PathBuf {
+    Path::new(TRACEFS).join(rel)
+}
+
+fn write_tracefs(rel: &str, value: &str) -> io::Result<()> {
+    fs::write(tracefs(rel), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {value:?} to {TRACEFS}/{rel}: {e}")))
+}
+
+fn event_dir(ev: &str) -> String {
+    // "kmem:mm_page_alloc" → "events/kmem/mm_page_alloc"
+    format!("events/{}", ev.replacen(':', "/", 1))
+}
+
+impl Tracer {
+    /// Enable `events` (`system:name`) for the given pids (empty: all tasks),
+    /// with a cleared buffer.
+    pub fn start(events: &[&str], pids: &[i32]) -> io::Result<Tracer> {
+        if !tracefs("trace").exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{TRACEFS} is not mounted (run in the VM: `cargo xtask vm-test`)"),
+            ));
+        }
+        let filter = if pids.is_empty() {
+            "0".to_owned() // writing 0 clears a filter
+        } else {
+            pids.iter()
+                .map(|p| format!("common_pid == {p}"))
+                .collect::<Vec<_>>()
+                .join(" || ")
+        };
+        let mut t = Tracer {
+            events: Vec::new(),
+            stopped: false,
+        };
+        for ev in events {
+            let dir = event_dir(ev);
+            write_tracefs(&format!("{dir}/filter"), &filter)?;
+            t.events.push(ev.to_string());
+        }
+        write_tracefs("tracing_on", "1")?;
+        // Opening `trace` with O_TRUNC empties the ring buffer.
+        write_tracefs("trace", "")?;
+        for ev in &t.events {
+            write_tracefs(&format!("{}/enable", event_dir(ev)), "1")?;
+        }
+        Ok(t)
+    }
+
+    fn disable(&mut self) -> io::Result<()> {
+        self.stopped = true;
+        let mut r = Ok(());
+        for ev in &self.events {
+            let dir = event_dir(ev);
+            if let Err(e) = write_tracefs(&format!("{dir}/enable"), "0") {
+                r = Err(e);
+            }
+            let _ = write_tracefs(&format!("{dir}/filter"), "0");
+        }
+        r
+    }
+
+    /// Disable the events and return what was recorded.
+    pub fn stop(mut self) -> io::Result<Vec<TraceEvent>> {
+        // Disable before reading so nothing is appended while we read.
+        let events = self.events.clone();
+        let off = self.disable();
+        let text = fs::read_to_string(tracefs("trace"))?;
+        off?;
+        if let Some(lost) = text
+            .lines()
+            .find(|l| l.contains("entries-in-buffer/entries-written:"))
+        {
+            // "# entries-in-buffer/entries-written: 17/17   #P:2": a
+            // difference means the ring buffer overflowed and events are missing.
+            let counts = lost
+                .split(':')
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next());
+            if let Some((a, b)) = counts.and_then(|c| c.split_once('/')) {
+                assert_eq!(
+                    a, b,
+                    "trace ring buffer overflowed while tracing {events:?}"
+                );
+            }
+        }
+        Ok(parse_trace(&text))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.disable();
+        }
+    }
+}
+
+/// Trace `events` of the calling thread while `f` runs.
+pub fn trace_thread<R>(events: &[&str], f: impl FnOnce() -> R) -> (R, Vec<TraceEvent>) {
+    trace_pids(events, &[gettid()], f)
+}
+
+/// Trace `events` of the given tasks (empty: all) while `f` runs.
+pub fn trace_pids<R>(events: &[&str], pids: &[i32], f: impl FnOnce() -> R) -> (R, Vec<TraceEvent>) {
+    let t = Tracer::start(events, pids).expect("start tracing");
+    let r = f();
+    let ev = t.stop().expect("read trace");
+    (r, ev)
+}
+
+/// "GFP_HIGHUSER_MOVABLE|__GFP_COMP ×16, GFP_NOFS ×1" for messages and logs.
+pub fn summarize_gfp(events: &[TraceEvent]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for e in events {
+        let g = format!("{}:{}", e.event, e.gfp.as_deref().unwrap_or("-"));
+        match counts.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((g, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "no events".into();
+    }
+    counts
+        .iter()
+        .map(|(g, n)| format!("{g} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------
+// A real block-backed file system in the VM
+// ---------------------------------------------------------------------------
+
+pub const SCRATCH_MNT: &str = "/mnt/rs-ext4";
+
+fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{cmd} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn is_mounted(mnt: &str) -> bool {
+    fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(mnt)))
+        .unwrap_or(false)
+}
+
+/// An ext4 mount on a 64 MiB brd ramdisk (`/dev/ram0`), created once per VM
+/// boot and shared by all test binaries. Page cache of a real block-backed
+/// file system — the allocation the seed deadlock is about — unlike tmpfs,
+/// whose pages come from shmem. Formatted with the host's mkfs.ext4 when
+/// `vm-test` copied it in, else busybox mke2fs (ext2 layout, mounted by the
+/// ext4 driver).
+pub fn scratch_fs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        require_vm();
+        if !is_mounted(SCRATCH_MNT) {
+            if !Path::new("/dev/ram0").exists() {
+                // Parameters only apply on the first load of brd.
+                sh("modprobe", &["brd", "rd_nr=1", "rd_size=65536"])
+                    .unwrap_or_else(|e| panic!("scratch fs: {e} (vm-test adds --modules brd)"));
+            }
+            let mkfs = if Command::new("mkfs.ext4").arg("-V").output().is_ok() {
+                sh("mkfs.ext4", &["-q", "-F", "/dev/ram0"])
+            } else {
+                sh("mke2fs", &["-F", "/dev/ram0"])
+            };
+            mkfs.unwrap_or_else(|e| panic!("scratch fs: {e}"));
+            fs::create_dir_all(SCRATCH_MNT).expect("mkdir scratch mount point");
+            sh("mount", &["-t", "ext4", "/dev/ram0", SCRATCH_MNT])
+                .unwrap_or_else(|e| panic!("scratch fs: {e}"));
+        }
+        PathBuf::from(SCRATCH_MNT)
+    })
+}
+
+/// A new, empty file on [`scratch_fs`] (unique per call).
+pub fn fresh_file(tag: &str) -> (PathBuf, fs::File) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let p = scratch_fs().join(format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    (p, f)
+}
+
+/// Buffered write of `len` bytes of fresh page cache at offset 0 of `f`,
+/// traced: every page allocation of this thread during the write.
+pub fn traced_pwrite(f: &fs::File, len: usize) -> Vec<TraceEvent> {
+    use std::os::unix::fs::FileExt;
+    let buf = vec![0x5au8; len]; // allocated before tracing starts
+    let (r, ev) = trace_thread(&[EV_PAGE_ALLOC], || f.write_all_at(&buf, 0));
+    r.expect("pwrite");
+    ev.into_iter().filter(|e| e.is(EV_PAGE_ALLOC)).collect()
+}
+
+impl fmt::Display for GfpClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fs={} io={}", self.fs, self.io)
+    }
+}
