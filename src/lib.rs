@@ -66,6 +66,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod fs;
 mod report;
 mod scope;
 mod status;
@@ -74,6 +75,7 @@ mod status;
 mod sys;
 
 pub use error::{Error, ErrorKind};
+pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
 pub use report::{degradation, set_degradation_hook};
 pub use scope::{
     refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, try_with_nofs,

@@ -116,3 +116,82 @@ pub(crate) fn get_io_flusher() -> Option<Result<bool, Errno>> {
         Some(Ok(s.flags & both == both))
     })
 }
+
+// ---------------------------------------------------------------------------
+// Scripted I/O syscalls (for `NoFsFile`'s retry and continuation logic)
+// ---------------------------------------------------------------------------
+
+/// One scripted answer of the next fake I/O syscall (`pread64`, `pwrite64`,
+/// `preadv2`, `pwritev2`, `fallocate`, `fdatasync`, `fsync`, `ftruncate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IoScript {
+    /// Fail with this errno without doing anything (`EINTR`, `EIO`, ...).
+    Err(Errno),
+    /// Do the real syscall with the length capped at this many bytes: a
+    /// short read or write (`pread64`/`pwrite64` only).
+    Short(usize),
+    /// Claim this many bytes (at most the requested length) were
+    /// transferred, without doing any I/O: for lengths no test can afford.
+    Pretend(usize),
+}
+
+/// One I/O syscall as the fake saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IoCall {
+    pub op: &'static str,
+    pub offset: u64,
+    pub len: u64,
+    /// Whether the thread was an I/O flusher (fake flags) during the call.
+    pub flagged: bool,
+}
+
+#[derive(Default)]
+struct IoFake {
+    script: std::collections::VecDeque<IoScript>,
+    log: Vec<IoCall>,
+    recording: bool,
+}
+
+thread_local! {
+    static IO: RefCell<IoFake> = RefCell::new(IoFake::default());
+}
+
+/// Queues scripted answers for this thread's next I/O syscalls and starts
+/// recording every I/O syscall (scripted or real) in [`io_log`]. When the
+/// queue is empty the real syscall answers.
+pub(crate) fn script_io(answers: impl IntoIterator<Item = IoScript>) {
+    IO.with(|io| {
+        let mut io = io.borrow_mut();
+        io.script.extend(answers);
+        io.recording = true;
+    });
+}
+
+/// The I/O syscalls made on this thread since the first [`script_io`].
+pub(crate) fn io_log() -> Vec<IoCall> {
+    IO.with(|io| io.borrow().log.clone())
+}
+
+/// Scripted answers not consumed yet.
+pub(crate) fn io_script_left() -> usize {
+    IO.with(|io| io.borrow().script.len())
+}
+
+/// Called by the sys I/O wrappers: records the call and returns the
+/// scripted answer, if any.
+pub(crate) fn next_io(op: &'static str, offset: u64, len: u64) -> Option<IoScript> {
+    IO.with(|io| {
+        let mut io = io.borrow_mut();
+        if !io.recording {
+            return None;
+        }
+        let flagged = flags().is_some_and(|f| f & PF_MEMALLOC_NOIO != 0);
+        io.log.push(IoCall {
+            op,
+            offset,
+            len,
+            flagged,
+        });
+        io.script.pop_front()
+    })
+}

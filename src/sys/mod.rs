@@ -22,6 +22,7 @@ cfg_if::cfg_if! {
 
 #[cfg(test)]
 pub(crate) mod fake;
+pub(crate) mod fileio;
 
 /// `PF_SUPERPRIV`: set by the kernel when a task used a capability.
 #[cfg(test)]
