@@ -360,9 +360,10 @@ fn common_trace_line_parser() {
       vm_harness-97      [001] .....    12.345678: mm_page_alloc: page=0000000012345678 pfn=0x1234 order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE|__GFP_COMP
  my [odd]-name-42      [000] d..1.    13.000001: mm_vmscan_memcg_reclaim_begin: order=0 gfp_flags=GFP_NOIO|__GFP_HIGHMEM
           <idle>-0       [001]    14.5: sched_switch: prev_comm=x
+      vm_kernel-55      [000] .....    15.0: sys_prctl(option: 00000039, arg2: 00000001, arg3: 00000000, arg4: 00000000, arg5: 00000000)
 ";
     let ev = parse_trace(text);
-    assert_eq!(ev.len(), 3);
+    assert_eq!(ev.len(), 4);
     assert_eq!(ev[0].event, "mm_page_alloc");
     assert!(ev[0].is(EV_PAGE_ALLOC));
     assert_eq!(ev[0].pid, 97);
@@ -378,6 +379,10 @@ fn common_trace_line_parser() {
         (ev[2].pid, ev[2].event.as_str(), ev[2].gfp.as_deref()),
         (0, "sched_switch", None)
     );
+    assert!(ev[3].is(EV_SYS_PRCTL));
+    assert_eq!(ev[3].prctl_args(), Some((57, 1)));
+    assert_eq!(io_flusher_prctls(&ev), vec![(57, 1)]);
+    assert_eq!(ev[0].prctl_args(), None);
     assert_eq!(
         summarize_gfp(&ev[..2]),
         "mm_page_alloc:GFP_HIGHUSER_MOVABLE|__GFP_COMP x1, mm_vmscan_memcg_reclaim_begin:GFP_NOIO|__GFP_HIGHMEM x1"

@@ -241,6 +241,8 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const EV_PAGE_ALLOC: &str = "kmem:mm_page_alloc";
 pub const EV_DIRECT_RECLAIM: &str = "vmscan:mm_vmscan_direct_reclaim_begin";
 pub const EV_MEMCG_RECLAIM: &str = "vmscan:mm_vmscan_memcg_reclaim_begin";
+/// Entry of prctl(2); printed as `sys_prctl(option: 39, arg2: 1, ...)`, values in hex.
+pub const EV_SYS_PRCTL: &str = "syscalls:sys_enter_prctl";
 
 /// One line of `/sys/kernel/tracing/trace`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +258,24 @@ pub struct TraceEvent {
 impl TraceEvent {
     pub fn is(&self, full_or_short: &str) -> bool {
         let short = full_or_short.rsplit(':').next().unwrap_or(full_or_short);
+        // Syscall events print "sys_<name>", not "sys_enter_<name>".
         self.event == short
+            || short
+                .strip_prefix("sys_enter_")
+                .is_some_and(|n| self.event == format!("sys_{n}"))
+    }
+
+    /// `(option, arg2)` of a `sys_enter_prctl` event.
+    pub fn prctl_args(&self) -> Option<(u64, u64)> {
+        if self.event != "sys_prctl" {
+            return None;
+        }
+        let field = |name: &str| -> Option<u64> {
+            let v = self.line.split(&format!("{name}: ")).nth(1)?;
+            let v = v.split([',', ')']).next()?.trim();
+            u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+        };
+        Some((field("option")?, field("arg2")?))
     }
 
     /// Classification of [`gfp`](Self::gfp); panics on unknown names or a
@@ -303,7 +322,9 @@ pub fn parse_trace_line(line: &str) -> Option<TraceEvent> {
     // "<irq flags> <timestamp>: <event>: <fields>"
     let ts_end = after.find(": ")?;
     let rest = &after[ts_end + 2..];
-    let (event, fields) = rest.split_once(':').unwrap_or((rest, ""));
+    // "mm_page_alloc: page=..." or, for syscall events, "sys_prctl(option: 39, ...)".
+    let cut = rest.find([':', '(']).unwrap_or(rest.len());
+    let (event, fields) = (&rest[..cut], rest.get(cut + 1..).unwrap_or(""));
     let gfp = fields
         .split_whitespace()
         .find_map(|f| f.strip_prefix("gfp_flags="))
@@ -547,4 +568,14 @@ impl fmt::Display for GfpClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "fs={} io={}", self.fs, self.io)
     }
+}
+
+/// The `PR_SET_IO_FLUSHER`/`PR_GET_IO_FLUSHER` calls among traced
+/// `sys_enter_prctl` events, as `(option, arg2)`.
+pub fn io_flusher_prctls(events: &[TraceEvent]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter_map(TraceEvent::prctl_args)
+        .filter(|(o, _)| *o == PR_SET_IO_FLUSHER as u64 || *o == PR_GET_IO_FLUSHER as u64)
+        .collect()
 }

@@ -1113,6 +1113,11 @@ pub fn vm_test(
     let (o, log) = pack_and_boot(ws, &k, &stage, opts, &nonce, "test", phases)?;
 
     let results = parse_results(&o.console);
+    let failed_run = o.timed_out || o.status != Some(0);
+    if failed_run {
+        // Full console first, so the summary below stays at the end of the log.
+        print_console(&o, &log);
+    }
     println!("xtask: ===== VM test results =====");
     let (mut passed, mut failed) = (0, 0);
     for r in &results {
@@ -1155,7 +1160,6 @@ pub fn vm_test(
         (false, Some(s)) => Err(format!("VM test suite failed (status {s})")),
     };
     if let Err(e) = ok {
-        print_console(&o, &log);
         bail!("{e}");
     }
     println!("xtask: VM tests passed ({passed} tests)");
