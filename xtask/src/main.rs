@@ -25,7 +25,8 @@ Commands:
         Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
         kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
         Fails if any fails, if the VM does not finish, or if zero tests ran.
-        Defaults: --modules brd,loop and mkfs.ext4 from the host if present.
+        Defaults: --modules brd,loop, --host-bin qemu-nbd, and mkfs.ext4 from
+        the host if present.
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -137,6 +138,8 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         // mke2fs is the fallback) so vm-test installs nothing extra by default.
         o.modules = vec!["brd".into(), "loop".into()];
         o.optional_host_bins = vec!["mkfs.ext4".into()];
+        // tests/vm_cli.rs runs an unmodified daemon under `reclaim-scope exec`.
+        o.host_bins = vec!["qemu-nbd".into()];
     }
     let mut it = args.iter();
     let mut tail = Vec::new();

@@ -126,6 +126,14 @@ fn package_of(bin: &str) -> Option<&'static str> {
     })
 }
 
+/// `apt-get` that waits for a concurrent apt/dpkg (another build on the same
+/// machine) instead of failing at once on the lock.
+fn apt_get() -> Command {
+    let mut c = Command::new("apt-get");
+    c.args(["-o", "DPkg::Lock::Timeout=300"]);
+    c
+}
+
 /// Install what the VM step needs, and only what is missing.
 pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
     let mut missing: Vec<String> = Vec::new();
@@ -173,7 +181,7 @@ pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
         missing.join(" ")
     );
     // A failed update (offline mirror) is not fatal: the lists may be recent enough.
-    if let Err(e) = run(Command::new("apt-get").arg("update")) {
+    if let Err(e) = run(apt_get().arg("update")) {
         println!("xtask: warning: {e}; trying to install anyway");
     }
     let base = ["install", "-y", "--no-install-recommends"];
@@ -182,7 +190,7 @@ pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
         // qemu-system-x86 is 7.2 and needs a matching qemu-utils: a plain install
         // fails with "held broken packages". Pinning qemu-utils to bookworm
         // installs a consistent pair and keeps qemu-img/qemu-io/qemu-nbd.
-        let mut pinned = Command::new("apt-get");
+        let mut pinned = apt_get();
         pinned.args(base).arg("--allow-downgrades").args(&missing);
         pinned.arg("qemu-utils/bookworm");
         match run(&mut pinned) {
@@ -190,7 +198,7 @@ pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
             Err(e) => println!("xtask: pinned install failed ({e}); trying a plain install"),
         }
     }
-    let mut plain = Command::new("apt-get");
+    let mut plain = apt_get();
     plain.args(base).args(&missing);
     run(&mut plain).map_err(|e| {
         format!("required host packages {missing:?} are missing and apt-get failed: {e}")
@@ -324,7 +332,7 @@ fn apt_download(dir: &Path, pkg: &str) -> Result<PathBuf> {
         let _ = fs::remove_file(old);
     }
     let dl = || {
-        let mut c = Command::new("apt-get");
+        let mut c = apt_get();
         // Downloading as root into a root-owned dir: skip the _apt sandbox warning.
         c.args(["-o", "APT::Sandbox::User=root", "download", pkg])
             .current_dir(dir);
@@ -332,7 +340,7 @@ fn apt_download(dir: &Path, pkg: &str) -> Result<PathBuf> {
     };
     if dl().is_err() {
         println!("xtask: apt-get download {pkg} failed; running apt-get update and retrying");
-        run(Command::new("apt-get").arg("update"))?;
+        run(apt_get().arg("update"))?;
         dl().map_err(|e| format!("cannot download kernel package {pkg}: {e}"))?;
     }
     find().ok_or_else(|| format!("apt-get download {pkg} produced no .deb").into())
@@ -831,7 +839,8 @@ pub fn boot(
     // /dev/kvm exists on these machines but is not usable: TCG only.
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", &opts.mem, "-smp"])
         .arg(opts.smp.to_string())
-        .args(["-nographic", "-no-reboot", "-kernel"])
+        // No NIC: nothing needs a network, and it skips the iPXE option ROM.
+        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
         .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
