@@ -662,26 +662,53 @@ const OP_ZERO: &str = "fallocate(FALLOC_FL_ZERO_RANGE)";
 
 const OFF_MAX: u64 = i64::MAX as u64;
 
-/// Checks that `offset..offset + len` is a valid file range (`loff_t`).
+/// Checks that `offset..offset + len` is a valid file range (`loff_t`):
+/// `offset + len <= i64::MAX` (which implies `offset <= i64::MAX`).
 #[inline]
-fn check_range(op: &'static str, offset: u64, len: u64) -> Result<(), NoFsIoError> {
-    if offset > OFF_MAX {
-        return Err(NoFsIoError::new(
-            op,
-            offset,
-            len,
-            Cause::Invalid("the offset is beyond i64::MAX, the largest file offset"),
-        ));
-    }
+fn check_range(op: &'static str, offset: u64, len: u64, flags: RwFlags) -> io::Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= OFF_MAX => Ok(()),
-        _ => Err(NoFsIoError::new(
-            op,
-            offset,
-            len,
-            Cause::Invalid("offset + length is beyond i64::MAX, the largest file offset"),
-        )),
+        _ => Err(bad_range(op, offset, len, flags)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_range(op: &'static str, offset: u64, len: u64, flags: RwFlags) -> io::Error {
+    let why = if offset > OFF_MAX {
+        "the offset is beyond i64::MAX, the largest file offset"
+    } else {
+        "offset + length is beyond i64::MAX, the largest file offset"
+    };
+    NoFsIoError::new(op, offset, len, Cause::Invalid(why))
+        .flags_(flags)
+        .into()
+}
+
+/// The error of a failed syscall (kept out of line: the fast path only
+/// moves an errno).
+#[cold]
+#[inline(never)]
+fn os_error(op: &'static str, offset: u64, len: u64, flags: RwFlags, errno: i32) -> io::Error {
+    NoFsIoError::new(op, offset, len, Cause::Os(errno))
+        .flags_(flags)
+        .into()
+}
+
+#[cold]
+#[inline(never)]
+fn refused(op: &'static str, offset: u64, len: u64, flags: RwFlags, e: Error) -> io::Error {
+    NoFsIoError::new(op, offset, len, Cause::Refused(e))
+        .flags_(flags)
+        .into()
+}
+
+#[cold]
+#[inline(never)]
+fn loop_error(op: &'static str, offset: u64, len: u64, done: usize, cause: Cause) -> io::Error {
+    NoFsIoError::new(op, offset, len, cause)
+        .done(done as u64)
+        .into()
 }
 
 /// A [`File`] whose every I/O call runs in the I/O-flusher context
@@ -948,10 +975,19 @@ impl NoFsFile {
     }
 
     /// Enters the scope for `op`, following the policy.
-    #[inline]
-    fn scope(&self, op: &'static str, offset: u64, len: u64) -> Result<NoFsScope, NoFsIoError> {
+    #[inline(always)]
+    fn enter(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        flags: RwFlags,
+    ) -> io::Result<NoFsScope> {
         if self.policy() == NoFsPolicy::Strict {
-            NoFsScope::try_enter().map_err(|e| NoFsIoError::new(op, offset, len, Cause::Refused(e)))
+            match NoFsScope::try_enter() {
+                Ok(scope) => Ok(scope),
+                Err(e) => Err(refused(op, offset, len, flags, e)),
+            }
         } else {
             Ok(NoFsScope::enter())
         }
@@ -980,13 +1016,13 @@ impl NoFsFile {
     #[inline]
     pub fn pread_nofs(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let len = buf.len() as u64;
-        check_range(OP_PREAD, offset, len)?;
+        check_range(OP_PREAD, offset, len, RwFlags::empty())?;
         let chunk = buf.len().min(sio::MAX_RW_COUNT);
         let r = {
-            let _scope = self.scope(OP_PREAD, offset, len)?;
+            let _scope = self.enter(OP_PREAD, offset, len, RwFlags::empty())?;
             sio::pread(&self.file, &mut buf[..chunk], offset)
         };
-        r.map_err(|e| NoFsIoError::new(OP_PREAD, offset, len, Cause::Os(e)).into())
+        r.map_err(|e| os_error(OP_PREAD, offset, len, RwFlags::empty(), e))
     }
 
     /// `pwrite64(2)` inside the scope: one syscall, writing up to
@@ -1015,13 +1051,13 @@ impl NoFsFile {
     #[inline]
     pub fn pwrite_nofs(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         let len = buf.len() as u64;
-        check_range(OP_PWRITE, offset, len)?;
+        check_range(OP_PWRITE, offset, len, RwFlags::empty())?;
         let chunk = buf.len().min(sio::MAX_RW_COUNT);
         let r = {
-            let _scope = self.scope(OP_PWRITE, offset, len)?;
+            let _scope = self.enter(OP_PWRITE, offset, len, RwFlags::empty())?;
             sio::pwrite(&self.file, &buf[..chunk], offset)
         };
-        r.map_err(|e| NoFsIoError::new(OP_PWRITE, offset, len, Cause::Os(e)).into())
+        r.map_err(|e| os_error(OP_PWRITE, offset, len, RwFlags::empty(), e))
     }
 
     /// Fills `buf` from `offset`, inside one scope: `EINTR` is retried,
@@ -1042,13 +1078,13 @@ impl NoFsFile {
     #[doc(alias = "read_exact_at")]
     pub fn read_exact_at_nofs(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = buf.len() as u64;
-        check_range(OP_READ_EXACT, offset, len)?;
+        check_range(OP_READ_EXACT, offset, len, RwFlags::empty())?;
         if buf.is_empty() {
             return Ok(());
         }
         let mut done = 0usize;
         let fail = {
-            let _scope = self.scope(OP_READ_EXACT, offset, len)?;
+            let _scope = self.enter(OP_READ_EXACT, offset, len, RwFlags::empty())?;
             loop {
                 if done == buf.len() {
                     break None;
@@ -1064,9 +1100,7 @@ impl NoFsFile {
         };
         match fail {
             None => Ok(()),
-            Some(cause) => Err(NoFsIoError::new(OP_READ_EXACT, offset, len, cause)
-                .done(done as u64)
-                .into()),
+            Some(cause) => Err(loop_error(OP_READ_EXACT, offset, len, done, cause)),
         }
     }
 
@@ -1091,13 +1125,13 @@ impl NoFsFile {
     #[doc(alias = "write_all_at")]
     pub fn write_all_at_nofs(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let len = buf.len() as u64;
-        check_range(OP_WRITE_ALL, offset, len)?;
+        check_range(OP_WRITE_ALL, offset, len, RwFlags::empty())?;
         if buf.is_empty() {
             return Ok(());
         }
         let mut done = 0usize;
         let fail = {
-            let _scope = self.scope(OP_WRITE_ALL, offset, len)?;
+            let _scope = self.enter(OP_WRITE_ALL, offset, len, RwFlags::empty())?;
             loop {
                 if done == buf.len() {
                     break None;
@@ -1113,22 +1147,8 @@ impl NoFsFile {
         };
         match fail {
             None => Ok(()),
-            Some(cause) => Err(NoFsIoError::new(OP_WRITE_ALL, offset, len, cause)
-                .done(done as u64)
-                .into()),
+            Some(cause) => Err(loop_error(OP_WRITE_ALL, offset, len, done, cause)),
         }
-    }
-
-    fn vectored_error(
-        op: &'static str,
-        offset: u64,
-        len: u64,
-        flags: RwFlags,
-        e: i32,
-    ) -> io::Error {
-        NoFsIoError::new(op, offset, len, Cause::Os(e))
-            .flags_(flags)
-            .into()
     }
 
     /// `preadv2(2)` inside the scope: one syscall reading into `bufs` from
@@ -1167,14 +1187,12 @@ impl NoFsFile {
         flags: RwFlags,
     ) -> io::Result<usize> {
         let len = sio::total_len(bufs.iter().map(|b| &**b));
-        check_range(OP_PREADV2, offset, len).map_err(|e| e.flags_(flags))?;
+        check_range(OP_PREADV2, offset, len, flags)?;
         let r = {
-            let _scope = self
-                .scope(OP_PREADV2, offset, len)
-                .map_err(|e| e.flags_(flags))?;
+            let _scope = self.enter(OP_PREADV2, offset, len, flags)?;
             sio::preadv2(&self.file, bufs, offset, flags.bits())
         };
-        r.map_err(|e| Self::vectored_error(OP_PREADV2, offset, len, flags, e))
+        r.map_err(|e| os_error(OP_PREADV2, offset, len, flags, e))
     }
 
     /// `pwritev2(2)` inside the scope: one syscall writing `bufs` at
@@ -1206,14 +1224,12 @@ impl NoFsFile {
         flags: RwFlags,
     ) -> io::Result<usize> {
         let len = sio::total_len(bufs.iter().map(|b| &**b));
-        check_range(OP_PWRITEV2, offset, len).map_err(|e| e.flags_(flags))?;
+        check_range(OP_PWRITEV2, offset, len, flags)?;
         let r = {
-            let _scope = self
-                .scope(OP_PWRITEV2, offset, len)
-                .map_err(|e| e.flags_(flags))?;
+            let _scope = self.enter(OP_PWRITEV2, offset, len, flags)?;
             sio::pwritev2(&self.file, bufs, offset, flags.bits())
         };
-        r.map_err(|e| Self::vectored_error(OP_PWRITEV2, offset, len, flags, e))
+        r.map_err(|e| os_error(OP_PWRITEV2, offset, len, flags, e))
     }
 
     /// Runs a non-transfer syscall inside the scope, retrying `EINTR`.
@@ -1226,7 +1242,7 @@ impl NoFsFile {
         mut call: impl FnMut() -> Result<(), i32>,
     ) -> io::Result<()> {
         let r = {
-            let _scope = self.scope(op, offset, len)?;
+            let _scope = self.enter(op, offset, len, RwFlags::empty())?;
             loop {
                 match call() {
                     Err(sio::EINTR) => {}
@@ -1234,7 +1250,7 @@ impl NoFsFile {
                 }
             }
         };
-        r.map_err(|e| NoFsIoError::new(op, offset, len, Cause::Os(e)).into())
+        r.map_err(|e| os_error(op, offset, len, RwFlags::empty(), e))
     }
 
     /// `fdatasync(2)` inside the scope (`EINTR` retried): the data, and the
@@ -1286,14 +1302,14 @@ impl NoFsFile {
     #[doc(alias = "ftruncate")]
     #[doc(alias = "set_len")]
     pub fn set_len_nofs(&self, len: u64) -> io::Result<()> {
-        check_range(OP_FTRUNCATE, len, 0)?;
+        check_range(OP_FTRUNCATE, len, 0, RwFlags::empty())?;
         self.plain(OP_FTRUNCATE, len, 0, || sio::ftruncate(&self.file, len))
     }
 
     /// `fallocate(2)` with `mode` over a checked range; `len == 0` is a
     /// no-op without syscall (the kernel would answer `EINVAL`).
     fn falloc(&self, op: &'static str, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-        check_range(op, offset, len)?;
+        check_range(op, offset, len, RwFlags::empty())?;
         if len == 0 {
             return Ok(());
         }

@@ -122,7 +122,8 @@ fn every_write_form_allocates_noio_and_leaves_the_thread_clear() {
         let data = vec![0xa5u8; LEN];
         let (_, f) = fresh_file("fs-forms");
         let file = NoFsFile::new(f).with_policy(NoFsPolicy::Strict);
-        let forms: [(&str, &dyn Fn(u64) -> std::io::Result<()>); 3] = [
+        type Form<'a> = (&'a str, &'a dyn Fn(u64) -> std::io::Result<()>);
+        let forms: [Form<'_>; 3] = [
             ("write_all_at_nofs", &|off| {
                 file.write_all_at_nofs(&data, off)
             }),

@@ -196,13 +196,14 @@ mod linux {
     use std::io::{self, IoSlice, IoSliceMut};
     use std::os::fd::AsRawFd;
 
+    #[cold]
     fn errno() -> Errno {
         io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO)
     }
 
-    #[inline]
+    #[inline(always)]
     fn cvt_len(r: isize) -> Result<usize, Errno> {
         if r >= 0 {
             Ok(r as usize)
@@ -220,6 +221,7 @@ mod linux {
         }
     }
 
+    #[inline]
     pub(super) fn pread(f: &File, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
         // SAFETY: `buf` is a live, exclusively borrowed region of
         // `buf.len()` writable bytes for the whole call, and the kernel
@@ -237,6 +239,7 @@ mod linux {
         cvt_len(r)
     }
 
+    #[inline]
     pub(super) fn pwrite(f: &File, buf: &[u8], offset: u64) -> Result<usize, Errno> {
         // SAFETY: `buf` is a live region of `buf.len()` readable bytes for
         // the whole call; the kernel only reads from it. The descriptor is
@@ -360,10 +363,12 @@ mod other {
         e.raw_os_error().unwrap_or(libc::EIO)
     }
 
+    #[inline]
     pub(super) fn pread(f: &File, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
         f.read_at(buf, offset).map_err(errno)
     }
 
+    #[inline]
     pub(super) fn pwrite(f: &File, buf: &[u8], offset: u64) -> Result<usize, Errno> {
         f.write_at(buf, offset).map_err(errno)
     }
