@@ -37,6 +37,9 @@
 //!   failure is reported once per process ([`degradation`]).
 //! - [`support`] asks the kernel without side effects; [`ThreadFlags`] and
 //!   [`threads_of`] read the kernel's real state of any thread from `/proc`.
+//! - [`NoFsFile`] runs the daemon's own file I/O — the `pwrite()` of the
+//!   deadlock — inside the scope: `pread_nofs`, `write_all_at_nofs`,
+//!   vectored calls with typed [`RwFlags`], sync and `fallocate` forms.
 //!
 //! # The capability
 //!
