@@ -9,7 +9,9 @@
 //!   refused `prctl`: the crate's overhead around the syscall;
 //! - `already_flagged` makes the crate believe the thread inherited the flag
 //!   (`assume_thread_flag`): the exact path of a flagged thread, no syscall;
-//! - `nested` runs under an outer guard: no syscall in either case.
+//! - `nested` runs under an effective outer guard: no syscall;
+//! - `refused_best_effort` is a best-effort scope after a remembered
+//!   refusal: no syscall, no protection.
 //! With the capability, `outermost/scope` is the real set + restore pair and
 //! `outermost/raw` the raw pair.
 
@@ -47,17 +49,27 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("no_syscall");
     g.bench_function("baseline_empty", |b| b.iter(|| black_box(0u32)));
-    {
-        let _outer = IoFlusher::enter();
-        g.bench_function("nested_enter_exit", |b| {
-            b.iter(|| drop(black_box(NoFsScope::enter())))
-        });
-    }
+    // The thread is flagged as if inherited (or set by an outer guard that
+    // took effect): the paths every scope of a flagged daemon takes.
     __bench::assume_thread_flag(true);
     g.bench_function("already_flagged_enter_exit", |b| {
         b.iter(|| drop(black_box(NoFsScope::enter())))
     });
+    {
+        let outer = IoFlusher::enter();
+        assert!(outer.is_effective());
+        g.bench_function("nested_enter_exit", |b| {
+            b.iter(|| drop(black_box(NoFsScope::enter())))
+        });
+    }
     __bench::assume_thread_flag(false);
+    if !available {
+        // Best effort after a remembered refusal: what an unprivileged
+        // daemon pays per scope (no syscall, no protection).
+        g.bench_function("refused_best_effort_enter_exit", |b| {
+            b.iter(|| drop(black_box(NoFsScope::enter())))
+        });
+    }
     g.finish();
 }
 
