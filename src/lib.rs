@@ -68,15 +68,21 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod context;
 mod error;
 mod fs;
+pub mod future;
 mod report;
 mod scope;
 mod status;
+pub mod thread;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 // The only module allowed `unsafe`: every block carries a `// SAFETY:` comment.
 #[allow(unsafe_code)]
 mod sys;
 
+pub use context::{Context, ContextGuard};
 pub use error::{Error, ErrorKind};
 pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
 pub use report::{degradation, set_degradation_hook};

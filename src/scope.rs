@@ -696,6 +696,37 @@ pub fn refresh_thread_state() -> std::io::Result<ThreadFlags> {
     flags
 }
 
+/// Hooks for propagation (`crate::context`, `crate::thread`): the thread's
+/// state as the crate tracks it.
+pub(crate) mod propagation {
+    use super::*;
+
+    /// What the guards alive on the calling thread ask for: `Some(on)` while
+    /// at least one guard lives, `None` when none does.
+    #[inline]
+    pub(crate) fn desired() -> Option<bool> {
+        STATE
+            .try_with(|st| (st.depth.get() > 0).then(|| st.desired.get()))
+            .ok()
+            .flatten()
+    }
+
+    /// The calling thread's kernel flag (probed once per thread).
+    pub(crate) fn kernel_flag() -> bool {
+        STATE.try_with(|st| st.kernel_flagged()).unwrap_or(false)
+    }
+
+    /// Records the flag a new thread inherited from its creator, whose flag
+    /// the crate knew at `clone()`: saves the new thread's `/proc` probe.
+    pub(crate) fn inherited(on: bool) {
+        let _ = STATE.try_with(|st| {
+            if st.kernel.get() == Kernel::Unknown {
+                st.kernel.set(Kernel::from_flag(on));
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -117,6 +117,27 @@ pub(crate) fn get_io_flusher() -> Option<Result<bool, Errno>> {
     })
 }
 
+/// What a thread created now would inherit from the calling thread's fake
+/// kernel (`None`: no fake installed here). Taken by the crate's spawn
+/// helpers before spawning, like `clone()` copies `task_struct::flags`.
+pub(crate) fn inherit_capture() -> Option<FakeThread> {
+    state()
+}
+
+/// Installs, on a new thread, the fake kernel it inherited: the creator's
+/// flags (minus `PF_SUPERPRIV`, which `copy_process()` clears), mode and
+/// refusal memo; the syscall counters start at zero.
+pub(crate) fn inherit_apply(parent: Option<FakeThread>) {
+    if let Some(p) = parent {
+        install(FakeThread {
+            flags: p.flags & !PF_SUPERPRIV,
+            set_calls: 0,
+            get_calls: 0,
+            ..p
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Scripted I/O syscalls (for `NoFsFile`'s retry and continuation logic)
 // ---------------------------------------------------------------------------

@@ -1,0 +1,375 @@
+//! [`Context`]: the crate's reclaim context as a value that can travel to
+//! another thread, a pool job or an async task.
+//!
+//! See [`Context`] for which context counts.
+
+use crate::scope::propagation;
+use crate::{AllowFsReclaim, Error, IoFlusher};
+use std::fmt;
+
+#[cfg(doc)]
+use crate::NoFsScope;
+
+/// The reclaim context of a piece of work: run it as an I/O flusher, or
+/// with the flag explicitly clear, on whatever thread it lands.
+///
+/// A `Copy + Send + Sync` value of one byte. Capture it where the work is
+/// created ([`Context::current`]) and apply it where the work runs
+/// ([`run`](Context::run), [`wrap`](Context::wrap), [`enter`](Context::enter),
+/// the future wrapper [`InContext`](crate::future::InContext), the spawn
+/// helpers of [`thread`](crate::thread)).
+///
+/// # Which context counts
+///
+/// The kernel flag is per thread and copied by `clone()` at spawn time. A
+/// thread's *kernel* state is therefore often an accident: a helper thread
+/// spawned inside a scope stays flagged for life, a runtime created before
+/// `main()` set the flag is clear. This crate propagates its **explicit**
+/// context instead — the guards alive on the calling thread:
+///
+/// - inside a [`NoFsScope`] or an [`IoFlusher`]: [`Context::io_flusher`];
+/// - inside an [`AllowFsReclaim`], or with **no guard alive**:
+///   [`Context::clear`], even when the thread itself carries an inherited
+///   flag.
+///
+/// Inherited flags are exactly the accident the crate exists to stop, so a
+/// flag nobody asked for is not passed on. A process flagged as a whole (by
+/// a launcher, or a raw [`set_thread_io_flusher`](crate::set_thread_io_flusher))
+/// says so explicitly by holding an [`IoFlusher`] in `main` — on an
+/// already-flagged thread that costs no syscall.
+///
+/// ```
+/// use reclaim_scope::{Context, NoFsScope};
+///
+/// let ctx = {
+///     let _scope = NoFsScope::enter();
+///     Context::current() // captured inside the scope...
+/// };
+/// assert!(ctx.is_io_flusher());
+/// let job = ctx.wrap(|| vec![0u8; 4096]); // ...applied wherever the job runs
+/// let buf = std::thread::spawn(job).join().unwrap();
+/// assert_eq!(buf.len(), 4096);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Context {
+    io_flusher: bool,
+}
+
+impl Context {
+    /// The calling thread's context: [`io_flusher`](Context::io_flusher)
+    /// while a [`NoFsScope`] or [`IoFlusher`] is the innermost live guard,
+    /// else [`clear`](Context::clear) (no guard, or an [`AllowFsReclaim`]).
+    ///
+    /// A thread-local load: no syscall, no `/proc` read.
+    ///
+    /// ```
+    /// use reclaim_scope::{AllowFsReclaim, Context, IoFlusher};
+    ///
+    /// assert_eq!(Context::current(), Context::clear());
+    /// let _worker = IoFlusher::enter();
+    /// assert_eq!(Context::current(), Context::io_flusher());
+    /// let _clear = AllowFsReclaim::enter();
+    /// assert_eq!(Context::current(), Context::clear());
+    /// ```
+    #[inline]
+    pub fn current() -> Context {
+        Context {
+            io_flusher: propagation::desired().unwrap_or(false),
+        }
+    }
+
+    /// The I/O-flusher context: work runs inside an [`IoFlusher`].
+    ///
+    /// ```
+    /// assert!(reclaim_scope::Context::io_flusher().is_io_flusher());
+    /// ```
+    #[inline]
+    pub const fn io_flusher() -> Context {
+        Context { io_flusher: true }
+    }
+
+    /// The clear context: work runs inside an [`AllowFsReclaim`], so even
+    /// a flagged thread runs it with the flag cleared.
+    ///
+    /// ```
+    /// assert!(!reclaim_scope::Context::clear().is_io_flusher());
+    /// ```
+    #[inline]
+    pub const fn clear() -> Context {
+        Context { io_flusher: false }
+    }
+
+    /// Whether work in this context runs as an I/O flusher.
+    ///
+    /// ```
+    /// use reclaim_scope::Context;
+    /// assert!(Context::io_flusher().is_io_flusher());
+    /// assert!(!Context::clear().is_io_flusher());
+    /// ```
+    #[inline]
+    pub const fn is_io_flusher(self) -> bool {
+        self.io_flusher
+    }
+
+    /// Enters this context on the calling thread until the guard is
+    /// dropped (best effort, like [`IoFlusher::enter`]): the building
+    /// block of custom executors and pools.
+    ///
+    /// ```
+    /// use reclaim_scope::Context;
+    ///
+    /// let ctx = Context::io_flusher();
+    /// let guard = ctx.enter();
+    /// assert_eq!(Context::current(), ctx);
+    /// println!("in effect: {}", guard.is_effective());
+    /// drop(guard);
+    /// assert_eq!(Context::current(), Context::clear());
+    /// ```
+    #[inline]
+    pub fn enter(self) -> ContextGuard {
+        ContextGuard {
+            inner: if self.io_flusher {
+                Inner::IoFlusher(IoFlusher::enter())
+            } else {
+                Inner::Clear(AllowFsReclaim::enter())
+            },
+        }
+    }
+
+    /// Enters this context strictly: fails, naming the fix, when the kernel
+    /// refuses the change (see [`IoFlusher::try_enter`]).
+    ///
+    /// ```
+    /// match reclaim_scope::Context::io_flusher().try_enter() {
+    ///     Ok(_guard) => println!("protected"),
+    ///     Err(e) => eprintln!("not protected: {e}"),
+    /// }
+    /// ```
+    #[inline]
+    pub fn try_enter(self) -> Result<ContextGuard, Error> {
+        Ok(ContextGuard {
+            inner: if self.io_flusher {
+                Inner::IoFlusher(IoFlusher::try_enter()?)
+            } else {
+                Inner::Clear(AllowFsReclaim::try_enter()?)
+            },
+        })
+    }
+
+    /// Runs `f` in this context on the calling thread, best effort.
+    ///
+    /// ```
+    /// use reclaim_scope::Context;
+    ///
+    /// let inside = Context::io_flusher().run(Context::current);
+    /// assert!(inside.is_io_flusher());
+    /// ```
+    #[inline]
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.enter();
+        f()
+    }
+
+    /// Runs `f` in this context, or returns why the kernel refused (then
+    /// `f` does not run).
+    ///
+    /// ```
+    /// match reclaim_scope::Context::io_flusher().try_run(|| 7) {
+    ///     Ok(v) => assert_eq!(v, 7),
+    ///     Err(e) => eprintln!("not run: {e}"),
+    /// }
+    /// ```
+    #[inline]
+    pub fn try_run<R>(self, f: impl FnOnce() -> R) -> Result<R, Error> {
+        let _guard = self.try_enter()?;
+        Ok(f())
+    }
+
+    /// Wraps `f` so that it runs in this context on whatever thread calls
+    /// it: for jobs handed to pools (`rayon::spawn`, a channel of boxed
+    /// closures, `tokio::task::spawn_blocking`). The wrapper is `Send` when
+    /// `f` is.
+    ///
+    /// ```
+    /// use reclaim_scope::Context;
+    ///
+    /// let job = Context::io_flusher().wrap(|| Context::current());
+    /// let seen = std::thread::spawn(job).join().unwrap();
+    /// assert_eq!(seen, Context::io_flusher());
+    /// ```
+    #[inline]
+    pub fn wrap<R, F: FnOnce() -> R>(self, f: F) -> impl FnOnce() -> R {
+        move || self.run(f)
+    }
+}
+
+impl Default for Context {
+    /// [`Context::current`].
+    fn default() -> Self {
+        Context::current()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.io_flusher {
+            "Context::io_flusher()"
+        } else {
+            "Context::clear()"
+        })
+    }
+}
+
+/// A [`Context`] entered on the calling thread: an [`IoFlusher`] or an
+/// [`AllowFsReclaim`]. Same rules as those guards: `!Send`, strictly
+/// nested, restores on drop.
+///
+/// ```
+/// let guard = reclaim_scope::Context::clear().enter();
+/// assert!(guard.is_effective() || reclaim_scope::ThreadFlags::current()?.noio());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<reclaim_scope::ContextGuard>();
+/// ```
+#[must_use = "the context ends as soon as the guard is dropped: bind it with `let _ctx = …`"]
+#[clippy::has_significant_drop]
+pub struct ContextGuard {
+    inner: Inner,
+}
+
+enum Inner {
+    IoFlusher(IoFlusher),
+    Clear(AllowFsReclaim),
+}
+
+impl ContextGuard {
+    /// Whether the kernel flag is in the state the context asks for.
+    ///
+    /// ```
+    /// let g = reclaim_scope::Context::io_flusher().enter();
+    /// println!("protected: {}", g.is_effective());
+    /// ```
+    #[inline]
+    pub fn is_effective(&self) -> bool {
+        match &self.inner {
+            Inner::IoFlusher(g) => g.is_effective(),
+            Inner::Clear(g) => g.is_effective(),
+        }
+    }
+}
+
+impl fmt::Debug for ContextGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::IoFlusher(g) => g.fmt(f),
+            Inner::Clear(g) => g.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::tests::on_fake;
+    use crate::sys::fake::{self, FakeThread, Mode};
+    use crate::sys::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOIO};
+    use crate::NoFsScope;
+
+    const BOTH: u32 = PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE;
+
+    fn flags() -> u32 {
+        fake::state().unwrap().flags & BOTH
+    }
+
+    #[test]
+    fn current_follows_the_innermost_guard() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            assert_eq!(Context::current(), Context::clear());
+            let a = NoFsScope::enter();
+            assert_eq!(Context::current(), Context::io_flusher());
+            {
+                let _c = AllowFsReclaim::enter();
+                assert_eq!(Context::current(), Context::clear());
+                let _f = IoFlusher::enter();
+                assert_eq!(Context::current(), Context::io_flusher());
+            }
+            drop(a);
+            assert_eq!(Context::current(), Context::clear());
+        });
+    }
+
+    #[test]
+    fn inherited_flag_without_guard_is_clear() {
+        on_fake(FakeThread::flagged(Mode::Permitted), || {
+            assert_eq!(Context::current(), Context::clear());
+            // Running the clear context on this flagged thread clears it.
+            Context::current().run(|| assert_eq!(flags(), 0));
+            assert_eq!(flags(), BOTH, "restored the inherited flag");
+        });
+    }
+
+    #[test]
+    fn run_sets_and_restores() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let r = Context::io_flusher().run(|| {
+                assert_eq!(flags(), BOTH);
+                assert_eq!(Context::current(), Context::io_flusher());
+                7
+            });
+            assert_eq!(r, 7);
+            assert_eq!(flags(), 0);
+            let _f = IoFlusher::enter();
+            Context::clear().run(|| assert_eq!(flags(), 0));
+            assert_eq!(flags(), BOTH);
+        });
+    }
+
+    #[test]
+    fn wrap_carries_to_another_thread() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let job = {
+                let _s = NoFsScope::enter();
+                Context::current().wrap(|| (flags(), Context::current()))
+            };
+            // A pool thread with its own (clear) fake kernel.
+            let (seen, ctx) = std::thread::spawn(move || {
+                fake::install(FakeThread::new(Mode::Permitted));
+                let r = job();
+                assert_eq!(flags(), 0, "the pool thread is back to clear");
+                r
+            })
+            .join()
+            .unwrap();
+            assert_eq!(seen, BOTH);
+            assert_eq!(ctx, Context::io_flusher());
+        });
+    }
+
+    #[test]
+    fn strict_forms_fail_without_running() {
+        on_fake(FakeThread::new(Mode::NotPermitted), || {
+            let e = Context::io_flusher()
+                .try_run(|| unreachable!())
+                .unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::NotPermitted);
+            // Clearing a clear thread needs no syscall, so it succeeds.
+            assert_eq!(Context::clear().try_run(|| 1).unwrap(), 1);
+            let g = Context::io_flusher().enter();
+            assert!(!g.is_effective());
+        });
+    }
+
+    #[test]
+    fn debug_and_default() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            assert_eq!(format!("{:?}", Context::clear()), "Context::clear()");
+            let _f = IoFlusher::enter();
+            assert_eq!(Context::default(), Context::io_flusher());
+            let g = Context::io_flusher().enter();
+            assert!(format!("{g:?}").starts_with("IoFlusher"));
+        });
+    }
+}
