@@ -43,6 +43,7 @@ VM-OPTIONS:
   --mem SIZE           guest memory (default 512M)
   --smp N              guest CPUs (default 2)
   --timeout SECS       kill the VM and fail after SECS (default 480)
+  --test-timeout SECS  vm-test: kill one test binary after SECS (default 240)
   --cmdline ARGS       appended to the kernel command line
   --no-install         never run apt-get; fail if something is missing
   --refresh-kernel     re-resolve linux-image-cloud-amd64 instead of the cache
@@ -188,6 +189,7 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
             "--mem" => o.mem = val(flag)?,
             "--smp" => o.smp = parse_num(flag, &val(flag)?)? as u32,
             "--timeout" => o.timeout = Duration::from_secs(parse_num(flag, &val(flag)?)?),
+            "--test-timeout" => o.test_timeout = Duration::from_secs(parse_num(flag, &val(flag)?)?),
             "--cmdline" => o.cmdline = val(flag)?,
             "--no-install" => o.install = false,
             "--refresh-kernel" => o.refresh_kernel = true,

@@ -34,6 +34,8 @@ pub struct VmOpts {
     pub mem: String,
     pub smp: u32,
     pub timeout: Duration,
+    /// Per test binary, inside the guest (`vm-test` only).
+    pub test_timeout: Duration,
     /// Allow `apt-get` to install what is missing.
     pub install: bool,
     /// Re-resolve the kernel package even if one is cached.
@@ -55,6 +57,7 @@ impl Default for VmOpts {
             mem: "512M".into(),
             smp: 2,
             timeout: Duration::from_secs(8 * 60),
+            test_timeout: Duration::from_secs(4 * 60),
             install: true,
             refresh_kernel: false,
             keep_debug: false,
@@ -981,7 +984,7 @@ fn prepare(
     phases.time("install", || ensure_host_tools(opts))?;
     let k = phases.time("kernel", || ensure_kernel(ws, opts))?;
     let art = phases.time("build", || build_artifacts(ws, with_tests))?;
-    let mut stage = Stage::new(ws.vm_dir().join(format!("stage-{name}")))?;
+    let mut stage = Stage::new(work_dir(ws, name).join("stage"))?;
     stage.add_busybox()?;
     for (n, p) in &art.bins {
         stage.add_exe(p, &format!("/opt/bin/{n}"), !opts.keep_debug)?;
@@ -1006,6 +1009,23 @@ fn prepare(
     Ok((k, stage, art))
 }
 
+/// A directory private to this run: two `vm-test`s on one machine (a
+/// developer and an agent, or two CI jobs sharing a target dir) must not
+/// rebuild each other's initramfs. Directories of dead runs are removed.
+fn work_dir(ws: &Workspace, name: &str) -> PathBuf {
+    let base = ws.vm_dir().join("work");
+    if let Ok(rd) = fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let pid = n.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    base.join(format!("{name}-{}", std::process::id()))
+}
+
 fn pack_and_boot(
     ws: &Workspace,
     k: &Kernel,
@@ -1015,17 +1035,23 @@ fn pack_and_boot(
     name: &str,
     phases: &mut Phases,
 ) -> Result<(BootOutcome, PathBuf)> {
-    let ir = ws.vm_dir().join(format!("initramfs-{name}.cpio.gz"));
+    let work = work_dir(ws, name);
+    let ir = work.join("initramfs.cpio.gz");
     let size = phases.time("initramfs", || stage.pack(&ir))?;
     println!(
         "xtask: initramfs {} ({:.1} MiB)",
         ir.display(),
         size as f64 / 1048576.0
     );
-    let log = ws.vm_dir().join(format!("console-{name}.log"));
+    let run_log = work.join("console.log");
     let t = Instant::now();
-    let o = boot(k, &ir, opts, nonce, &log)?;
+    let o = boot(k, &ir, opts, nonce, &run_log);
     phases.add("boot+run", t.elapsed());
+    // Keep the newest console log at a stable path; drop the bulky rest.
+    let log = ws.vm_dir().join(format!("console-{name}.log"));
+    let _ = fs::copy(&run_log, &log);
+    let _ = fs::remove_dir_all(&work);
+    let o = o?;
     if let Some(b) = o.boot_time {
         println!(
             "xtask: boot {:.1} s, payload {:.1} s",
@@ -1058,7 +1084,9 @@ pub fn parse_results(console: &[String]) -> Vec<BinResult> {
             continue;
         }
         let Some(cur) = v.last_mut() else { continue };
-        if let Some(rest) = l.split("@@VM-BIN-END ").nth(1) {
+        if l.contains("@@VM-BIN-KILLED ") {
+            cur.failures.push("(killed: --test-timeout)".to_owned());
+        } else if let Some(rest) = l.split("@@VM-BIN-END ").nth(1) {
             cur.status = rest
                 .split("status=")
                 .nth(1)
@@ -1110,9 +1138,13 @@ pub fn vm_test(
     for (n, p) in &art.vm_tests {
         stage.add_exe(p, &format!("/opt/tests/{n}"), !opts.keep_debug)?;
         payload.push_str(&format!(
-            "echo \"@@VM-BIN-BEGIN {n}\"\n/opt/tests/{n} --include-ignored --test-threads=1 {}\nst=$?\n\
+            // busybox `timeout`: a hung binary is killed (status 137) and the
+            // others still run, instead of one hang eating the VM timeout.
+            "echo \"@@VM-BIN-BEGIN {n}\"\ntimeout -s KILL {t} /opt/tests/{n} --include-ignored --test-threads=1 {}\n\
+             st=$?\n[ $st -eq 137 ] && echo \"@@VM-BIN-KILLED {n} after {t} s (--test-timeout)\"\n\
              echo \"@@VM-BIN-END {n} status=$st\"\n[ $st -eq 0 ] || overall=1\n",
-            extra.join(" ")
+            extra.join(" "),
+            t = opts.test_timeout.as_secs()
         ));
     }
     let names: Vec<&str> = art.vm_tests.iter().map(|(n, _)| n.as_str()).collect();
