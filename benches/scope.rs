@@ -12,6 +12,7 @@
 //! - `nested` runs under an effective outer guard: no syscall;
 //! - `refused_best_effort` is a best-effort scope after a remembered
 //!   refusal: no syscall, no protection.
+//!
 //! With the capability, `outermost/scope` is the real set + restore pair and
 //! `outermost/raw` the raw pair.
 

@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod audit;
 mod context;
 mod error;
 mod fs;
@@ -82,6 +83,7 @@ pub mod tokio;
 #[allow(unsafe_code)]
 mod sys;
 
+pub use audit::{audit, Audit, AuditedThread, Verdict};
 pub use context::{Context, ContextGuard};
 pub use error::{Error, ErrorKind};
 pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};

@@ -96,7 +96,8 @@ fn apply(on: bool) -> Result<(), Error> {
     if memo != 0 {
         return Err(Error::from_errno(OP_SET, memo));
     }
-    sys::set_io_flusher(on).map_err(|errno| {
+    // Publishes the state this guard set, for `audit()`.
+    crate::audit::guard_set(on, sys::set_io_flusher).map_err(|errno| {
         if errno == sys::EPERM || errno == sys::EINVAL {
             set_refused(errno);
         }
@@ -419,6 +420,8 @@ guard_common!(NoFsScope);
 #[doc(alias = "prctl")]
 pub struct IoFlusher {
     scope: Scope,
+    /// Its registration for `audit()`, made only where it takes effect.
+    _claim: crate::audit::Claim,
 }
 
 impl IoFlusher {
@@ -432,7 +435,7 @@ impl IoFlusher {
     #[inline]
     pub fn enter() -> IoFlusher {
         match Scope::enter(true, false) {
-            Ok(scope) => IoFlusher { scope },
+            Ok(scope) => IoFlusher::claim(scope),
             Err(_) => unreachable!("best-effort enter does not fail"),
         }
     }
@@ -447,7 +450,16 @@ impl IoFlusher {
     /// ```
     #[inline]
     pub fn try_enter() -> Result<IoFlusher, Error> {
-        Scope::enter(true, true).map(|scope| IoFlusher { scope })
+        Scope::enter(true, true).map(IoFlusher::claim)
+    }
+
+    #[inline]
+    fn claim(scope: Scope) -> IoFlusher {
+        let claim = crate::audit::Claim::new(scope.level, scope.restore, scope.effective);
+        IoFlusher {
+            scope,
+            _claim: claim,
+        }
     }
 }
 
