@@ -4,11 +4,8 @@
 //! See [`Context`] for which context counts.
 
 use crate::scope::propagation;
-use crate::{AllowFsReclaim, Error, IoFlusher};
+use crate::{AllowFsReclaim, Error, IoFlusher, NoFsScope};
 use std::fmt;
-
-#[cfg(doc)]
-use crate::NoFsScope;
 
 /// The reclaim context of a piece of work: run it as an I/O flusher, or
 /// with the flag explicitly clear, on whatever thread it lands.
@@ -112,8 +109,8 @@ impl Context {
     }
 
     /// Enters this context on the calling thread until the guard is
-    /// dropped (best effort, like [`IoFlusher::enter`]): the building
-    /// block of custom executors and pools.
+    /// dropped (best effort): a [`NoFsScope`] or an [`AllowFsReclaim`]
+    /// region — the building block of custom executors and pools.
     ///
     /// ```
     /// use reclaim_scope::Context;
@@ -129,6 +126,19 @@ impl Context {
     pub fn enter(self) -> ContextGuard {
         ContextGuard {
             inner: if self.io_flusher {
+                Inner::NoFs(NoFsScope::enter())
+            } else {
+                Inner::Clear(AllowFsReclaim::enter())
+            },
+        }
+    }
+
+    /// Enters this context as the role of the calling thread for the rest
+    /// of its life (an [`IoFlusher`] rather than a [`NoFsScope`] region):
+    /// for threads the crate starts or pins.
+    pub(crate) fn enter_for_thread(self) -> ContextGuard {
+        ContextGuard {
+            inner: if self.io_flusher {
                 Inner::IoFlusher(IoFlusher::enter())
             } else {
                 Inner::Clear(AllowFsReclaim::enter())
@@ -137,7 +147,7 @@ impl Context {
     }
 
     /// Enters this context strictly: fails, naming the fix, when the kernel
-    /// refuses the change (see [`IoFlusher::try_enter`]).
+    /// refuses the change (see [`NoFsScope::try_enter`]).
     ///
     /// ```
     /// match reclaim_scope::Context::io_flusher().try_enter() {
@@ -149,7 +159,7 @@ impl Context {
     pub fn try_enter(self) -> Result<ContextGuard, Error> {
         Ok(ContextGuard {
             inner: if self.io_flusher {
-                Inner::IoFlusher(IoFlusher::try_enter()?)
+                Inner::NoFs(NoFsScope::try_enter()?)
             } else {
                 Inner::Clear(AllowFsReclaim::try_enter()?)
             },
@@ -166,8 +176,16 @@ impl Context {
     /// ```
     #[inline]
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        let _guard = self.enter();
-        f()
+        // One branch per guard type (not the `ContextGuard` enum), so that
+        // each guard's enter and drop inline: this is the per-poll path of
+        // the future wrapper.
+        if self.io_flusher {
+            let _scope = NoFsScope::enter();
+            f()
+        } else {
+            let _clear = AllowFsReclaim::enter();
+            f()
+        }
     }
 
     /// Runs `f` in this context, or returns why the kernel refused (then
@@ -220,8 +238,8 @@ impl fmt::Debug for Context {
     }
 }
 
-/// A [`Context`] entered on the calling thread: an [`IoFlusher`] or an
-/// [`AllowFsReclaim`]. Same rules as those guards: `!Send`, strictly
+/// A [`Context`] entered on the calling thread: a [`NoFsScope`] (or, for a
+/// thread's role, an [`IoFlusher`]) or an [`AllowFsReclaim`]. Same rules as those guards: `!Send`, strictly
 /// nested, restores on drop.
 ///
 /// ```
@@ -241,6 +259,7 @@ pub struct ContextGuard {
 }
 
 enum Inner {
+    NoFs(NoFsScope),
     IoFlusher(IoFlusher),
     Clear(AllowFsReclaim),
 }
@@ -255,6 +274,7 @@ impl ContextGuard {
     #[inline]
     pub fn is_effective(&self) -> bool {
         match &self.inner {
+            Inner::NoFs(g) => g.is_effective(),
             Inner::IoFlusher(g) => g.is_effective(),
             Inner::Clear(g) => g.is_effective(),
         }
@@ -264,6 +284,7 @@ impl ContextGuard {
 impl fmt::Debug for ContextGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
+            Inner::NoFs(g) => g.fmt(f),
             Inner::IoFlusher(g) => g.fmt(f),
             Inner::Clear(g) => g.fmt(f),
         }
@@ -276,7 +297,6 @@ mod tests {
     use crate::scope::tests::on_fake;
     use crate::sys::fake::{self, FakeThread, Mode};
     use crate::sys::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOIO};
-    use crate::NoFsScope;
 
     const BOTH: u32 = PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE;
 
@@ -369,7 +389,10 @@ mod tests {
             let _f = IoFlusher::enter();
             assert_eq!(Context::default(), Context::io_flusher());
             let g = Context::io_flusher().enter();
-            assert!(format!("{g:?}").starts_with("IoFlusher"));
+            assert!(format!("{g:?}").starts_with("NoFsScope"));
+            drop(g);
+            let t = Context::io_flusher().enter_for_thread();
+            assert!(format!("{t:?}").starts_with("IoFlusher"));
         });
     }
 }

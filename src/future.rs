@@ -152,8 +152,8 @@ impl<F: Future> Future for InContext<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _guard = this.ctx.enter();
-        this.inner.as_pin_mut().expect(TAKEN).poll(cx)
+        let inner = this.inner.as_pin_mut().expect(TAKEN);
+        this.ctx.run(|| inner.poll(cx))
     }
 }
 
@@ -164,8 +164,8 @@ impl<S: futures_core::Stream> futures_core::Stream for InContext<S> {
     #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.project();
-        let _guard = this.ctx.enter();
-        this.inner.as_pin_mut().expect(TAKEN).poll_next(cx)
+        let inner = this.inner.as_pin_mut().expect(TAKEN);
+        this.ctx.run(|| inner.poll_next(cx))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -19,8 +19,8 @@
 //!
 //! - parent inside a [`NoFsScope`](crate::NoFsScope) or
 //!   [`IoFlusher`](crate::IoFlusher): the closure runs inside an
-//!   [`IoFlusher`](crate::IoFlusher) (already flagged by `clone()`: no
-//!   syscall);
+//!   [`IoFlusher`](crate::IoFlusher), the thread's role (already flagged
+//!   by `clone()`: no syscall);
 //! - otherwise: the closure runs inside an
 //!   [`AllowFsReclaim`](crate::AllowFsReclaim), so an inherited flag is
 //!   cleared for the closure (one `prctl`) and a clear child costs nothing.
@@ -77,7 +77,8 @@ impl Inherit {
         #[cfg(test)]
         crate::sys::fake::inherit_apply(self.fake);
         propagation::inherited(self.kernel);
-        self.ctx.run(f)
+        let _role = self.ctx.enter_for_thread();
+        f()
     }
 }
 

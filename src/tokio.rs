@@ -107,7 +107,9 @@ pub fn context_threads(builder: &mut Builder, ctx: Context) -> &mut Builder {
         .on_thread_stop(on_thread_stop)
 }
 
-/// Thread-start hook: enters `ctx` on the calling thread and holds it in a
+/// Thread-start hook: enters `ctx` on the calling thread — an
+/// [`IoFlusher`](crate::IoFlusher) role or an
+/// [`AllowFsReclaim`](crate::AllowFsReclaim) — and holds it in a
 /// thread-local until [`on_thread_stop`]. A second call on the same thread
 /// keeps the first context.
 ///
@@ -129,7 +131,7 @@ pub fn on_thread_start(ctx: Context) {
     let _ = THREAD_CONTEXT.try_with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.is_none() {
-            *slot = Some(ctx.enter());
+            *slot = Some(ctx.enter_for_thread());
         }
     });
 }

@@ -492,9 +492,21 @@ fn tokio_spawn_blocking_carries_context_and_clear_threads_pins_the_pool() {
             .build()
             .unwrap()
         };
-        rt.block_on(async { tokio::task::yield_now().await });
-        let tids = threads_named("rs-clear2-rt");
-        assert!(tids.len() >= 2, "{tids:?}");
+        let in_task = rt.block_on(async { tokio::spawn(async { thread_flags() }).await.unwrap() });
+        assert_clear(
+            in_task,
+            "task on a clear_threads runtime built by a flusher",
+        );
+        // Workers name themselves when they start: wait (bounded) for both.
+        let mut tids = threads_named("rs-clear2-rt");
+        for _ in 0..500 {
+            if tids.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            tids = threads_named("rs-clear2-rt");
+        }
+        assert!(tids.len() >= 2, "workers never started: {tids:?}");
         for tid in tids {
             assert_clear(flags_of(tid), "clear_threads worker built by a flusher");
         }
@@ -508,12 +520,35 @@ fn tokio_without_thread_policy_a_lazily_created_thread_inherits_the_flag() {
     on_fresh_thread(|| {
         // The hazard `clear_threads` exists for: tokio creates the blocking
         // thread from the thread that calls spawn_blocking, inside the scope.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        let (inside, after) = blocking_job_from_a_scope(&rt);
-        assert_flagged(inside, "spawn_blocking job spawned in a scope");
+        // Look at a job that landed on a thread this call created (a fresh
+        // runtime has none idle; retried in case tokio reused one).
+        let all_tids = || -> Vec<i32> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+                .collect()
+        };
+        let mut newborn = None;
+        for _ in 0..5 {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap();
+            let before = all_tids();
+            let (inside, tid) = rt.block_on(async {
+                let h = {
+                    let _s = NoFsScope::try_enter().unwrap();
+                    reclaim_scope::tokio::spawn_blocking(|| (thread_flags(), common::gettid()))
+                };
+                h.await.unwrap()
+            });
+            assert_flagged(inside, "spawn_blocking job spawned in a scope");
+            if !before.contains(&tid) {
+                newborn = Some(flags_of(tid));
+                break;
+            }
+        }
+        let after = newborn.expect("tokio never created a blocking thread for the job");
         assert_flagged(
             after,
             "policy-less blocking thread, born in a scope, after the job",
