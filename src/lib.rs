@@ -88,6 +88,8 @@ pub use context::{Context, ContextGuard};
 pub use error::{Error, ErrorKind};
 pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
 pub use report::{degradation, set_degradation_hook};
+#[doc(hidden)]
+pub use scope::__bench;
 pub use scope::{
     refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, try_with_nofs,
     with_fs_reclaim_allowed, with_nofs, AllowFsReclaim, IoFlusher, NoFsScope, Support,

@@ -56,6 +56,15 @@ pub(crate) fn degraded(err: &Error) {
     REPORTER.degraded(err, default_report);
 }
 
+/// [`degraded`] for a remembered refusal: builds the error only if it is
+/// the first to report.
+#[inline]
+pub(crate) fn degraded_errno(op: &'static str, errno: i32) {
+    if REPORTER.first.get().is_none() {
+        degraded(&Error::from_errno(op, errno));
+    }
+}
+
 #[cold]
 fn default_report(err: &Error) {
     cfg_if::cfg_if! {

@@ -25,50 +25,80 @@ use std::sync::atomic::{AtomicI32, Ordering};
 const OP_SET: &str = "prctl(PR_SET_IO_FLUSHER)";
 const OP_GET: &str = "prctl(PR_GET_IO_FLUSHER)";
 
-/// What this crate knows of the calling thread's kernel flag.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kernel {
-    Unknown,
-    Clear,
-    Flagged,
-}
+/// The per-thread scope state, packed in one word so that the fast paths
+/// are a load, a compare and a store:
+///
+/// | bits | meaning |
+/// |---|---|
+/// | 0 | `KNOWN`: the kernel's flag was probed (threads inherit it) |
+/// | 1 | `KERNEL_ON`: the kernel's flag as last probed or set |
+/// | 2 | `DESIRED`: the state the top guard asks for; at depth 0 the thread's own state |
+/// | 3 | `OUT_OF_ORDER`: guards dropped before the guards above them are pending |
+/// | 4–31 | depth: guards on this thread's stack |
+///
+/// A guard is packed the same way (`level << 4 | restore << 2 | effective`),
+/// so "dropped in order, nothing pending" is `(word ^ guard) >> 3 == 0`.
+///
+/// A `Cell<u32>` has no destructor, so the thread-local is usable (and never
+/// panics) during thread-local teardown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Word(u32);
 
-impl Kernel {
-    fn from_flag(on: bool) -> Self {
-        if on {
-            Kernel::Flagged
-        } else {
-            Kernel::Clear
+const KNOWN: u32 = 1;
+const KERNEL_ON: u32 = 1 << 1;
+const KERNEL_MASK: u32 = KNOWN | KERNEL_ON;
+const DESIRED: u32 = 1 << 2;
+const OUT_OF_ORDER: u32 = 1 << 3;
+const DEPTH_SHIFT: u32 = 4;
+const DEPTH_ONE: u32 = 1 << DEPTH_SHIFT;
+/// Deepest nesting; the level above it is `DETACHED`.
+const MAX_DEPTH: u32 = (u32::MAX >> DEPTH_SHIFT) - 1;
+/// The level of a guard created where the thread-local state is gone
+/// (thread teardown): it does nothing. Never a real depth.
+const DETACHED: u32 = u32::MAX >> DEPTH_SHIFT;
+/// Bit `i` is set when the low three bits `i` of a word say "the kernel is
+/// known and in the desired state": 0b001 (clear, clear) and 0b111 (on, on).
+const IN_DESIRED_STATE: u32 = 1 << 0b001 | 1 << 0b111;
+
+impl Word {
+    #[inline]
+    fn depth(self) -> u32 {
+        self.0 >> DEPTH_SHIFT
+    }
+    #[inline]
+    fn kernel(self) -> u32 {
+        self.0 & KERNEL_MASK
+    }
+    /// Records the kernel's flag; at depth 0 it is also the thread's own
+    /// state, which the outermost guard will restore.
+    #[inline]
+    fn with_kernel(self, on: bool) -> Word {
+        let mut w = self.0 & !KERNEL_MASK | kernel_bits(on);
+        if self.depth() == 0 {
+            w = w & !DESIRED | u32::from(on) << 2;
         }
+        Word(w)
+    }
+    #[inline]
+    fn in_desired_state(self) -> bool {
+        IN_DESIRED_STATE >> (self.0 & 0b111) & 1 != 0
     }
 }
 
-/// Per-thread scope state. Only `Copy` cells: no destructor, so it is
-/// usable (and never panics) during thread-local teardown.
-struct ThreadState {
-    /// Number of guards on this thread's stack (including ones dropped out
-    /// of order and not yet popped).
-    depth: Cell<u32>,
-    /// The state the top guard asks for; meaningful while `depth > 0`.
-    desired: Cell<bool>,
-    /// The kernel's flag as last probed or set.
-    kernel: Cell<Kernel>,
-    /// Whether `OUT_OF_ORDER` holds entries.
-    out_of_order: Cell<bool>,
+#[inline]
+fn kernel_bits(on: bool) -> u32 {
+    if on {
+        KNOWN | KERNEL_ON
+    } else {
+        KNOWN
+    }
 }
 
 thread_local! {
-    static STATE: ThreadState = const {
-        ThreadState {
-            depth: Cell::new(0),
-            desired: Cell::new(false),
-            kernel: Cell::new(Kernel::Unknown),
-            out_of_order: Cell::new(false),
-        }
-    };
+    static STATE: Cell<Word> = const { Cell::new(Word(0)) };
     /// `(level, restore)` of guards dropped before the guards above them.
     /// Cold: touched only after a nesting bug.
-    static OUT_OF_ORDER: RefCell<Vec<(u32, bool)>> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<(u32, bool)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The process-wide memo of a refused `PR_SET_IO_FLUSHER`: 0, or the errno.
@@ -105,163 +135,202 @@ fn apply(on: bool) -> Result<(), Error> {
     })
 }
 
+/// Reads the calling thread's real flag (once per thread).
 #[cold]
 #[inline(never)]
-fn probe_kernel() -> bool {
-    match sys::thread_flags_self() {
+fn probe(state: &Cell<Word>) {
+    let on = match sys::thread_flags_self() {
         Ok(bits) => bits & sys::PF_MEMALLOC_NOIO != 0,
         // No /proc: ask the prctl (which needs the capability; without it
         // the flag cannot have been set by this process's code anyway).
         Err(_) => sys::get_io_flusher().unwrap_or(false),
+    };
+    state.set(state.get().with_kernel(on));
+}
+
+/// Changes the kernel flag and records it: `Ok(true)` if done, `Ok(false)`
+/// if refused in best-effort mode (reported once), `Err` if refused in
+/// strict mode.
+#[cold]
+#[inline(never)]
+fn change(state: &Cell<Word>, on: bool, strict: bool) -> Result<bool, Error> {
+    let memo = refused();
+    if memo != 0 && !strict {
+        // Refused before: no syscall, no error to build unless this is the
+        // first best-effort scope to run unprotected.
+        report::degraded_errno(OP_SET, memo);
+        return Ok(false);
+    }
+    match apply(on) {
+        Ok(()) => {
+            let w = state.get();
+            state.set(Word(w.0 & !KERNEL_MASK | kernel_bits(on)));
+            Ok(true)
+        }
+        Err(e) if strict => Err(e),
+        Err(e) => {
+            report::degraded(&e);
+            Ok(false)
+        }
     }
 }
 
-impl ThreadState {
-    #[inline]
-    fn kernel_flagged(&self) -> bool {
-        match self.kernel.get() {
-            Kernel::Flagged => true,
-            Kernel::Clear => false,
-            Kernel::Unknown => {
-                let on = probe_kernel();
-                self.kernel.set(Kernel::from_flag(on));
-                on
-            }
-        }
+/// Pushes a level asking for `on`; the guard restores the current
+/// `DESIRED` bit.
+#[inline]
+fn push(state: &Cell<Word>, w: Word, on: bool, effective: bool) -> Scope {
+    if w.depth() >= MAX_DEPTH {
+        too_deep();
     }
+    let up = w.0 + DEPTH_ONE;
+    state.set(Word(up & !DESIRED | u32::from(on) << 2));
+    Scope::from_packed(up & !(KERNEL_MASK | OUT_OF_ORDER) | u32::from(effective))
+}
 
-    #[inline]
-    fn enter(&self, on: bool, strict: bool) -> Result<Scope, Error> {
-        let kernel = self.kernel_flagged();
-        let depth = self.depth.get();
-        let restore = if depth == 0 {
-            kernel
-        } else {
-            self.desired.get()
-        };
-        let effective = kernel == on || self.change(on, strict)?;
-        let level = depth
-            .checked_add(1)
-            .expect("reclaim-scope: more than u32::MAX nested scopes");
-        self.depth.set(level);
-        self.desired.set(on);
-        Ok(Scope {
-            level,
-            restore,
-            effective,
-            _not_send: PhantomData,
-        })
+#[cold]
+#[inline(never)]
+fn too_deep() -> ! {
+    panic!("reclaim-scope: more than {MAX_DEPTH} nested scopes on one thread")
+}
+
+#[inline]
+fn enter(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error> {
+    let w = state.get();
+    if w.kernel() == kernel_bits(on) {
+        // Already in the requested state (nested, or inherited): no syscall.
+        return Ok(push(state, w, on, true));
     }
+    enter_slow(state, on, strict)
+}
 
-    /// Changes the kernel flag: `Ok(true)` if done, `Ok(false)` if refused
-    /// in best-effort mode (reported once), `Err` if refused in strict mode.
-    #[cold]
-    #[inline(never)]
-    fn change(&self, on: bool, strict: bool) -> Result<bool, Error> {
-        match apply(on) {
-            Ok(()) => {
-                self.kernel.set(Kernel::from_flag(on));
-                Ok(true)
-            }
-            Err(e) if strict => Err(e),
-            Err(e) => {
-                report::degraded(&e);
-                Ok(false)
-            }
-        }
+#[cold]
+#[inline(never)]
+fn enter_slow(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error> {
+    if state.get().kernel() & KNOWN == 0 {
+        probe(state);
     }
+    // The state to restore is the DESIRED bit from before any change.
+    let before = state.get();
+    let effective = before.kernel() == kernel_bits(on) || change(state, on, strict)?;
+    let now = state.get();
+    Ok(push(
+        state,
+        Word(now.0 & !DESIRED | before.0 & DESIRED),
+        on,
+        effective,
+    ))
+}
 
-    #[inline]
-    fn exit(&self, scope: &Scope) {
-        let depth = self.depth.get();
-        if scope.level != depth {
-            return self.exit_out_of_order(scope, depth);
-        }
-        let mut level = depth - 1;
-        let mut target = scope.restore;
-        if self.out_of_order.get() {
-            (level, target) = self.pop_out_of_order(level, target);
-        }
-        self.depth.set(level);
-        // `target` is the state the new top guard asks for (or, at level 0,
-        // the thread's state before the outermost guard).
-        self.desired.set(target);
-        if self.kernel.get() != Kernel::from_flag(target) {
-            // Best effort: a drop cannot fail. A refusal here can only
-            // follow a refusal at entry, which was reported already.
-            let _ = self.change(target, false);
-        }
+#[inline]
+fn exit(state: &Cell<Word>, scope: &Scope) {
+    let w = state.get();
+    let g = scope.packed;
+    // Same level and nothing pending (the guard's bit 3 is always 0).
+    if (w.0 ^ g) >> 3 != 0 {
+        return exit_slow(state, scope);
     }
+    // Down one level; DESIRED becomes what this guard restores.
+    let down = Word(w.0 & KERNEL_MASK | (g - DEPTH_ONE) & !KERNEL_MASK);
+    state.set(down);
+    if !down.in_desired_state() {
+        // Best effort: a drop cannot fail. A refusal here can only follow a
+        // refusal at entry, which was reported already.
+        let _ = change(state, scope.restore(), false);
+    }
+}
 
-    #[cold]
-    #[inline(never)]
-    fn exit_out_of_order(&self, scope: &Scope, depth: u32) {
+/// Out-of-order drops, pending out-of-order entries, and detached guards.
+#[cold]
+#[inline(never)]
+fn exit_slow(state: &Cell<Word>, scope: &Scope) {
+    if scope.level() == DETACHED {
+        return;
+    }
+    let w = state.get();
+    let depth = w.depth();
+    if scope.level() != depth {
         // The guards above this one are still alive and decide the state,
         // so nothing changes now; this guard's restore value is kept until
         // the guard above it is dropped.
-        let _ = OUT_OF_ORDER.try_with(|v| v.borrow_mut().push((scope.level, scope.restore)));
-        self.out_of_order.set(true);
+        let _ = PENDING.try_with(|v| v.borrow_mut().push((scope.level(), scope.restore())));
+        state.set(Word(w.0 | OUT_OF_ORDER));
         if cfg!(debug_assertions) && !std::thread::panicking() {
             panic!(
                 "reclaim-scope: a scope guard of nesting level {} was dropped while the \
                  thread is at level {}: guards must be dropped in the reverse order of \
                  their creation (was one moved into a struct, or leaked with mem::forget?). \
                  The thread's flag stays right for the guards still alive.",
-                scope.level, depth
+                scope.level(),
+                depth
             );
         }
+        return;
     }
-
-    /// Pops the guards below `level + 1` that were dropped out of order and
-    /// returns the new top level and the state to restore.
-    #[cold]
-    #[inline(never)]
-    fn pop_out_of_order(&self, mut level: u32, mut target: bool) -> (u32, bool) {
-        let _ = OUT_OF_ORDER.try_with(|v| {
-            let mut v = v.borrow_mut();
-            while let Some(i) = v.iter().position(|&(l, _)| l == level && level > 0) {
-                target = v.swap_remove(i).1;
-                level -= 1;
-            }
-            self.out_of_order.set(!v.is_empty());
-        });
-        (level, target)
+    // In order, with out-of-order drops pending below: pop them too.
+    let mut level = depth - 1;
+    let mut target = scope.restore();
+    let mut pending = false;
+    let _ = PENDING.try_with(|v| {
+        let mut v = v.borrow_mut();
+        while let Some(i) = v.iter().position(|&(l, _)| l == level && level > 0) {
+            target = v.swap_remove(i).1;
+            level -= 1;
+        }
+        pending = !v.is_empty();
+    });
+    let mut low = w.0 & KERNEL_MASK | u32::from(target) << 2;
+    if pending {
+        low |= OUT_OF_ORDER;
+    }
+    let w = Word(level << DEPTH_SHIFT | low);
+    state.set(w);
+    if !w.in_desired_state() {
+        let _ = change(state, target, false);
     }
 }
 
-/// The mechanics behind every guard: one level of the thread's stack.
+/// The mechanics behind every guard: one level of the thread's stack,
+/// packed as `level << 4 | restore << 2 | effective`.
 struct Scope {
-    /// 1-based nesting level; 0 for a guard created during thread-local
-    /// teardown, which does nothing.
-    level: u32,
-    /// The state to go back to when this guard ends.
-    restore: bool,
-    /// Whether the kernel state is what this guard asks for.
-    effective: bool,
+    packed: u32,
     /// `!Send` and `!Sync`: the flag belongs to the thread.
     _not_send: PhantomData<*mut ()>,
 }
 
 impl Scope {
     #[inline]
+    fn from_packed(packed: u32) -> Scope {
+        Scope {
+            packed,
+            _not_send: PhantomData,
+        }
+    }
+    #[inline]
+    fn level(&self) -> u32 {
+        self.packed >> DEPTH_SHIFT
+    }
+    #[inline]
+    fn restore(&self) -> bool {
+        self.packed & DESIRED != 0
+    }
+    #[inline]
+    fn effective(&self) -> bool {
+        self.packed & 1 != 0
+    }
+
+    #[inline]
     fn enter(on: bool, strict: bool) -> Result<Scope, Error> {
         STATE
-            .try_with(|st| st.enter(on, strict))
-            .unwrap_or(Ok(Scope {
-                level: 0,
-                restore: on,
-                effective: false,
-                _not_send: PhantomData,
-            }))
+            .try_with(|st| enter(st, on, strict))
+            // Lazily: an unused fallback guard would be dropped, i.e. exited.
+            .unwrap_or_else(|_| Ok(Scope::from_packed(DETACHED << DEPTH_SHIFT)))
     }
 }
 
 impl Drop for Scope {
     #[inline]
     fn drop(&mut self) {
-        if self.level != 0 {
-            let _ = STATE.try_with(|st| st.exit(self));
-        }
+        let _ = STATE.try_with(|st| exit(st, self));
     }
 }
 
@@ -274,15 +343,15 @@ macro_rules! guard_common {
             /// refused (see [`degradation`](crate::degradation)).
             #[inline]
             pub fn is_effective(&self) -> bool {
-                self.scope.effective
+                self.scope.effective()
             }
         }
 
         impl fmt::Debug for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($ty))
-                    .field("level", &self.scope.level)
-                    .field("effective", &self.scope.effective)
+                    .field("level", &self.scope.level())
+                    .field("effective", &self.scope.effective())
                     .finish()
             }
         }
@@ -455,7 +524,7 @@ impl IoFlusher {
 
     #[inline]
     fn claim(scope: Scope) -> IoFlusher {
-        let claim = crate::audit::Claim::new(scope.level, scope.restore, scope.effective);
+        let claim = crate::audit::Claim::new(scope.level(), scope.restore(), scope.effective());
         IoFlusher {
             scope,
             _claim: claim,
@@ -622,6 +691,9 @@ impl fmt::Display for Support {
 /// An answer of [`Support::Available`] also forgets an earlier refusal, so
 /// a process that gained the capability later can use scopes again.
 ///
+/// The memalloc bits are left alone; like any successful capability check,
+/// the kernel does set `PF_SUPERPRIV` (0x100) on the caller.
+///
 /// ```
 /// use reclaim_scope::{support, Support};
 ///
@@ -682,7 +754,7 @@ pub fn thread_io_flusher() -> Result<bool, Error> {
 pub fn set_thread_io_flusher(on: bool) -> Result<(), Error> {
     sys::set_io_flusher(on).map_err(|e| Error::from_errno(OP_SET, e))?;
     set_refused(0);
-    let _ = STATE.try_with(|st| st.kernel.set(Kernel::from_flag(on)));
+    let _ = STATE.try_with(|st| st.set(st.get().with_kernel(on)));
     Ok(())
 }
 
@@ -700,11 +772,13 @@ pub fn set_thread_io_flusher(on: bool) -> Result<(), Error> {
 /// ```
 pub fn refresh_thread_state() -> std::io::Result<ThreadFlags> {
     let flags = ThreadFlags::current();
-    let kernel = match &flags {
-        Ok(f) => Kernel::from_flag(f.noio()),
-        Err(_) => Kernel::Unknown,
-    };
-    let _ = STATE.try_with(|st| st.kernel.set(kernel));
+    let _ = STATE.try_with(|st| {
+        let w = st.get();
+        st.set(match &flags {
+            Ok(f) => w.with_kernel(f.noio()),
+            Err(_) => Word(w.0 & !KERNEL_MASK),
+        })
+    });
     flags
 }
 
@@ -718,24 +792,53 @@ pub(crate) mod propagation {
     #[inline]
     pub(crate) fn desired() -> Option<bool> {
         STATE
-            .try_with(|st| (st.depth.get() > 0).then(|| st.desired.get()))
+            .try_with(|st| {
+                let w = st.get();
+                (w.depth() > 0).then_some(w.0 & DESIRED != 0)
+            })
             .ok()
             .flatten()
     }
 
     /// The calling thread's kernel flag (probed once per thread).
     pub(crate) fn kernel_flag() -> bool {
-        STATE.try_with(|st| st.kernel_flagged()).unwrap_or(false)
+        STATE
+            .try_with(|st| {
+                if st.get().kernel() & KNOWN == 0 {
+                    probe(st);
+                }
+                st.get().0 & KERNEL_ON != 0
+            })
+            .unwrap_or(false)
     }
 
     /// Records the flag a new thread inherited from its creator, whose flag
     /// the crate knew at `clone()`: saves the new thread's `/proc` probe.
     pub(crate) fn inherited(on: bool) {
         let _ = STATE.try_with(|st| {
-            if st.kernel.get() == Kernel::Unknown {
-                st.kernel.set(Kernel::from_flag(on));
+            if st.get().kernel() & KNOWN == 0 {
+                st.set(st.get().with_kernel(on));
             }
         });
+    }
+}
+
+/// Hooks for the crate's own benchmarks; not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    use super::*;
+
+    /// Makes the crate believe the calling thread's kernel flag is `on`
+    /// without a syscall: the exact state of a thread that inherited the
+    /// flag, so the already-flagged path can be measured on a host that
+    /// lacks `CAP_SYS_RESOURCE`.
+    pub fn assume_thread_flag(on: bool) {
+        STATE.with(|st| st.set(st.get().with_kernel(on)));
+    }
+
+    /// Forgets a remembered refusal, so the next scope asks the kernel again.
+    pub fn forget_refusal() {
+        set_refused(0);
     }
 }
 
@@ -842,7 +945,7 @@ pub(crate) mod tests {
     fn strict_failure_leaves_no_level_behind() {
         on_fake(FakeThread::new(Mode::NotPermitted), || {
             assert!(NoFsScope::try_enter().is_err());
-            STATE.with(|st| assert_eq!(st.depth.get(), 0));
+            STATE.with(|st| assert_eq!(st.get().depth(), 0));
             assert!(try_with_nofs(|| unreachable!("ran without scope")).is_err());
         });
     }
@@ -901,7 +1004,7 @@ pub(crate) mod tests {
             });
             assert!(r.is_err());
             assert_eq!(flags(), 0);
-            STATE.with(|st| assert_eq!(st.depth.get(), 0));
+            STATE.with(|st| assert_eq!(st.get().depth(), 0));
             // The thread is usable again.
             let _s = NoFsScope::try_enter().unwrap();
             assert_eq!(flags(), BOTH);
@@ -932,8 +1035,9 @@ pub(crate) mod tests {
         drop(a);
         assert_eq!(flags(), 0);
         STATE.with(|st| {
-            assert_eq!(st.depth.get(), 0);
-            assert!(!st.out_of_order.get());
+            assert_eq!(st.get().depth(), 0);
+            assert_eq!(st.get().0 & OUT_OF_ORDER, 0);
+            assert!(st.get().in_desired_state());
         });
     }
 
