@@ -4,7 +4,6 @@
 //! tests that need the real kernel run in a throwaway QEMU/TCG VM whose PID 1
 //! has every capability. See `cargo xtask help`.
 
-mod json;
 mod util;
 mod vm;
 

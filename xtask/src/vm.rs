@@ -4,7 +4,7 @@
 //! `vm-test` and `vm-run` differ only in the payload that /init runs; both use
 //! [`Stage`] to build the initramfs and [`boot`] to run it.
 
-use crate::json::Json;
+use serde_json::Value as Json;
 use crate::util::{
     bail, capture, capture_stdout, dpkg_installed, run, sh_quote, which, Context, Phases, Result,
 };
@@ -86,9 +86,8 @@ impl Workspace {
                 .args(["metadata", "--format-version", "1", "--no-deps"])
                 .current_dir(&root),
         )?;
-        let meta = Json::parse(&meta).ctx(|| "cannot parse `cargo metadata`")?;
-        let target = meta
-            .get("target_directory")
+        let meta: Json = serde_json::from_str(&meta).ctx(|| "cannot parse `cargo metadata`")?;
+        let target = meta["target_directory"]
             .as_str()
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -475,21 +474,23 @@ fn cargo_executables(cmd: &mut Command) -> Result<Vec<(String, String, PathBuf)>
         .ctx(|| "cannot start cargo")?;
     let mut v = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = Json::parse(line) else { continue };
-        if msg.get("reason").as_str() == Some("compiler-message") {
-            if let Some(r) = msg.get("message").get("rendered").as_str() {
+        let Ok(msg) = serde_json::from_str::<Json>(line) else {
+            continue;
+        };
+        if msg["reason"].as_str() == Some("compiler-message") {
+            if let Some(r) = msg["message"]["rendered"].as_str() {
                 eprint!("{r}");
             }
         }
-        if msg.get("reason").as_str() != Some("compiler-artifact") {
+        if msg["reason"].as_str() != Some("compiler-artifact") {
             continue;
         }
-        let Some(exe) = msg.get("executable").as_str() else {
+        let Some(exe) = msg["executable"].as_str() else {
             continue;
         };
-        let target = msg.get("target");
-        let name = target.get("name").as_str().unwrap_or("").to_owned();
-        for k in target.get("kind").as_array() {
+        let target = &msg["target"];
+        let name = target["name"].as_str().unwrap_or("").to_owned();
+        for k in target["kind"].as_array().into_iter().flatten() {
             if let Some(k) = k.as_str() {
                 v.push((k.to_owned(), name.clone(), PathBuf::from(exe)));
             }
