@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Without CAP_SYS_RESOURCE it serves anyway, after a one-line warning;
-//! `--strict` refuses instead. `--no-flusher` serves unguarded, for
-//! comparison.
+//! `--strict` refuses instead. `--no-flusher` serves without the
+//! `IoFlusher` (each file I/O is still NOIO-scoped by `NoFsFile`);
+//! `--unprotected` also bypasses `NoFsFile`: the 2019 daemon, for comparison.
 
 mod server;
 
@@ -48,6 +49,12 @@ struct Args {
     /// Serve without IoFlusher guards: the unprotected baseline.
     #[arg(long, conflicts_with = "strict")]
     no_flusher: bool,
+    /// Like --no-flusher, and file reads, writes and flushes bypass NoFsFile
+    /// (plain pread/pwrite/fdatasync): the unprotected daemon of the 2019
+    /// deadlock, for comparison. --no-flusher alone still NOIO-scopes each
+    /// file I/O through NoFsFile.
+    #[arg(long, conflicts_with = "strict")]
+    unprotected: bool,
     /// Refuse to start (exit 3) unless workers can be I/O flushers.
     #[arg(long)]
     strict: bool,
@@ -77,7 +84,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let guarding = if args.no_flusher {
+    let guarding = if args.no_flusher || args.unprotected {
         Guarding::None
     } else if args.strict {
         Guarding::Strict
@@ -85,9 +92,13 @@ fn main() -> ExitCode {
         Guarding::IoFlusher
     };
     match (support(), guarding) {
-        (_, Guarding::None) => {
-            eprintln!("nbd-server: --no-flusher: workers run unguarded (baseline for comparison)")
-        }
+        (_, Guarding::None) if args.unprotected => eprintln!(
+            "nbd-server: --unprotected: no IoFlusher and plain file I/O (baseline for comparison)"
+        ),
+        (_, Guarding::None) => eprintln!(
+            "nbd-server: --no-flusher: workers are not I/O flushers; file I/O is still \
+             NOIO-scoped per call by NoFsFile"
+        ),
         (Support::Available, _) => eprintln!("nbd-server: workers are I/O flushers"),
         (s, Guarding::Strict) => {
             eprintln!(
@@ -114,6 +125,7 @@ fn main() -> ExitCode {
     };
     let mut export = Export::new(args.name.clone(), file, size, args.read_only, guarding);
     export.log = !args.quiet;
+    export.plain_io = args.unprotected;
     let export = Arc::new(export);
 
     let mut threads = Vec::new();

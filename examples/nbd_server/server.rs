@@ -18,6 +18,7 @@ use reclaim_scope::{IoFlusher, NoFsFile};
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -112,6 +113,13 @@ pub struct Export {
     pub read_only: bool,
     pub guarding: Guarding,
     pub log: bool,
+    /// Reads, writes and flushes bypass `NoFsFile`: plain `pread`/`pwrite`/
+    /// `fdatasync`, as the daemon of the 2019 deadlock did. Only for the
+    /// unprotected baseline (`--unprotected`, tests/vm_nbd_seed.rs); with
+    /// `Guarding::None` alone every file I/O is still NOIO-scoped by
+    /// `NoFsFile`. Trims and zeroing always use `NoFsFile` (std has no
+    /// `fallocate`).
+    pub plain_io: bool,
     /// Durability requests served (NBD_CMD_FLUSH and FUA), for tests and logs.
     pub syncs: AtomicU64,
     next_conn: AtomicU64,
@@ -132,6 +140,7 @@ impl Export {
             read_only,
             guarding,
             log: true,
+            plain_io: false,
             syncs: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
         }
@@ -145,6 +154,22 @@ impl Export {
             f |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES;
         }
         f
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.plain_io {
+            self.file.get_ref().read_exact_at(buf, offset)
+        } else {
+            self.file.read_exact_at_nofs(buf, offset)
+        }
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.plain_io {
+            self.file.get_ref().write_all_at(buf, offset)
+        } else {
+            self.file.write_all_at_nofs(buf, offset)
+        }
     }
 
     fn knows(&self, name: &[u8]) -> bool {
@@ -466,7 +491,7 @@ fn transmission<R: Read, W: Write>(
                     reply(w, cookie, EINVAL)?;
                 } else {
                     buf.resize(len as usize, 0);
-                    match export.file.read_exact_at_nofs(&mut buf, offset) {
+                    match export.read_at(&mut buf, offset) {
                         Ok(()) => {
                             reply(w, cookie, 0)?;
                             w.write_all(&buf)?;
@@ -492,8 +517,7 @@ fn transmission<R: Read, W: Write>(
                 buf.resize(len as usize, 0);
                 r.read_exact(&mut buf)?;
                 let res = export
-                    .file
-                    .write_all_at_nofs(&buf, offset)
+                    .write_at(&buf, offset)
                     .and_then(|()| fua(export, flags));
                 ack(export, w, cookie, res, "write", offset, len)?;
             }
@@ -541,7 +565,11 @@ fn transmission<R: Read, W: Write>(
 
 fn sync(export: &Export) -> io::Result<()> {
     export.syncs.fetch_add(1, Ordering::Relaxed);
-    export.file.sync_data_nofs()
+    if export.plain_io {
+        export.file.get_ref().sync_data()
+    } else {
+        export.file.sync_data_nofs()
+    }
 }
 
 fn fua(export: &Export, flags: u16) -> io::Result<()> {
