@@ -444,6 +444,46 @@ impl Drop for Tracer {
     }
 }
 
+/// Set the per-CPU ring buffer size (`buffer_size_kb`); returns the previous
+/// size, to restore it. A proof that counts events ("0 FS/IO reclaims") must
+/// not lose any: size the buffer for all of them on one CPU, then check
+/// [`trace_lost_events`].
+pub fn set_trace_buffer_kb(kb: u64) -> io::Result<u64> {
+    let old = fs::read_to_string(tracefs("buffer_size_kb"))?;
+    // "1408", or "7 (expanded: 1408)" before the buffer was first used.
+    let old = old
+        .split("expanded: ")
+        .nth(1)
+        .unwrap_or(&old)
+        .trim_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(1408);
+    write_tracefs("buffer_size_kb", &kb.to_string())?;
+    Ok(old)
+}
+
+/// Events lost since the buffer was last cleared (a [`Tracer::start`]): the
+/// sum of `overrun`, `commit overrun` and `dropped events` over
+/// `per_cpu/cpu*/stats`.
+pub fn trace_lost_events() -> io::Result<u64> {
+    let mut lost = 0;
+    for e in fs::read_dir(tracefs("per_cpu"))? {
+        let stats = fs::read_to_string(e?.path().join("stats"))?;
+        lost += parse_trace_stats_lost(&stats);
+    }
+    Ok(lost)
+}
+
+/// The lost-event counters of one `per_cpu/cpuN/stats` file.
+pub fn parse_trace_stats_lost(stats: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| matches!(k.trim(), "overrun" | "commit overrun" | "dropped events"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// Trace `events` of the calling thread while `f` runs.
 pub fn trace_thread<R>(events: &[&str], f: impl FnOnce() -> R) -> (R, Vec<TraceEvent>) {
     trace_pids(events, &[gettid()], f)
@@ -483,7 +523,7 @@ pub fn summarize_gfp(events: &[TraceEvent]) -> String {
 
 pub const SCRATCH_MNT: &str = "/mnt/rs-ext4";
 
-fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
+pub fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -500,13 +540,48 @@ fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn is_mounted(mnt: &str) -> bool {
+pub fn is_mounted(mnt: &str) -> bool {
     fs::read_to_string("/proc/mounts")
         .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(mnt)))
         .unwrap_or(false)
 }
 
-/// An ext4 mount on a 64 MiB brd ramdisk (`/dev/ram0`), created once per VM
+/// Parameters of the one `modprobe brd` of a VM boot: module parameters
+/// only apply on the first load, so every test that wants a ramdisk loads it
+/// through [`load_brd`]. `/dev/ram0` is [`scratch_fs`]; `/dev/ram1` is the
+/// lower ext4 of tests/vm_nbd_seed.rs, which needs room for a 320 MiB
+/// sparse backing file. brd allocates memory only for sectors written.
+pub const BRD_PARAMS: &[&str] = &["rd_nr=2", "rd_size=393216"];
+
+/// Load brd with [`BRD_PARAMS`] unless it is loaded; panics if the devices
+/// it has are fewer or smaller (someone loaded it with other parameters).
+pub fn load_brd() {
+    require_vm();
+    if !Path::new("/dev/ram0").exists() {
+        let mut args = vec!["brd"];
+        args.extend_from_slice(BRD_PARAMS);
+        sh("modprobe", &args).unwrap_or_else(|e| panic!("{e} (vm-test adds --modules brd)"));
+    }
+    let want_kib: u64 = BRD_PARAMS
+        .iter()
+        .find_map(|p| p.strip_prefix("rd_size="))
+        .and_then(|v| v.parse().ok())
+        .expect("rd_size in BRD_PARAMS");
+    for dev in ["ram0", "ram1"] {
+        let sectors: u64 = fs::read_to_string(format!("/sys/block/{dev}/size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            sectors / 2 >= want_kib,
+            "/dev/{dev}: {} KiB, want {want_kib}: brd was loaded with parameters other \
+             than {BRD_PARAMS:?} (load it through common::load_brd)",
+            sectors / 2
+        );
+    }
+}
+
+/// An ext4 mount on a brd ramdisk (`/dev/ram0`, [`BRD_PARAMS`]), created once per VM
 /// boot and shared by all test binaries. Page cache of a real block-backed
 /// file system — the allocation the seed deadlock is about — unlike tmpfs,
 /// whose pages come from shmem. Formatted with the host's mkfs.ext4 when
@@ -517,11 +592,7 @@ pub fn scratch_fs() -> &'static Path {
     DIR.get_or_init(|| {
         require_vm();
         if !is_mounted(SCRATCH_MNT) {
-            if !Path::new("/dev/ram0").exists() {
-                // Parameters only apply on the first load of brd.
-                sh("modprobe", &["brd", "rd_nr=1", "rd_size=65536"])
-                    .unwrap_or_else(|e| panic!("scratch fs: {e} (vm-test adds --modules brd)"));
-            }
+            load_brd();
             let mkfs = if Command::new("mkfs.ext4").arg("-V").output().is_ok() {
                 sh("mkfs.ext4", &["-q", "-F", "/dev/ram0"])
             } else {

@@ -24,8 +24,9 @@ Commands:
         Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
         kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
         Fails if any fails, if the VM does not finish, or if zero tests ran.
-        Defaults: --modules brd,loop, --host-bin qemu-nbd, and mkfs.ext4 from
-        the host if present.
+        Defaults: --mem 1G, --modules brd,loop,nbd,xfs, --host-bin for qemu-nbd,
+        mkfs.ext4, mkfs.xfs and nbd-client (tests/vm_nbd_seed.rs: the seed's
+        brd/ext4/NBD/XFS stack under a 32M memcg).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -134,12 +135,16 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
     let mut o = VmOpts::default();
     if test_defaults {
         // The gfp proof formats an ext4 on a brd ramdisk: page cache of a real
-        // block-backed file system, not shmem. mkfs.ext4 is optional (busybox
-        // mke2fs is the fallback) so vm-test installs nothing extra by default.
+        // block-backed file system, not shmem.
         o.modules = vec!["brd".into(), "loop".into()];
-        o.optional_host_bins = vec!["mkfs.ext4".into()];
         // tests/vm_cli.rs runs an unmodified daemon under `reclaim-scope exec`.
         o.host_bins = vec!["qemu-nbd".into()];
+        // tests/vm_nbd_seed.rs: brd → ext4 → nbd_server → kernel NBD → XFS,
+        // with ~200 MiB on the ramdisk and a 16 MiB trace buffer per CPU.
+        o.modules.extend(["nbd".into(), "xfs".into()]);
+        o.host_bins
+            .extend(["mkfs.ext4".into(), "mkfs.xfs".into(), "nbd-client".into()]);
+        o.mem = "1G".into();
     }
     let mut it = args.iter();
     let mut tail = Vec::new();
