@@ -4,6 +4,7 @@
 //! tests that need the real kernel run in a throwaway QEMU/TCG VM whose PID 1
 //! has every capability. See `cargo xtask help`.
 
+mod nbd_bench;
 mod util;
 mod vm;
 
@@ -31,6 +32,13 @@ Commands:
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
         binaries of reclaim-scope are built and put on the guest PATH (/opt/bin).
+  nbd-bench [--count N] [--rounds N] [--size MiB] [--dir DIR]
+        Benchmark examples/nbd_server (release) against nbdkit's file plugin
+        and qemu-nbd on one pre-filled backing file over unix sockets with
+        `qemu-img bench` (4 KiB, QD1/QD16, read/write, -t none); installs
+        nbdkit/qemu-utils if missing. Prints the median IOPS per cell and the
+        ratios ours/nbdkit, ours/qemu-nbd. Defaults: --count 100000, --rounds 3
+        (interleaved), --size 1024, --dir target/nbd-bench.
 
 VM-OPTIONS:
   --modules a,b,..     kernel modules to make available (with dependencies);
@@ -126,6 +134,7 @@ fn real_main() -> Result<ExitCode> {
                 }
             }
         }
+        "nbd-bench" => nbd_bench::main(&Workspace::locate()?, rest).map(|()| ExitCode::SUCCESS),
         other => bail!("unknown command `{other}`; try `cargo xtask help`"),
     }
 }
