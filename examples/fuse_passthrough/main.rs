@@ -1,0 +1,155 @@
+//! A FUSE passthrough file system whose `/dev/fuse` loop runs as an I/O
+//! flusher and whose every file data access goes through `NoFsFile`: the
+//! daemon the kernel waits on while it writes back this mount's dirty pages
+//! can never recurse into file-system or block-I/O reclaim itself.
+//!
+//! ```sh
+//! mkdir -p /tmp/src /tmp/mnt
+//! cargo run --release --example fuse_passthrough -- --source /tmp/src --mountpoint /tmp/mnt
+//! # ... use /tmp/mnt; Ctrl-C or SIGTERM unmounts and exits
+//! ```
+//!
+//! Mounts with mount(2) on /dev/fuse (needs root; no libfuse, no
+//! fusermount). Without CAP_SYS_RESOURCE it serves anyway, after a one-line
+//! warning; `--strict` refuses instead. `--no-flusher` serves without the
+//! `IoFlusher` (each file data access is still NOIO-scoped by `NoFsFile`);
+//! `--unprotected` also bypasses `NoFsFile`: the baseline for comparison.
+
+mod passthrough;
+
+use clap::Parser;
+use passthrough::{Guarding, Passthrough};
+use reclaim_scope::{support, Support};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(about = "FUSE passthrough on reclaim-scope's NoFsFile and IoFlusher")]
+struct Args {
+    /// Directory whose contents the mount shows.
+    #[arg(long)]
+    source: PathBuf,
+    /// Where to mount (an existing directory).
+    #[arg(long)]
+    mountpoint: PathBuf,
+    /// Worker threads reading /dev/fuse (each its own cloned fd when > 1).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Serve without IoFlusher guards: the baseline for comparison.
+    #[arg(long, conflicts_with = "strict")]
+    no_flusher: bool,
+    /// Like --no-flusher, and file reads, writes, truncates and syncs bypass
+    /// NoFsFile (plain pread/pwrite/ftruncate/fdatasync). --no-flusher alone
+    /// still NOIO-scopes each file data access through NoFsFile.
+    #[arg(long, conflicts_with = "strict")]
+    unprotected: bool,
+    /// Refuse to mount (exit 3) unless the serving threads can be I/O flushers.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let guarding = if args.no_flusher || args.unprotected {
+        Guarding::None
+    } else if args.strict {
+        Guarding::Strict
+    } else {
+        Guarding::IoFlusher
+    };
+    match (support(), guarding) {
+        (_, Guarding::None) if args.unprotected => eprintln!(
+            "fuse-passthrough: --unprotected: no IoFlusher and plain file I/O (baseline for \
+             comparison)"
+        ),
+        (_, Guarding::None) => eprintln!(
+            "fuse-passthrough: --no-flusher: serving threads are not I/O flushers; file I/O is \
+             still NOIO-scoped per call by NoFsFile"
+        ),
+        (Support::Available, _) => eprintln!("fuse-passthrough: serving threads are I/O flushers"),
+        (s, Guarding::Strict) => {
+            eprintln!(
+                "fuse-passthrough: --strict: {}",
+                s.error().map_or(s.to_string(), |e| e.to_string())
+            );
+            return ExitCode::from(3);
+        }
+        (s, _) => {
+            eprintln!(
+                "fuse-passthrough: warning: serving UNPROTECTED from reclaim recursion: {}",
+                s.error().map_or(s.to_string(), |e| e.to_string())
+            );
+            // Said once here; the crate's own once-per-process report would repeat it.
+            let _ = reclaim_scope::set_degradation_hook(|_| {});
+        }
+    }
+    if !args.source.is_dir() {
+        eprintln!(
+            "fuse-passthrough: --source {}: not a directory",
+            args.source.display()
+        );
+        return ExitCode::from(2);
+    }
+    // Registered before mounting: a signal that arrives during the mount is
+    // served after it, and the mount is never left behind.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fuse-passthrough: cannot handle signals: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = args.source.canonicalize().unwrap_or(args.source.clone());
+    let mut fs = Passthrough::new(source.clone(), guarding);
+    fs.plain_io = args.unprotected;
+    let mut mounted = match passthrough::mount(fs, &args.mountpoint, args.threads) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "fuse-passthrough: cannot mount {} on {}: {e}",
+                source.display(),
+                args.mountpoint.display()
+            );
+            return ExitCode::from(if e.kind() == std::io::ErrorKind::PermissionDenied {
+                3
+            } else {
+                2
+            });
+        }
+    };
+    eprintln!(
+        "fuse-passthrough: {} mounted on {} ({} serving thread(s))",
+        source.display(),
+        args.mountpoint.display(),
+        args.threads.max(1)
+    );
+    // The signal thread unmounts; the session then ends and `join` returns.
+    // An unmount from outside (umount, fusermount -u) ends it the same way.
+    let mut unmounter = mounted.take_unmounter().expect("fresh mount");
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                eprintln!("fuse-passthrough: signal {sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    eprintln!("fuse-passthrough: unmount: {e}");
+                }
+            }
+        })
+        .expect("spawn the signal thread");
+    let r = mounted.join();
+    handle.close();
+    match r {
+        Ok(()) => {
+            eprintln!("fuse-passthrough: unmounted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fuse-passthrough: session ended: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The example FUSE passthrough (`examples/fuse_passthrough`) mounted for
+//! real and driven through the kernel: files created, written at offsets,
+//! read back, renamed, synced, listed, truncated and deleted through the
+//! mount, compared with the source directory; a `cp -a` of a small tree and
+//! `diff -r`. The file system runs in this process (best-effort guards: no
+//! capability needed) and is mounted with mount(2) on /dev/fuse, which needs
+//! root; without root or /dev/fuse the tests say so and pass vacuously.
+//!
+//! Every mount is undone by a drop guard (`umount -l` if the session did not
+//! unmount), also when a test panics; a watchdog unmounts and aborts the run
+//! if the workload hangs.
+
+#[path = "../examples/fuse_passthrough/passthrough.rs"]
+mod passthrough;
+
+use passthrough::{Guarding, Mounted, Passthrough};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn can_mount() -> bool {
+    let root = fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: mounting FUSE with mount(2) needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let mnt = mnt.to_string_lossy();
+    fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&*mnt))
+        })
+        .unwrap_or(false)
+}
+
+/// A source directory, a mount point and the mounted passthrough; undone in
+/// reverse on drop.
+struct Rig {
+    dir: PathBuf,
+    src: PathBuf,
+    mnt: PathBuf,
+    mounted: Option<Mounted>,
+    done: Arc<AtomicBool>,
+}
+
+impl Rig {
+    fn new(threads: usize) -> Rig {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "reclaim-scope-fuse-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let (src, mnt) = (dir.join("src"), dir.join("mnt"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&mnt).unwrap();
+        let fs = Passthrough::new(src.clone(), Guarding::IoFlusher);
+        let mounted = passthrough::mount(fs, &mnt, threads).expect("mount the passthrough");
+        assert!(is_mounted(&mnt), "{} is not in /proc/mounts", mnt.display());
+        // Watchdog: a hung workload must not hang the test run or leave the
+        // mount behind.
+        let done = Arc::new(AtomicBool::new(false));
+        let (d, m) = (done.clone(), mnt.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(120) {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!(
+                "fuse test hung for 120 s: unmounting {} and aborting",
+                m.display()
+            );
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+            std::process::abort();
+        });
+        Rig {
+            dir,
+            src,
+            mnt,
+            mounted: Some(mounted),
+            done,
+        }
+    }
+
+    fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    fn s(&self, rel: &str) -> PathBuf {
+        self.src.join(rel)
+    }
+
+    /// Unmount through the session and wait for it to end.
+    fn unmount(&mut self) {
+        if let Some(m) = self.mounted.take() {
+            m.unmount().expect("unmount");
+        }
+        assert!(!is_mounted(&self.mnt), "still mounted after unmount");
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(m) = self.mounted.take() {
+            let _ = m.unmount();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        self.done.store(true, Ordering::Relaxed);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A deterministic, incompressible pattern (xorshift64*).
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
+    // `timeout` bounds a command stuck on the mount.
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn workload_through_the_kernel_matches_the_source() {
+    if !can_mount() {
+        return;
+    }
+    let mut rig = Rig::new(1);
+
+    // Create and write patterns at scattered offsets (sparse regions between).
+    let writes: [(u64, usize); 5] = [
+        (0, 4096),
+        (8192, 100),
+        (1 << 20, 300_000),
+        (5 << 20, 4096),
+        (3 << 20, 1),
+    ];
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(rig.m("data.bin"))
+            .unwrap();
+        for (i, &(off, len)) in writes.iter().enumerate() {
+            f.write_all_at(&pattern(i as u64 + 1, len), off).unwrap();
+        }
+        f.sync_all().unwrap(); // FUSE_FSYNC
+        f.sync_data().unwrap();
+        // Read back through the mount, on the same descriptor.
+        for (i, &(off, len)) in writes.iter().enumerate() {
+            let mut buf = vec![0; len];
+            f.read_exact_at(&mut buf, off).unwrap();
+            assert_eq!(buf, pattern(i as u64 + 1, len), "read back at {off}");
+        }
+    }
+    let through_mount = fs::read(rig.m("data.bin")).unwrap();
+    let in_source = fs::read(rig.s("data.bin")).unwrap();
+    assert_eq!(through_mount.len(), (5 << 20) + 4096);
+    assert!(through_mount == in_source, "mount and source differ");
+    assert!(
+        in_source[4096..8192].iter().all(|&b| b == 0),
+        "hole is zero"
+    );
+
+    // Appends and sequential reads with std's buffered I/O.
+    {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(rig.m("data.bin"))
+            .unwrap();
+        f.write_all(b"tail").unwrap();
+        let mut f = fs::File::open(rig.m("data.bin")).unwrap();
+        f.seek(SeekFrom::End(-4)).unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "tail");
+    }
+
+    // Truncate (setattr size), chmod (setattr mode), utimes.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(rig.m("data.bin"))
+        .unwrap()
+        .set_len(12_345)
+        .unwrap();
+    assert_eq!(fs::metadata(rig.s("data.bin")).unwrap().len(), 12_345);
+    assert_eq!(fs::metadata(rig.m("data.bin")).unwrap().len(), 12_345);
+    fs::set_permissions(rig.m("data.bin"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(
+        fs::metadata(rig.s("data.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    run(
+        "touch",
+        &[
+            "-d".as_ref(),
+            "2020-02-02 02:02:02".as_ref(),
+            rig.m("data.bin").as_os_str(),
+        ],
+    );
+    assert_eq!(
+        fs::metadata(rig.s("data.bin")).unwrap().modified().unwrap(),
+        fs::metadata(rig.m("data.bin")).unwrap().modified().unwrap()
+    );
+
+    // Directories, rename of a file and of a directory with contents.
+    fs::create_dir(rig.m("d1")).unwrap();
+    fs::create_dir(rig.m("d1/inner")).unwrap();
+    fs::write(rig.m("d1/inner/f"), b"inner file").unwrap();
+    fs::rename(rig.m("data.bin"), rig.m("d1/moved.bin")).unwrap();
+    assert!(!rig.s("data.bin").exists());
+    assert_eq!(fs::metadata(rig.s("d1/moved.bin")).unwrap().len(), 12_345);
+    fs::rename(rig.m("d1"), rig.m("d2")).unwrap();
+    assert_eq!(fs::read(rig.m("d2/inner/f")).unwrap(), b"inner file");
+    assert_eq!(fs::read(rig.s("d2/inner/f")).unwrap(), b"inner file");
+    assert_eq!(names(&rig.mnt), names(&rig.src));
+    assert_eq!(names(&rig.m("d2")), ["inner", "moved.bin"]);
+    // Rename over an existing file replaces it.
+    fs::write(rig.m("d2/other"), b"other").unwrap();
+    fs::rename(rig.m("d2/other"), rig.m("d2/moved.bin")).unwrap();
+    assert_eq!(fs::read(rig.m("d2/moved.bin")).unwrap(), b"other");
+
+    // A file changed behind the mount's back is seen (after the attr TTL
+    // or on open) and one removed behind its back is ENOENT.
+    fs::write(rig.s("outside"), b"made in the source").unwrap();
+    assert_eq!(fs::read(rig.m("outside")).unwrap(), b"made in the source");
+    fs::remove_file(rig.s("outside")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // entry TTL
+    let e = fs::metadata(rig.m("outside")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+
+    // Errors map to the right errno.
+    let e = fs::create_dir(rig.m("d2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+    let e = fs::remove_dir(rig.m("d2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+    let e = fs::read(rig.m("no/such/file")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+
+    // statfs is the source's.
+    run("stat", &["-f".as_ref(), rig.mnt.as_os_str()]);
+
+    // Delete everything through the mount.
+    fs::remove_file(rig.m("d2/moved.bin")).unwrap();
+    fs::remove_file(rig.m("d2/inner/f")).unwrap();
+    fs::remove_dir(rig.m("d2/inner")).unwrap();
+    fs::remove_dir(rig.m("d2")).unwrap();
+    assert!(names(&rig.src).is_empty(), "{:?}", names(&rig.src));
+    assert!(names(&rig.mnt).is_empty());
+
+    rig.unmount();
+}
+
+#[test]
+fn cp_a_of_a_tree_and_diff_r() {
+    if !can_mount() {
+        return;
+    }
+    // Two serving threads: fuser's multi-threaded loop with cloned fds.
+    let mut rig = Rig::new(2);
+    // A small tree: nested dirs, empty and larger files, a symlink-free mix.
+    let tree = rig.dir.join("tree");
+    for d in ["a", "a/b", "a/b/c", "empty-dir"] {
+        fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    for (i, (f, len)) in [
+        ("top.txt", 10),
+        ("a/one", 0),
+        ("a/b/two", 70_000),
+        ("a/b/c/three", 1 << 20),
+        ("a/b/c/four", 4097),
+    ]
+    .iter()
+    .enumerate()
+    {
+        fs::write(tree.join(f), pattern(i as u64 + 7, *len)).unwrap();
+    }
+    fs::set_permissions(tree.join("top.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+
+    let dest = rig.m("copy");
+    run("cp", &["-a".as_ref(), tree.as_os_str(), dest.as_os_str()]);
+    run("diff", &["-r".as_ref(), tree.as_os_str(), dest.as_os_str()]);
+    run(
+        "diff",
+        &["-r".as_ref(), tree.as_os_str(), rig.s("copy").as_os_str()],
+    );
+    // cp -a kept modes and times.
+    let (a, b) = (
+        fs::metadata(tree.join("top.txt")).unwrap(),
+        fs::metadata(rig.s("copy/top.txt")).unwrap(),
+    );
+    assert_eq!(a.permissions().mode(), b.permissions().mode());
+    assert_eq!(a.modified().unwrap(), b.modified().unwrap());
+    run("sync", &[dest.as_os_str()]);
+    run("rm", &["-r".as_ref(), dest.as_os_str()]);
+    assert!(!rig.s("copy").exists());
+    rig.unmount();
+}
+
+#[test]
+fn errno_survives_nofsfile_wrapping() {
+    let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    assert_eq!(passthrough::errno(&e).code(), libc::ENOSPC);
+    let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+    assert_eq!(passthrough::errno(&e).code(), libc::ENOENT);
+}
