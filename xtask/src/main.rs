@@ -25,7 +25,7 @@ Commands:
         Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
         kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
         Fails if any fails, if the VM does not finish, or if zero tests ran.
-        Defaults: --mem 1G, --modules brd,loop,nbd,xfs, --host-bin for qemu-nbd,
+        Defaults: --mem 1G, --modules brd,fuse,loop,nbd,xfs, --host-bin for qemu-nbd,
         mkfs.ext4, mkfs.xfs and nbd-client (tests/vm_nbd_seed.rs: the seed's
         brd/ext4/NBD/XFS stack under a 32M memcg).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
@@ -146,6 +146,8 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         // The gfp proof formats an ext4 on a brd ramdisk: page cache of a real
         // block-backed file system, not shmem.
         o.modules = vec!["brd".into(), "loop".into()];
+        // tests/vm_fuse.rs mounts examples/fuse_passthrough over that ext4.
+        o.modules.push("fuse".into());
         // tests/vm_cli.rs runs an unmodified daemon under `reclaim-scope exec`.
         o.host_bins = vec!["qemu-nbd".into()];
         // tests/vm_nbd_seed.rs: brd → ext4 → nbd_server → kernel NBD → XFS,
