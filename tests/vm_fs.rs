@@ -17,54 +17,8 @@ use std::os::unix::fs::FileExt;
 const LEN: usize = 64 * 1024;
 const PAGES: usize = LEN / 4096;
 
-fn assert_clear(what: &str) {
-    let f = thread_flags();
-    assert_eq!(
-        f & IO_FLUSHER_BITS,
-        0,
-        "{what}: expected a clear thread, got {}",
-        describe_flags(f)
-    );
-}
-
 fn page_allocs(ev: Vec<TraceEvent>) -> Vec<TraceEvent> {
     ev.into_iter().filter(|e| e.is(EV_PAGE_ALLOC)).collect()
-}
-
-/// At least one page per 4 KiB of the request, every one of them without
-/// `__GFP_FS` and `__GFP_IO`.
-fn assert_all_noio(what: &str, ev: &[TraceEvent]) {
-    assert!(
-        ev.len() >= PAGES,
-        "{what}: expected at least {PAGES} page allocations, saw {}",
-        summarize_gfp(ev)
-    );
-    let bad: Vec<&str> = ev
-        .iter()
-        .filter(|e| !e.gfp_class().is_noio())
-        .map(|e| e.line.as_str())
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: allocations with __GFP_FS or __GFP_IO: {bad:#?}"
-    );
-}
-
-/// At least one page per 4 KiB allocated with both `__GFP_FS` and
-/// `__GFP_IO`: what the crate protects against.
-fn assert_fs_io(what: &str, ev: &[TraceEvent]) {
-    let n = ev
-        .iter()
-        .filter(|e| {
-            let c = e.gfp_class();
-            c.fs && c.io
-        })
-        .count();
-    assert!(
-        n >= PAGES,
-        "{what}: expected {PAGES} page allocations with __GFP_FS|__GFP_IO, saw {}",
-        summarize_gfp(ev)
-    );
 }
 
 #[test]
@@ -72,7 +26,7 @@ fn assert_fs_io(what: &str, ev: &[TraceEvent]) {
 fn pwrite_nofs_allocates_noio_where_plain_pwrite_allocates_fs_io() {
     require_vm();
     on_fresh_thread(|| {
-        assert_clear("fresh thread");
+        assert_thread_clear("fresh thread");
         let data = vec![0x5au8; LEN]; // allocated before tracing starts
 
         // Plain pwrite (std FileExt) on this unflagged thread.
@@ -87,7 +41,7 @@ fn pwrite_nofs_allocates_noio_where_plain_pwrite_allocates_fs_io() {
         let (r, nofs) = trace_thread(&[EV_PAGE_ALLOC], || file.pwrite_nofs(&data, 0));
         assert_eq!(r.expect("pwrite_nofs"), LEN);
         let nofs = page_allocs(nofs);
-        assert_clear("after pwrite_nofs");
+        assert_thread_clear("after pwrite_nofs");
 
         // And a plain pwrite after it is unprotected again.
         let (_, after_file) = fresh_file("fs-after");
@@ -107,9 +61,9 @@ fn pwrite_nofs_allocates_noio_where_plain_pwrite_allocates_fs_io() {
             "ext4 on brd, 64 KiB pwrite after:  {}",
             summarize_gfp(&after)
         );
-        assert_fs_io("plain pwrite on an unflagged thread", &plain);
-        assert_all_noio("pwrite_nofs on an unflagged thread", &nofs);
-        assert_fs_io("plain pwrite after pwrite_nofs", &after);
+        assert_fs_io("plain pwrite on an unflagged thread", &plain, PAGES);
+        assert_all_noio("pwrite_nofs on an unflagged thread", &nofs, PAGES);
+        assert_fs_io("plain pwrite after pwrite_nofs", &after, PAGES);
     });
 }
 
@@ -118,7 +72,7 @@ fn pwrite_nofs_allocates_noio_where_plain_pwrite_allocates_fs_io() {
 fn every_write_form_allocates_noio_and_leaves_the_thread_clear() {
     require_vm();
     on_fresh_thread(|| {
-        assert_clear("fresh thread");
+        assert_thread_clear("fresh thread");
         let data = vec![0xa5u8; LEN];
         let (_, f) = fresh_file("fs-forms");
         let file = NoFsFile::new(f).with_policy(NoFsPolicy::Strict);
@@ -146,12 +100,12 @@ fn every_write_form_allocates_noio_and_leaves_the_thread_clear() {
             r.unwrap_or_else(|e| panic!("{what}: {e}"));
             let ev = page_allocs(ev);
             println!("ext4 on brd, 64 KiB {what}: {}", summarize_gfp(&ev));
-            assert_all_noio(what, &ev);
-            assert_clear(what);
+            assert_all_noio(what, &ev, PAGES);
+            assert_thread_clear(what);
         }
         let (r, _) = trace_thread(&[EV_PAGE_ALLOC], || file.sync_all_nofs());
         r.expect("fsync");
-        assert_clear("after sync_all_nofs");
+        assert_thread_clear("after sync_all_nofs");
     });
 }
 
@@ -171,7 +125,7 @@ fn assert_io_allowed(what: &str, ev: &[TraceEvent]) {
 fn read_of_uncached_data_allocates_noio_only_through_pread_nofs() {
     require_vm();
     on_fresh_thread(|| {
-        assert_clear("fresh thread");
+        assert_thread_clear("fresh thread");
         // Two files, so the readahead of one read cannot serve the other.
         let mut paths = Vec::new();
         for tag in ["fs-read-plain", "fs-read-nofs"] {
@@ -202,7 +156,7 @@ fn read_of_uncached_data_allocates_noio_only_through_pread_nofs() {
         r.expect("read_exact_at_nofs");
         let nofs = page_allocs(nofs);
         assert!(buf.iter().all(|&b| b == 0x3c), "read back wrong data");
-        assert_clear("after read_exact_at_nofs");
+        assert_thread_clear("after read_exact_at_nofs");
 
         println!(
             "ext4 on brd, 64 KiB uncached plain pread:  {}",
@@ -215,7 +169,7 @@ fn read_of_uncached_data_allocates_noio_only_through_pread_nofs() {
         // ext4 already masks __GFP_FS for its readahead (GFP_NOFS); the
         // flag also removes __GFP_IO.
         assert_io_allowed("uncached plain pread", &plain);
-        assert_all_noio("uncached read_exact_at_nofs", &nofs);
+        assert_all_noio("uncached read_exact_at_nofs", &nofs, PAGES);
     });
 }
 
@@ -224,7 +178,7 @@ fn read_of_uncached_data_allocates_noio_only_through_pread_nofs() {
 fn calls_inside_an_io_flusher_keep_the_flag() {
     require_vm();
     on_fresh_thread(|| {
-        assert_clear("fresh thread");
+        assert_thread_clear("fresh thread");
         let (_, f) = fresh_file("fs-flusher");
         let file = NoFsFile::new(f).with_policy(NoFsPolicy::Strict);
         let data = vec![1u8; LEN];
@@ -239,7 +193,7 @@ fn calls_inside_an_io_flusher_keep_the_flag() {
             describe_flags(flags)
         );
         drop(flusher);
-        assert_clear("after the IoFlusher");
-        assert_all_noio("pwrite_nofs inside IoFlusher", &page_allocs(ev));
+        assert_thread_clear("after the IoFlusher");
+        assert_all_noio("pwrite_nofs inside IoFlusher", &page_allocs(ev), PAGES);
     });
 }

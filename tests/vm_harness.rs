@@ -8,43 +8,6 @@
 mod common;
 
 use common::*;
-use std::io;
-
-/// `prctl(PR_SET_IO_FLUSHER, on, 0, 0, 0)`, bypassing the crate.
-fn raw_set(on: bool) -> io::Result<()> {
-    let z: libc::c_ulong = 0;
-    // SAFETY: PR_SET_IO_FLUSHER reads only its integer arguments; all
-    // variadic arguments are passed as full-width c_ulong (the kernel
-    // rejects non-zero arg3..arg5).
-    let r = unsafe { libc::prctl(PR_SET_IO_FLUSHER, libc::c_ulong::from(on), z, z, z) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// `prctl(PR_GET_IO_FLUSHER, 0, 0, 0, 0)`, bypassing the crate.
-fn raw_get() -> io::Result<i32> {
-    let z: libc::c_ulong = 0;
-    // SAFETY: as above; PR_GET_IO_FLUSHER takes no pointers.
-    let r = unsafe { libc::prctl(PR_GET_IO_FLUSHER, z, z, z, z) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn assert_clear(what: &str) {
-    let f = thread_flags();
-    assert_eq!(
-        f & IO_FLUSHER_BITS,
-        0,
-        "{what}: expected a clear thread, got {}",
-        describe_flags(f)
-    );
-}
 
 #[test]
 #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
@@ -60,7 +23,8 @@ fn vm_environment_is_usable() {
         std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         "cgroup2 mounted"
     );
-    let get = raw_get().expect("PR_GET_IO_FLUSHER must succeed for PID 1's children in the VM");
+    let get = raw_get_io_flusher()
+        .expect("PR_GET_IO_FLUSHER must succeed for PID 1's children in the VM");
     println!(
         "PR_GET_IO_FLUSHER on the test thread = {get}; flags {}",
         describe_flags(thread_flags())
@@ -72,11 +36,11 @@ fn vm_environment_is_usable() {
 fn raw_set_sets_noio_and_local_throttle_and_clear_clears() {
     require_vm();
     on_fresh_thread(|| {
-        assert_clear("fresh thread");
-        assert_eq!(raw_get().unwrap(), 0);
+        assert_thread_clear("fresh thread");
+        assert_eq!(raw_get_io_flusher().unwrap(), 0);
         let before = thread_flags();
 
-        raw_set(true).expect("PR_SET_IO_FLUSHER(1)");
+        raw_set_io_flusher(true).expect("PR_SET_IO_FLUSHER(1)");
         let on = thread_flags();
         println!(
             "flags before {} / after SET(1) {}",
@@ -89,15 +53,15 @@ fn raw_set_sets_noio_and_local_throttle_and_clear_clears() {
             "SET(1): {}",
             describe_flags(on)
         );
-        assert_eq!(raw_get().unwrap(), 1, "GET after SET(1)");
+        assert_eq!(raw_get_io_flusher().unwrap(), 1, "GET after SET(1)");
         // There is no NOFS-only prctl: SET(1) does not touch PF_MEMALLOC_NOFS.
         assert_eq!(on & PF_MEMALLOC_NOFS, before & PF_MEMALLOC_NOFS);
 
-        raw_set(false).expect("PR_SET_IO_FLUSHER(0)");
+        raw_set_io_flusher(false).expect("PR_SET_IO_FLUSHER(0)");
         let off = thread_flags();
         println!("flags after SET(0) {}", describe_flags(off));
         assert_eq!(off & IO_FLUSHER_BITS, 0, "SET(0): {}", describe_flags(off));
-        assert_eq!(raw_get().unwrap(), 0, "GET after SET(0)");
+        assert_eq!(raw_get_io_flusher().unwrap(), 0, "GET after SET(0)");
         // Only the two bits change (PF_SUPERPRIV, 0x100, may appear: capable() succeeded).
         assert_eq!(
             off & !0x100,
@@ -112,7 +76,7 @@ fn raw_set_sets_noio_and_local_throttle_and_clear_clears() {
 fn raw_flag_is_per_thread_and_inherited_by_clone_and_execve() {
     require_vm();
     on_fresh_thread(|| {
-        raw_set(true).unwrap();
+        raw_set_io_flusher(true).unwrap();
         let child = std::thread::spawn(thread_flags).join().unwrap();
         // A process forked by a flagged thread, after execve().
         let out = std::process::Command::new("cat")
@@ -120,7 +84,7 @@ fn raw_flag_is_per_thread_and_inherited_by_clone_and_execve() {
             .output()
             .unwrap();
         let exec_flags = parse_stat_flags(&String::from_utf8_lossy(&out.stdout)).unwrap();
-        raw_set(false).unwrap();
+        raw_set_io_flusher(false).unwrap();
         let child_after = std::thread::spawn(thread_flags).join().unwrap();
         assert_eq!(
             child & IO_FLUSHER_BITS,
@@ -156,10 +120,10 @@ fn raw_flag_does_not_reach_existing_threads() {
             let _ = go_rx.recv(); // stay alive while the other thread is flagged
         });
         let sib = tid_rx.recv().unwrap();
-        raw_set(true).unwrap();
+        raw_set_io_flusher(true).unwrap();
         let mine = thread_flags();
         let theirs = task_flags(pid, sib).expect("sibling alive");
-        raw_set(false).unwrap();
+        raw_set_io_flusher(false).unwrap();
         go_tx.send(()).unwrap();
         sibling.join().unwrap();
         assert_eq!(
@@ -180,16 +144,16 @@ fn raw_flag_does_not_reach_existing_threads() {
 /// The proof that matters: page-cache allocations of a buffered write.
 fn gfp_proof(dir_label: &'static str, make: fn(&str) -> std::fs::File) {
     on_fresh_thread(move || {
-        assert_clear("fresh thread");
+        assert_thread_clear("fresh thread");
         const LEN: usize = 64 * 1024;
         let pages = LEN / 4096;
 
         let f = make("unflagged");
         let plain = traced_pwrite(&f, LEN);
         let f2 = make("flagged");
-        raw_set(true).unwrap();
+        raw_set_io_flusher(true).unwrap();
         let flagged = traced_pwrite(&f2, LEN);
-        raw_set(false).unwrap();
+        raw_set_io_flusher(false).unwrap();
 
         println!(
             "{dir_label}: unflagged 64 KiB pwrite: {}",

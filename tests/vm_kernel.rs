@@ -14,49 +14,9 @@ use reclaim_scope::{
     current_tid, refresh_thread_state, support, thread_io_flusher, try_with_nofs, with_nofs,
     AllowFsReclaim, IoFlusher, NoFsScope, Support, ThreadFlags,
 };
-use std::io;
 
 const PAGES: usize = 16;
 const LEN: usize = PAGES * 4096;
-
-/// Raw `prctl(PR_SET_IO_FLUSHER, on)` behind the crate's back.
-fn raw_set(on: bool) -> io::Result<()> {
-    let z: libc::c_ulong = 0;
-    // SAFETY: PR_SET_IO_FLUSHER reads only its integer arguments, all passed
-    // as full-width c_ulong (the kernel rejects non-zero arg3..arg5).
-    let r = unsafe { libc::prctl(PR_SET_IO_FLUSHER, libc::c_ulong::from(on), z, z, z) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn flagged() -> bool {
-    thread_flags() & IO_FLUSHER_BITS == IO_FLUSHER_BITS
-}
-
-#[track_caller]
-fn assert_flagged(what: &str) {
-    let f = thread_flags();
-    assert_eq!(
-        f & IO_FLUSHER_BITS,
-        IO_FLUSHER_BITS,
-        "{what}: expected NOIO|LOCAL_THROTTLE, /proc says {}",
-        describe_flags(f)
-    );
-}
-
-#[track_caller]
-fn assert_clear(what: &str) {
-    let f = thread_flags();
-    assert_eq!(
-        f & IO_FLUSHER_BITS,
-        0,
-        "{what}: expected a clear thread, /proc says {}",
-        describe_flags(f)
-    );
-}
 
 /// PR_GET_IO_FLUSHER (through the crate) and /proc must tell the same story.
 #[track_caller]
@@ -64,7 +24,7 @@ fn assert_get_agrees(what: &str) {
     let get = thread_io_flusher().expect("PR_GET_IO_FLUSHER in the VM");
     assert_eq!(
         get,
-        flagged(),
+        thread_is_flagged(),
         "{what}: PR_GET says {get}, /proc says {}",
         describe_flags(thread_flags())
     );
@@ -89,7 +49,7 @@ macro_rules! vm_test {
         fn $name() {
             require_vm();
             on_fresh_thread(|| {
-                assert_clear("precondition (fresh thread)");
+                assert_thread_clear("precondition (fresh thread)");
                 $body
             });
         }
@@ -121,12 +81,12 @@ vm_test! {
     fn nofs_scope_sets_both_bits_and_drop_clears_them() {
         let scope = NoFsScope::try_enter().expect("try_enter in the VM");
         assert!(scope.is_effective());
-        assert_flagged("inside NoFsScope");
+        assert_thread_flagged("inside NoFsScope");
         let tf = ThreadFlags::current().unwrap();
         assert!(tf.noio() && tf.local_throttle() && tf.is_io_flusher(), "{tf}");
         assert_get_agrees("inside NoFsScope");
         drop(scope);
-        assert_clear("after NoFsScope");
+        assert_thread_clear("after NoFsScope");
         assert_get_agrees("after NoFsScope");
         assert!(!ThreadFlags::current().unwrap().is_io_flusher());
     }
@@ -136,9 +96,9 @@ vm_test! {
     fn best_effort_enter_is_effective_here() {
         let scope = NoFsScope::enter();
         assert!(scope.is_effective(), "best-effort enter must be effective with the capability");
-        assert_flagged("inside NoFsScope::enter");
+        assert_thread_flagged("inside NoFsScope::enter");
         drop(scope);
-        assert_clear("after NoFsScope::enter");
+        assert_thread_clear("after NoFsScope::enter");
     }
 }
 
@@ -156,9 +116,9 @@ vm_test! {
             }
             assert_eq!(thread_flags(), at_outer, "innermost exit changed flags");
         }
-        assert_flagged("after the inner scope ended, inside the outer");
+        assert_thread_flagged("after the inner scope ended, inside the outer");
         drop(outer);
-        assert_clear("after the outer scope");
+        assert_thread_clear("after the outer scope");
     }
 }
 
@@ -198,25 +158,25 @@ vm_test! {
 
 vm_test! {
     fn pre_flagged_thread_stays_flagged_after_a_scope() {
-        raw_set(true).unwrap();
+        raw_set_io_flusher(true).unwrap();
         refresh_thread_state().unwrap();
-        assert_flagged("after raw SET(1)");
+        assert_thread_flagged("after raw SET(1)");
         let (_, ev) = trace_thread(&[EV_SYS_PRCTL], || {
             let scope = NoFsScope::try_enter().unwrap();
             assert!(scope.is_effective());
             drop(scope);
         });
-        assert_flagged("after a scope on a pre-flagged thread");
+        assert_thread_flagged("after a scope on a pre-flagged thread");
         assert_eq!(io_flusher_prctls(&ev), vec![], "a scope on a flagged thread made prctl calls");
-        raw_set(false).unwrap();
+        raw_set_io_flusher(false).unwrap();
         refresh_thread_state().unwrap();
-        assert_clear("cleanup");
+        assert_thread_clear("cleanup");
     }
 }
 
 vm_test! {
     fn inherited_flag_survives_a_scope_in_the_child() {
-        raw_set(true).unwrap();
+        raw_set_io_flusher(true).unwrap();
         // The child inherits the flag; its first scope must probe, not assume "clear".
         let child = std::thread::spawn(|| {
             let inherited = thread_flags();
@@ -226,7 +186,7 @@ vm_test! {
         })
         .join()
         .unwrap();
-        raw_set(false).unwrap();
+        raw_set_io_flusher(false).unwrap();
         refresh_thread_state().unwrap();
         assert_eq!(child.0 & IO_FLUSHER_BITS, IO_FLUSHER_BITS, "child did not inherit: {}", describe_flags(child.0));
         assert_eq!(child.1 & IO_FLUSHER_BITS, IO_FLUSHER_BITS, "a scope cleared an inherited flag: {}", describe_flags(child.1));
@@ -238,17 +198,17 @@ vm_test! {
         let r = std::panic::catch_unwind(|| {
             let _scope = NoFsScope::try_enter().unwrap();
             let _inner = NoFsScope::try_enter().unwrap();
-            assert_flagged("inside, before the panic");
+            assert_thread_flagged("inside, before the panic");
             panic!("unwinding through two scopes");
         });
         assert!(r.is_err());
-        assert_clear("after unwinding");
+        assert_thread_clear("after unwinding");
         assert_get_agrees("after unwinding");
         // The crate's state is consistent again: a new scope works normally.
         let s = NoFsScope::try_enter().unwrap();
-        assert_flagged("new scope after the panic");
+        assert_thread_flagged("new scope after the panic");
         drop(s);
-        assert_clear("after the new scope");
+        assert_thread_clear("after the new scope");
     }
 }
 
@@ -261,7 +221,7 @@ vm_test! {
             let _clear = AllowFsReclaim::try_enter().unwrap();
             std::thread::spawn(thread_flags).join().unwrap()
         };
-        assert_flagged("after AllowFsReclaim, still inside the scope");
+        assert_thread_flagged("after AllowFsReclaim, still inside the scope");
         drop(scope);
         let after = std::thread::spawn(thread_flags).join().unwrap();
         assert_eq!(outside & IO_FLUSHER_BITS, 0, "spawned before: {}", describe_flags(outside));
@@ -287,7 +247,7 @@ vm_test! {
         let via_crate = ThreadFlags::of_task(pid, tid).unwrap();
         go_tx.send(()).unwrap();
         worker.join().unwrap();
-        assert_clear("spawner after its scope");
+        assert_thread_clear("spawner after its scope");
         assert_eq!(worker_flags & IO_FLUSHER_BITS, IO_FLUSHER_BITS, "the kernel's inheritance outlives the scope");
         assert_eq!(via_crate.bits(), worker_flags, "ThreadFlags::of_task vs /proc");
     }
@@ -300,9 +260,9 @@ vm_test! {
         assert_get_agrees("in NoFsScope");
         drop(s);
         assert_get_agrees("after NoFsScope");
-        raw_set(true).unwrap();
+        raw_set_io_flusher(true).unwrap();
         assert_get_agrees("raw SET(1)");
-        raw_set(false).unwrap();
+        raw_set_io_flusher(false).unwrap();
         assert_get_agrees("raw SET(0)");
     }
 }
@@ -311,21 +271,21 @@ vm_test! {
     fn io_flusher_sets_and_restores() {
         let f = IoFlusher::try_enter().unwrap();
         assert!(f.is_effective());
-        assert_flagged("inside IoFlusher");
+        assert_thread_flagged("inside IoFlusher");
         assert_get_agrees("inside IoFlusher");
         {
             let s = NoFsScope::try_enter().unwrap();
             assert!(s.is_effective());
-            assert_flagged("NoFsScope inside IoFlusher");
+            assert_thread_flagged("NoFsScope inside IoFlusher");
         }
-        assert_flagged("IoFlusher after an inner NoFsScope");
+        assert_thread_flagged("IoFlusher after an inner NoFsScope");
         drop(f);
-        assert_clear("after IoFlusher");
+        assert_thread_clear("after IoFlusher");
         let f = IoFlusher::enter();
         assert!(f.is_effective());
-        assert_flagged("IoFlusher::enter");
+        assert_thread_flagged("IoFlusher::enter");
         drop(f);
-        assert_clear("after IoFlusher::enter");
+        assert_thread_clear("after IoFlusher::enter");
     }
 }
 
@@ -335,66 +295,33 @@ vm_test! {
         {
             let a = AllowFsReclaim::try_enter().unwrap();
             assert!(a.is_effective());
-            assert_clear("inside AllowFsReclaim");
+            assert_thread_clear("inside AllowFsReclaim");
             assert_get_agrees("inside AllowFsReclaim");
             {
                 let s = NoFsScope::try_enter().unwrap();
                 assert!(s.is_effective());
-                assert_flagged("NoFsScope inside AllowFsReclaim");
+                assert_thread_flagged("NoFsScope inside AllowFsReclaim");
             }
-            assert_clear("AllowFsReclaim after an inner NoFsScope");
+            assert_thread_clear("AllowFsReclaim after an inner NoFsScope");
         }
-        assert_flagged("IoFlusher after AllowFsReclaim");
+        assert_thread_flagged("IoFlusher after AllowFsReclaim");
         drop(f);
-        assert_clear("after IoFlusher");
+        assert_thread_clear("after IoFlusher");
         // On a clear thread AllowFsReclaim is a no-op.
         let a = AllowFsReclaim::try_enter().unwrap();
-        assert_clear("AllowFsReclaim on a clear thread");
+        assert_thread_clear("AllowFsReclaim on a clear thread");
         drop(a);
-        assert_clear("after it");
+        assert_thread_clear("after it");
     }
 }
 
 vm_test! {
     fn closures_run_inside_the_scope() {
-        assert!(with_nofs(flagged));
-        assert_clear("after with_nofs");
-        assert!(try_with_nofs(flagged).unwrap());
-        assert_clear("after try_with_nofs");
+        assert!(with_nofs(thread_is_flagged));
+        assert_thread_clear("after with_nofs");
+        assert!(try_with_nofs(thread_is_flagged).unwrap());
+        assert_thread_clear("after try_with_nofs");
     }
-}
-
-/// The proof that matters: gfp masks of a buffered write's page cache.
-fn assert_all_noio(what: &str, ev: &[TraceEvent]) {
-    assert!(
-        ev.len() >= PAGES,
-        "{what}: fewer than {PAGES} page allocations: {}",
-        summarize_gfp(ev)
-    );
-    let bad: Vec<_> = ev
-        .iter()
-        .filter(|e| !e.gfp_class().is_noio())
-        .map(|e| &e.line)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: allocations with __GFP_FS or __GFP_IO: {bad:?}"
-    );
-}
-
-fn assert_page_cache_fs_io(what: &str, ev: &[TraceEvent]) {
-    let n = ev
-        .iter()
-        .filter(|e| {
-            let c = e.gfp_class();
-            c.fs && c.io
-        })
-        .count();
-    assert!(
-        n >= PAGES,
-        "{what}: expected {PAGES} page-cache allocations with __GFP_FS|__GFP_IO: {}",
-        summarize_gfp(ev)
-    );
 }
 
 vm_test! {
@@ -409,9 +336,9 @@ vm_test! {
         let after = traced_pwrite(&f, LEN);
         println!("ext4 on brd, 64 KiB pwrite: unflagged: {}", summarize_gfp(&plain));
         println!("ext4 on brd, 64 KiB pwrite: NoFsScope: {}", summarize_gfp(&scoped));
-        assert_page_cache_fs_io("unflagged", &plain);
-        assert_all_noio("inside NoFsScope", &scoped);
-        assert_page_cache_fs_io("after NoFsScope", &after);
+        assert_fs_io("unflagged", &plain, PAGES);
+        assert_all_noio("inside NoFsScope", &scoped, PAGES);
+        assert_fs_io("after NoFsScope", &after, PAGES);
     }
 }
 
@@ -426,7 +353,7 @@ vm_test! {
             traced_pwrite(&f, LEN)
         };
         drop(flusher);
-        assert_all_noio("inside IoFlusher", &flushed);
-        assert_page_cache_fs_io("inside AllowFsReclaim", &allowed);
+        assert_all_noio("inside IoFlusher", &flushed, PAGES);
+        assert_fs_io("inside AllowFsReclaim", &allowed, PAGES);
     }
 }

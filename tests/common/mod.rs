@@ -8,6 +8,10 @@
 //! unit-tested on the host by every `cargo test` (in `tests/vm_harness.rs`); the rest needs the VM
 //! (`cargo xtask vm-test`), where PID 1 has CAP_SYS_RESOURCE and tracefs is
 //! mounted.
+//!
+//! `raw_set_io_flusher`/`raw_get_io_flusher` are the tests' only `unsafe`:
+//! the harness must be able to flip the flag without the crate, to prove
+//! itself and to change the flag behind the crate's back.
 
 // Each test file uses a different subset.
 #![allow(dead_code)]
@@ -649,4 +653,97 @@ pub fn io_flusher_prctls(events: &[TraceEvent]) -> Vec<(u64, u64)> {
         .filter_map(TraceEvent::prctl_args)
         .filter(|(o, _)| *o == PR_SET_IO_FLUSHER as u64 || *o == PR_GET_IO_FLUSHER as u64)
         .collect()
+}
+
+/// `prctl(PR_SET_IO_FLUSHER, on, 0, 0, 0)`, bypassing the crate.
+pub fn raw_set_io_flusher(on: bool) -> io::Result<()> {
+    let z: libc::c_ulong = 0;
+    // SAFETY: PR_SET_IO_FLUSHER reads only its integer arguments; all
+    // variadic arguments are passed as full-width c_ulong (the kernel
+    // rejects non-zero arg3..arg5).
+    let r = unsafe { libc::prctl(PR_SET_IO_FLUSHER, libc::c_ulong::from(on), z, z, z) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `prctl(PR_GET_IO_FLUSHER, 0, 0, 0, 0)`, bypassing the crate.
+pub fn raw_get_io_flusher() -> io::Result<i32> {
+    let z: libc::c_ulong = 0;
+    // SAFETY: as above; PR_GET_IO_FLUSHER takes no pointers.
+    let r = unsafe { libc::prctl(PR_GET_IO_FLUSHER, z, z, z, z) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Whether `/proc` shows the calling thread with both I/O-flusher bits.
+pub fn thread_is_flagged() -> bool {
+    thread_flags() & IO_FLUSHER_BITS == IO_FLUSHER_BITS
+}
+
+/// `/proc` shows the calling thread with NOIO|LOCAL_THROTTLE.
+#[track_caller]
+pub fn assert_thread_flagged(what: &str) {
+    let f = thread_flags();
+    assert_eq!(
+        f & IO_FLUSHER_BITS,
+        IO_FLUSHER_BITS,
+        "{what}: expected NOIO|LOCAL_THROTTLE, /proc says {}",
+        describe_flags(f)
+    );
+}
+
+/// `/proc` shows the calling thread with neither I/O-flusher bit.
+#[track_caller]
+pub fn assert_thread_clear(what: &str) {
+    let f = thread_flags();
+    assert_eq!(
+        f & IO_FLUSHER_BITS,
+        0,
+        "{what}: expected a clear thread, /proc says {}",
+        describe_flags(f)
+    );
+}
+
+/// At least `min` page allocations, every one without `__GFP_FS` and
+/// `__GFP_IO`.
+#[track_caller]
+pub fn assert_all_noio(what: &str, ev: &[TraceEvent], min: usize) {
+    assert!(
+        ev.len() >= min,
+        "{what}: expected at least {min} page allocations, saw {}",
+        summarize_gfp(ev)
+    );
+    let bad: Vec<&str> = ev
+        .iter()
+        .filter(|e| !e.gfp_class().is_noio())
+        .map(|e| e.line.as_str())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: allocations with __GFP_FS or __GFP_IO: {bad:#?}"
+    );
+}
+
+/// At least `min` page allocations with both `__GFP_FS` and `__GFP_IO`:
+/// what the crate protects against.
+#[track_caller]
+pub fn assert_fs_io(what: &str, ev: &[TraceEvent], min: usize) {
+    let n = ev
+        .iter()
+        .filter(|e| {
+            let c = e.gfp_class();
+            c.fs && c.io
+        })
+        .count();
+    assert!(
+        n >= min,
+        "{what}: expected {min} page allocations with __GFP_FS|__GFP_IO, saw {}",
+        summarize_gfp(ev)
+    );
 }
