@@ -104,6 +104,9 @@ fn real_main() -> Result<ExitCode> {
             let (opts, tail) = parse_vm_opts(rest, true)?;
             let ws = Workspace::locate()?;
             let mut phases = Phases::default();
+            // Install first: the host tests drive the example NBD server with
+            // qemu-io and qemu-img, which a bare machine may not have yet.
+            phases.time("install", || vm::ensure_host_tools(&opts))?;
             // Host tests first: they are fast and catch most mistakes. stdout is
             // inherited so cargo's "test result:" lines stay visible.
             let host = phases.time("host tests", || {
@@ -150,6 +153,8 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         o.modules.push("fuse".into());
         // tests/vm_cli.rs runs an unmodified daemon under `reclaim-scope exec`.
         o.host_bins = vec!["qemu-nbd".into()];
+        // tests/nbd_server.rs (host): real NBD clients for the example server.
+        o.host_bins.extend(["qemu-io".into(), "qemu-img".into()]);
         // tests/vm_nbd_seed.rs: brd → ext4 → nbd_server → kernel NBD → XFS,
         // with ~200 MiB on the ramdisk and a 16 MiB trace buffer per CPU.
         o.modules.extend(["nbd".into(), "xfs".into()]);
