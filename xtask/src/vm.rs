@@ -4,10 +4,10 @@
 //! `vm-test` and `vm-run` differ only in the payload that /init runs; both use
 //! [`Stage`] to build the initramfs and [`boot`] to run it.
 
-use serde_json::Value as Json;
 use crate::util::{
     bail, capture, capture_stdout, dpkg_installed, run, sh_quote, which, Context, Phases, Result,
 };
+use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
