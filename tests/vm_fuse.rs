@@ -18,7 +18,6 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,70 +28,6 @@ const MEMORY_MAX: &str = "16M";
 const WRITE_MIB: u64 = 48;
 /// Per-CPU trace buffer: a run records ~15k events.
 const TRACE_BUFFER_KB: u64 = 16384;
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// Run a command to completion within `secs`; its output, or an error.
-fn run_for(secs: u64, prog: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "`{prog} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            text.trim()
-        ))
-    }
-}
-
-fn must(secs: u64, prog: &str, args: &[&str]) -> String {
-    run_for(secs, prog, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// (tid, comm) of every thread of `pid`.
-fn threads(pid: u32) -> Vec<(i32, String)> {
-    let mut v: Vec<(i32, String)> = fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let tid: i32 = e.file_name().to_str()?.parse().ok()?;
-                    let comm = fs::read_to_string(e.path().join("comm")).ok()?;
-                    Some((tid, comm.trim().to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 /// The threads that read /dev/fuse and serve requests.
 fn serving(pid: u32) -> Vec<(i32, String)> {
