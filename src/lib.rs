@@ -40,6 +40,12 @@
 //! - [`NoFsFile`] runs the daemon's own file I/O — the `pwrite()` of the
 //!   deadlock — inside the scope: `pread_nofs`, `write_all_at_nofs`,
 //!   vectored calls with typed [`RwFlags`], sync and `fallocate` forms.
+//! - The context travels explicitly: [`thread::spawn`] and
+//!   [`thread::Builder`] start threads in the spawner's context, a
+//!   [`Context`] carries it to pools you did not spawn,
+//!   [`future::NoFsFutureExt`] enters it on every poll, and the `tokio`
+//!   feature gives every runtime thread a policy. [`audit`] finds the
+//!   threads whose kernel flag disagrees with the guards.
 //!
 //! # The capability
 //!
