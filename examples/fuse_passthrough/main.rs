@@ -15,11 +15,13 @@
 //! `IoFlusher` (each file data access is still NOIO-scoped by `NoFsFile`);
 //! `--unprotected` also bypasses `NoFsFile`: the baseline for comparison.
 
+#[path = "../common/daemon.rs"]
+mod daemon;
 mod passthrough;
 
 use clap::Parser;
+use daemon::Protection;
 use passthrough::{Guarding, Passthrough};
-use reclaim_scope::{support, Support};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
@@ -37,54 +39,21 @@ struct Args {
     /// Worker threads reading /dev/fuse (each its own cloned fd when > 1).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Serve without IoFlusher guards: the baseline for comparison.
-    #[arg(long, conflicts_with = "strict")]
-    no_flusher: bool,
-    /// Like --no-flusher, and file reads, writes, truncates and syncs bypass
-    /// NoFsFile (plain pread/pwrite/ftruncate/fdatasync). --no-flusher alone
-    /// still NOIO-scopes each file data access through NoFsFile.
-    #[arg(long, conflicts_with = "strict")]
-    unprotected: bool,
-    /// Refuse to mount (exit 3) unless the serving threads can be I/O flushers.
-    #[arg(long)]
-    strict: bool,
+    #[command(flatten)]
+    protection: daemon::ProtectionArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let guarding = if args.no_flusher || args.unprotected {
-        Guarding::None
-    } else if args.strict {
-        Guarding::Strict
-    } else {
-        Guarding::IoFlusher
-    };
-    match (support(), guarding) {
-        (_, Guarding::None) if args.unprotected => eprintln!(
-            "fuse-passthrough: --unprotected: no IoFlusher and plain file I/O (baseline for \
-             comparison)"
-        ),
-        (_, Guarding::None) => eprintln!(
-            "fuse-passthrough: --no-flusher: serving threads are not I/O flushers; file I/O is \
-             still NOIO-scoped per call by NoFsFile"
-        ),
-        (Support::Available, _) => eprintln!("fuse-passthrough: serving threads are I/O flushers"),
-        (s, Guarding::Strict) => {
-            eprintln!(
-                "fuse-passthrough: --strict: {}",
-                s.error().map_or(s.to_string(), |e| e.to_string())
-            );
-            return ExitCode::from(3);
-        }
-        (s, _) => {
-            eprintln!(
-                "fuse-passthrough: warning: serving UNPROTECTED from reclaim recursion: {}",
-                s.error().map_or(s.to_string(), |e| e.to_string())
-            );
-            // Said once here; the crate's own once-per-process report would repeat it.
-            let _ = reclaim_scope::set_degradation_hook(|_| {});
-        }
+    let protection = args.protection.protection();
+    if daemon::announce("fuse-passthrough", "serving threads", protection).is_err() {
+        return ExitCode::from(3);
     }
+    let guarding = match protection {
+        Protection::IoFlusher => Guarding::IoFlusher,
+        Protection::Strict => Guarding::Strict,
+        Protection::NoFlusher | Protection::Unprotected => Guarding::None,
+    };
     if !args.source.is_dir() {
         eprintln!(
             "fuse-passthrough: --source {}: not a directory",
@@ -103,7 +72,7 @@ fn main() -> ExitCode {
     };
     let source = args.source.canonicalize().unwrap_or(args.source.clone());
     let mut fs = Passthrough::new(source.clone(), guarding);
-    fs.plain_io = args.unprotected;
+    fs.plain_io = protection == Protection::Unprotected;
     let mut mounted = match passthrough::mount(fs, &args.mountpoint, args.threads) {
         Ok(m) => m,
         Err(e) => {
