@@ -25,7 +25,8 @@ Commands:
         Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
         kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
         Fails if any fails, if the VM does not finish, or if zero tests ran.
-        Defaults: --mem 1G, --modules brd,fuse,loop,nbd,xfs, --host-bin for qemu-nbd,
+        Defaults: --mem 1G, --modules brd,fuse,loop,nbd,xfs,target_core_user,tcm_loop,
+        sd_mod (tests/vm_tcmu.rs), --host-bin for qemu-nbd,
         mkfs.ext4, mkfs.xfs and nbd-client (tests/vm_nbd_seed.rs: the seed's
         brd/ext4/NBD/XFS stack under a 32M memcg).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
@@ -160,6 +161,13 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         o.modules.extend(["nbd".into(), "xfs".into()]);
         o.host_bins
             .extend(["mkfs.ext4".into(), "mkfs.xfs".into(), "nbd-client".into()]);
+        // tests/vm_tcmu.rs: examples/tcmu_file through target_core_user and
+        // tcm_loop as a SCSI disk (sd_mod), the same stack with the TCMU handler.
+        o.modules.extend([
+            "target_core_user".into(),
+            "tcm_loop".into(),
+            "sd_mod".into(),
+        ]);
         o.mem = "1G".into();
     }
     let mut it = args.iter();

@@ -1,0 +1,686 @@
+//! Kernel truth for examples/tcmu_file (issue 8): the seed's exact stack.
+//!
+//! `tcmu_file` serves a file through target_core_user; tcm_loop makes it a
+//! local SCSI disk (/dev/sdX). First the disk itself: patterns written with
+//! `dd` (direct I/O) read back and found in the backing file, XFS made,
+//! written, remounted and verified, configfs left empty after SIGTERM.
+//!
+//! Then the 2019 deadlock setup, as in tests/vm_nbd_seed.rs but with the
+//! TCMU handler of the seed: brd → ext4 → 320 MiB sparse backing file →
+//! `tcmu_file` in a cgroup with `memory.max=32M` → tcm_loop /dev/sdX → XFS →
+//! a write workload. Every page the handler writes into the backing file is
+//! charged to its cgroup, so its thread reclaims; tracefs records the gfp
+//! flags of every reclaim entry and page allocation of the daemon's
+//! threads. Guarded: no FS/IO-capable reclaim or allocation on the handler;
+//! `--unprotected` (tcmu-runner's plain pwrite): FS/IO-capable reclaim.
+//!
+//! Every external command has a timeout; teardown unmounts, then stops the
+//! daemon with SIGTERM (it removes its LUN and backstore), SIGKILL and a
+//! best-effort configfs cleanup only if that fails.
+
+mod common;
+
+use common::*;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LOWER_DEV: &str = "/dev/ram1";
+const LOWER: &str = "/mnt/tcmu-lower";
+const UPPER: &str = "/mnt/tcmu-xfs";
+/// mkfs.xfs refuses file systems smaller than 300 MB.
+const BACKING_MIB: u64 = 320;
+const MEMORY_MAX: &str = "32M";
+const DD_MIB: u64 = 64;
+const DATA_MIB: usize = 16;
+const TRACE_BUFFER_KB: u64 = 16384;
+const CONFIGFS: &str = "/sys/kernel/config";
+const TARGET: &str = "/sys/kernel/config/target";
+const HANDLER: &str = "tcmu-handler";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Guarded,
+    NoFlusher,
+    Unprotected,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Guarded => "default (IoFlusher)",
+            Mode::NoFlusher => "--no-flusher",
+            Mode::Unprotected => "--unprotected",
+        }
+    }
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Mode::Guarded => &[],
+            Mode::NoFlusher => &["--no-flusher"],
+            Mode::Unprotected => &["--unprotected"],
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Mode::Guarded => "guarded",
+            Mode::NoFlusher => "noflusher",
+            Mode::Unprotected => "unprotected",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    memcg_reclaims: usize,
+    direct_reclaims: usize,
+    fs_io_reclaims: usize,
+    handler_allocs: usize,
+    handler_fs_io_allocs: usize,
+    proc_samples: usize,
+    proc_flagged: usize,
+    memcg_max_events: u64,
+    reclaim_gfp: String,
+    handler_fs_io_gfp: String,
+    secs: f64,
+}
+
+fn write_file(path: &str, value: &str) {
+    fs::write(path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
+}
+
+/// A deterministic, incompressible pattern (xorshift64*).
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn setup_once() {
+    load_brd();
+    for m in ["target_core_user", "tcm_loop", "sd_mod", "xfs"] {
+        must(30, "modprobe", &[m]);
+    }
+    if !Path::new(TARGET).is_dir() {
+        must(10, "mount", &["-t", "configfs", "none", CONFIGFS]);
+    }
+    assert!(
+        Path::new(TARGET).is_dir(),
+        "{TARGET} missing after modprobe + mount"
+    );
+    let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    for d in [LOWER, UPPER] {
+        fs::create_dir_all(d).unwrap();
+    }
+}
+
+/// A fresh ext4 on the ramdisk with a sparse backing file; its path.
+fn fresh_lower() -> String {
+    if is_mounted(LOWER) {
+        must(30, "umount", &[LOWER]);
+    }
+    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
+    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    let backing = format!("{LOWER}/disk.img");
+    fs::File::create(&backing)
+        .and_then(|f| f.set_len(BACKING_MIB << 20))
+        .unwrap_or_else(|e| panic!("create {backing}: {e}"));
+    must(60, "sync", &[]);
+    write_file("/proc/sys/vm/drop_caches", "3");
+    backing
+}
+
+/// Our configfs objects still present: backstores under core/user_0 and
+/// tcm_loop targets.
+fn configfs_leftovers() -> Vec<String> {
+    let mut v = Vec::new();
+    for d in ["core/user_0", "loopback"] {
+        let p = Path::new(TARGET).join(d);
+        for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("naa.") || (d == "core/user_0" && e.path().is_dir()) {
+                v.push(format!("{d}/{n}"));
+            }
+        }
+    }
+    v
+}
+
+/// Best effort, only after the daemon failed to tear down itself.
+fn force_configfs_cleanup() {
+    let lb = Path::new(TARGET).join("loopback");
+    for e in fs::read_dir(&lb).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("naa.") {
+            continue;
+        }
+        let tpg = e.path().join("tpgt_1");
+        let lun = tpg.join("lun/lun_0");
+        for l in fs::read_dir(&lun).into_iter().flatten().flatten() {
+            if l.path().is_symlink() {
+                let _ = fs::remove_file(l.path());
+            }
+        }
+        let _ = fs::remove_dir(&lun);
+        let _ = fs::remove_dir(&tpg);
+        let _ = fs::remove_dir(e.path());
+    }
+    let hba = Path::new(TARGET).join("core/user_0");
+    for e in fs::read_dir(&hba).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+    let _ = fs::remove_dir(&hba);
+}
+
+/// The daemon and its cgroup, torn down on drop (also on panic).
+struct Rig {
+    daemon: Option<Child>,
+    cgroup: Option<String>,
+    log: String,
+}
+
+impl Rig {
+    /// Start `tcmu_file` (in `cgroup` if given) and wait for its disk.
+    fn start(backing: &str, cgroup: Option<String>, flags: &[&str], log: &str) -> (Rig, String) {
+        let join = cgroup
+            .as_ref()
+            .map(|c| format!("echo $$ > {c}/cgroup.procs && "))
+            .unwrap_or_default();
+        let cmd = format!("{join}exec tcmu_file --file {backing} {}", flags.join(" "));
+        let child = Command::new("sh")
+            .args(["-c", &cmd])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start tcmu_file");
+        let mut rig = Rig {
+            daemon: Some(child),
+            cgroup,
+            log: log.to_owned(),
+        };
+        let mut dev = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = rig.log();
+            if let Some(i) = text.find(" as /dev/") {
+                dev = text[i + 4..].lines().next().unwrap_or("").trim().to_owned();
+            }
+            let exited = rig
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten();
+            if !dev.is_empty() {
+                break;
+            }
+            assert!(
+                exited.is_none() && !text.contains("no /dev/sd") && Instant::now() < deadline,
+                "tcmu_file without a disk ({exited:?}): {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (rig, dev)
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon").id()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait for a clean exit; the daemon's log.
+    fn stop(&mut self) -> Result<String, String> {
+        let Some(mut child) = self.daemon.take() else {
+            return Ok(self.log());
+        };
+        let _ = run_for(5, "kill", &["-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => break None,
+            }
+        };
+        let log = self.log();
+        match st {
+            Some(st) if st.success() => Ok(log),
+            Some(st) => {
+                force_configfs_cleanup();
+                Err(format!("tcmu_file exited with {st}: {log}"))
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                force_configfs_cleanup();
+                Err(format!(
+                    "tcmu_file did not stop within 60 s of SIGTERM: {log}"
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if is_mounted(UPPER) {
+            let _ = run_for(30, "umount", &[UPPER]);
+        }
+        if self.daemon.is_some() {
+            let _ = self.stop();
+        }
+        if is_mounted(UPPER) {
+            let _ = run_for(10, "umount", &["-l", UPPER]);
+        }
+        if let Some(cg) = &self.cgroup {
+            for _ in 0..50 {
+                if fs::remove_dir(cg).is_ok() || !Path::new(cg).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Write `data` at `offset_mib` of `dev` with O_DIRECT and read it back.
+fn dd_roundtrip(dev: &str, data: &[u8], offset_mib: u64, tag: &str) {
+    let src = format!("/tmp/tcmu-{tag}.in");
+    let back = format!("/tmp/tcmu-{tag}.out");
+    fs::write(&src, data).unwrap();
+    let count = format!("count={}", data.len() >> 20);
+    must(
+        60,
+        "dd",
+        &[
+            &format!("if={src}"),
+            &format!("of={dev}"),
+            "bs=1M",
+            &format!("seek={offset_mib}"),
+            &count,
+            "oflag=direct",
+            "conv=notrunc",
+        ],
+    );
+    must(
+        60,
+        "dd",
+        &[
+            &format!("if={dev}"),
+            &format!("of={back}"),
+            "bs=1M",
+            &format!("skip={offset_mib}"),
+            &count,
+            "iflag=direct",
+        ],
+    );
+    let got = fs::read(&back).unwrap();
+    assert!(
+        got == data,
+        "{tag}: {dev} read back differs at {offset_mib} MiB"
+    );
+    let _ = fs::remove_file(&src);
+    let _ = fs::remove_file(&back);
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn tcmu_disk_roundtrips_data_and_xfs_and_tears_down_cleanly() {
+    use std::io::{Read, Seek, SeekFrom};
+    require_vm();
+    setup_once();
+    let backing = fresh_lower();
+    let (mut rig, dev) = Rig::start(&backing, None, &[], "/tmp/tcmu-basic.log");
+    let sd = dev.trim_start_matches("/dev/").to_owned();
+    let model = fs::read_to_string(format!("/sys/block/{sd}/device/model")).unwrap_or_default();
+    assert_eq!(model.trim(), "TCMU-FILE", "{dev}: model");
+    let sectors: u64 = fs::read_to_string(format!("/sys/block/{sd}/size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(sectors * 512, BACKING_MIB << 20, "{dev}: capacity");
+
+    // Raw patterns at the start, the middle and the last 4 MiB; each is in
+    // the backing file at the same offset.
+    let mut disk = fs::File::open(&backing).unwrap();
+    for (i, off) in [0, 100, BACKING_MIB - 4].into_iter().enumerate() {
+        let data = pattern(0x7c30 + i as u64, 4 << 20);
+        dd_roundtrip(&dev, &data, off, &format!("dd{i}"));
+        let mut inback = vec![0u8; data.len()];
+        disk.seek(SeekFrom::Start(off << 20)).unwrap();
+        disk.read_exact(&mut inback).unwrap();
+        assert!(
+            inback == data,
+            "pattern {i} not in the backing file at {off} MiB"
+        );
+    }
+
+    // XFS: make, write, remount, verify.
+    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+    let data = pattern(0xf11e, 8 << 20);
+    let path = format!("{UPPER}/data");
+    {
+        let mut f = fs::File::create(&path).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+    }
+    must(60, "umount", &[UPPER]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+    assert!(
+        fs::read(&path).unwrap() == data,
+        "XFS file differs after remount"
+    );
+    must(60, "umount", &[UPPER]);
+
+    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    say(&format!(
+        "  [basic] daemon: {}",
+        log.trim().replace('\n', " | ")
+    ));
+    assert!(
+        log.contains("tearing down"),
+        "no teardown in the log: {log}"
+    );
+    assert!(
+        !log.contains("malformed"),
+        "the kernel's ring entries were judged malformed: {log}"
+    );
+    assert_eq!(
+        configfs_leftovers(),
+        Vec::<String>::new(),
+        "configfs leftovers"
+    );
+    assert!(
+        !Path::new(&format!("/sys/block/{sd}")).exists(),
+        "{dev} still there after teardown"
+    );
+    drop(rig);
+    if is_mounted(LOWER) {
+        let _ = run_for(30, "umount", &[LOWER]);
+    }
+}
+
+fn run_scenario(mode: Mode) -> Stats {
+    let t0 = Instant::now();
+    let mut phase = t0;
+    let mut lap = |what: &str| {
+        say(&format!(
+            "  [{}] {what}: {:.1} s",
+            mode.tag(),
+            phase.elapsed().as_secs_f64()
+        ));
+        phase = Instant::now();
+    };
+    let backing = fresh_lower();
+    let cgroup = format!("/sys/fs/cgroup/tcmu-{}", mode.tag());
+    if !Path::new(&cgroup).exists() {
+        fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {cgroup}: {e}"));
+    }
+    write_file(&format!("{cgroup}/memory.max"), MEMORY_MAX);
+    let log = format!("/tmp/tcmu-{}.log", mode.tag());
+    let (mut rig, dev) = Rig::start(&backing, Some(cgroup.clone()), mode.flags(), &log);
+    let pid = rig.pid();
+    let in_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        in_cgroup
+            .trim_end()
+            .ends_with(&format!("/tcmu-{}", mode.tag())),
+        "daemon not in its cgroup: {in_cgroup:?}"
+    );
+    let traced = threads(pid);
+    let tids: Vec<i32> = traced.iter().map(|(t, _)| *t).collect();
+    let handler: Vec<i32> = traced
+        .iter()
+        .filter(|(_, c)| c == HANDLER)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(handler.len(), 1, "one {HANDLER} thread: {traced:?}");
+    lap("lower ext4, tcmu_file, tcm_loop disk");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let handler = handler.clone();
+        std::thread::spawn(move || {
+            let (mut n, mut flagged) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                for &t in &handler {
+                    if let Some(f) = task_flags(pid as i32, t) {
+                        n += 1;
+                        if f & IO_FLUSHER_BITS == IO_FLUSHER_BITS {
+                            flagged += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (n, flagged)
+        })
+    };
+    let tracer = Tracer::start(&[EV_MEMCG_RECLAIM, EV_DIRECT_RECLAIM, EV_PAGE_ALLOC], &tids)
+        .expect("start tracing");
+
+    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+    lap("mkfs.xfs + mount (traced)");
+    let data = pattern(0x7c35_0000 + mode as u64, DATA_MIB << 20);
+    let data_path = format!("{UPPER}/data");
+    {
+        let mut f = fs::File::create(&data_path).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+    }
+    let count = format!("count={DD_MIB}");
+    let of = format!("of={UPPER}/big");
+    must(
+        180,
+        "dd",
+        &["if=/dev/zero", &of, "bs=1M", &count, "conv=fsync"],
+    );
+    must(60, "sync", &[]);
+    lap(&format!("{DATA_MIB} MiB data + {DD_MIB} MiB dd (traced)"));
+
+    stop.store(true, Ordering::Relaxed);
+    let (proc_samples, proc_flagged) = sampler.join().expect("sampler");
+    let after = threads(pid);
+    let events = tracer.stop().expect("read trace");
+    let lost = trace_lost_events().expect("read per_cpu stats");
+    assert_eq!(lost, 0, "the trace lost {lost} events");
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        tids,
+        "the daemon started threads that were not traced: {after:?} vs {traced:?}"
+    );
+    let memcg_max_events = fs::read_to_string(format!("{cgroup}/memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0);
+    lap("trace read");
+
+    must(60, "umount", &[UPPER]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+    let back = fs::read(&data_path).unwrap_or_else(|e| panic!("read back {data_path}: {e}"));
+    assert!(back == data, "{}: data differs after remount", mode.label());
+    let big = fs::metadata(format!("{UPPER}/big")).unwrap().len();
+    assert_eq!(big, DD_MIB << 20, "size of the dd file after remount");
+    must(60, "umount", &[UPPER]);
+    let daemon_log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    drop(rig);
+    assert_eq!(
+        configfs_leftovers(),
+        Vec::<String>::new(),
+        "configfs leftovers"
+    );
+    lap("remount, verify, teardown");
+
+    let mut s = Stats {
+        proc_samples,
+        proc_flagged,
+        memcg_max_events,
+        ..Stats::default()
+    };
+    let mut reclaim_gfp = Vec::new();
+    let mut handler_fs_io = Vec::new();
+    for e in &events {
+        if e.is(EV_MEMCG_RECLAIM) || e.is(EV_DIRECT_RECLAIM) {
+            if e.is(EV_MEMCG_RECLAIM) {
+                s.memcg_reclaims += 1;
+            } else {
+                s.direct_reclaims += 1;
+            }
+            let c = e.gfp_class();
+            if c.fs || c.io {
+                s.fs_io_reclaims += 1;
+            }
+            reclaim_gfp.push(e.clone());
+        } else if e.is(EV_PAGE_ALLOC) && handler.contains(&e.pid) {
+            s.handler_allocs += 1;
+            if !e.gfp_class().is_noio() {
+                s.handler_fs_io_allocs += 1;
+                handler_fs_io.push(e.clone());
+            }
+        }
+    }
+    s.reclaim_gfp = summarize_gfp(&reclaim_gfp);
+    s.handler_fs_io_gfp = summarize_gfp(&handler_fs_io);
+    s.secs = t0.elapsed().as_secs_f64();
+    say(&format!(
+        "  [{}] daemon: {}",
+        mode.tag(),
+        daemon_log.trim().replace('\n', " | ")
+    ));
+    say(&format!(
+        "  [{}] reclaim gfp: {}",
+        mode.tag(),
+        s.reclaim_gfp
+    ));
+    say(&format!(
+        "  [{}] FS/IO-capable allocations of {HANDLER}: {}",
+        mode.tag(),
+        s.handler_fs_io_gfp
+    ));
+    s
+}
+
+fn table(runs: &[(Mode, Stats)]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "seed scenario: brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file (cgroup \
+         memory.max={MEMORY_MAX}) → target_core_user + tcm_loop /dev/sdX → XFS; mkfs.xfs + \
+         {DATA_MIB} MiB verified file + {DD_MIB} MiB dd"
+    );
+    let _ = writeln!(
+        t,
+        "| handler | reclaims entered (memcg+direct) | FS/IO-capable reclaims | page allocs \
+         by {HANDLER} | FS/IO-capable allocs | {HANDLER} NOIO\\|LOCAL_THROTTLE in /proc | \
+         memory.events max | data after remount | time |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    for (m, s) in runs {
+        let _ = writeln!(
+            t,
+            "| {} | {} ({}+{}) | {} | {} | {} | {}/{} samples | {} | verified | {:.0} s |",
+            m.label(),
+            s.memcg_reclaims + s.direct_reclaims,
+            s.memcg_reclaims,
+            s.direct_reclaims,
+            s.fs_io_reclaims,
+            s.handler_allocs,
+            s.handler_fs_io_allocs,
+            s.proc_flagged,
+            s.proc_samples,
+            s.memcg_max_events,
+            s.secs
+        );
+    }
+    t
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn seed_scenario_tcmu_handler_never_reclaims_with_fs_or_io() {
+    require_vm();
+    setup_once();
+    let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
+    let mut runs = Vec::new();
+    for mode in [Mode::Guarded, Mode::NoFlusher, Mode::Unprotected] {
+        let s = run_scenario(mode);
+        runs.push((mode, s));
+    }
+    let _ = set_trace_buffer_kb(old_kb);
+    if is_mounted(LOWER) {
+        let _ = run_for(30, "umount", &[LOWER]);
+    }
+    say(&format!("\n{}", table(&runs)));
+
+    let get = |m: Mode| &runs.iter().find(|(x, _)| *x == m).unwrap().1;
+    let g = get(Mode::Guarded);
+    assert!(
+        g.memcg_reclaims + g.direct_reclaims > 0,
+        "guarded: the scenario forced no reclaim at all, it proves nothing"
+    );
+    assert_eq!(
+        g.fs_io_reclaims, 0,
+        "guarded: FS/IO-capable reclaims: {}",
+        g.reclaim_gfp
+    );
+    assert!(
+        g.handler_allocs > 0,
+        "guarded: no page allocation traced on {HANDLER}"
+    );
+    assert_eq!(
+        g.handler_fs_io_allocs, 0,
+        "guarded: FS/IO-capable allocations on {HANDLER}: {}",
+        g.handler_fs_io_gfp
+    );
+    assert!(
+        g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
+        "guarded: {HANDLER} was NOIO|LOCAL_THROTTLE in only {}/{} /proc samples",
+        g.proc_flagged,
+        g.proc_samples
+    );
+    let u = get(Mode::Unprotected);
+    assert!(
+        u.memcg_reclaims + u.direct_reclaims > 0,
+        "unprotected: no reclaim forced"
+    );
+    assert!(
+        u.fs_io_reclaims > 0,
+        "unprotected: no FS/IO-capable reclaim, the scenario does not show the danger: {}",
+        u.reclaim_gfp
+    );
+    assert!(
+        u.handler_fs_io_allocs > 0,
+        "unprotected: no FS/IO-capable allocation on {HANDLER}"
+    );
+    assert_eq!(
+        u.proc_flagged, 0,
+        "unprotected: {HANDLER} flagged in /proc samples"
+    );
+    let n = get(Mode::NoFlusher);
+    assert!(
+        n.memcg_reclaims + n.direct_reclaims > 0,
+        "--no-flusher: no reclaim forced"
+    );
+}
