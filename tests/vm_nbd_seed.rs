@@ -112,10 +112,6 @@ struct Stats {
 // Commands with timeouts
 // ---------------------------------------------------------------------------
 
-fn write_file(path: &str, value: &str) {
-    fs::write(path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
-}
-
 // ---------------------------------------------------------------------------
 // The server and its threads
 // ---------------------------------------------------------------------------
@@ -160,20 +156,6 @@ impl Drop for Rig {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// A deterministic, incompressible pattern (xorshift64*).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn setup_once() {

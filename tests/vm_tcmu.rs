@@ -89,24 +89,6 @@ struct Stats {
     secs: f64,
 }
 
-fn write_file(path: &str, value: &str) {
-    fs::write(path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
-}
-
-/// A deterministic, incompressible pattern (xorshift64*).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn setup_once() {
     load_brd();
     for m in ["target_core_user", "tcm_loop", "sd_mod", "xfs"] {

@@ -838,3 +838,23 @@ pub fn threads(pid: u32) -> Vec<(i32, String)> {
     v.sort();
     v
 }
+
+/// Writes `value` to a sysfs/cgroupfs/configfs file, panicking with both.
+#[track_caller]
+pub fn write_file(path: &str, value: &str) {
+    fs::write(path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
+}
+
+/// A deterministic, incompressible pattern (xorshift64*).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

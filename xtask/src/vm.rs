@@ -56,7 +56,9 @@ impl Default for VmOpts {
             files: Vec::new(),
             mem: "512M".into(),
             smp: 2,
-            timeout: Duration::from_secs(8 * 60),
+            // The suite takes 3–4 min; a TCG guest starved by a loaded host
+            // (soft lockups seen) needs headroom, and CI's limit is 90 min.
+            timeout: Duration::from_secs(15 * 60),
             test_timeout: Duration::from_secs(4 * 60),
             install: true,
             refresh_kernel: false,
