@@ -28,8 +28,8 @@
 
 mod common;
 
+use common::seed::{self, Mode, Stats};
 use common::*;
-use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
@@ -56,57 +56,6 @@ const DATA_MIB: usize = 16;
 const NBD_TIMEOUT_S: &str = "30";
 /// Per-CPU trace buffer: a run records ~50k events, possibly all on one CPU.
 const TRACE_BUFFER_KB: u64 = 16384;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Guarded,
-    NoFlusher,
-    Unprotected,
-}
-
-impl Mode {
-    fn label(self) -> &'static str {
-        match self {
-            Mode::Guarded => "default (IoFlusher)",
-            Mode::NoFlusher => "--no-flusher",
-            Mode::Unprotected => "--unprotected",
-        }
-    }
-    fn flags(self) -> &'static [&'static str] {
-        match self {
-            Mode::Guarded => &[],
-            Mode::NoFlusher => &["--no-flusher"],
-            Mode::Unprotected => &["--unprotected"],
-        }
-    }
-    fn tag(self) -> &'static str {
-        match self {
-            Mode::Guarded => "guarded",
-            Mode::NoFlusher => "noflusher",
-            Mode::Unprotected => "unprotected",
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    memcg_reclaims: usize,
-    direct_reclaims: usize,
-    fs_io_reclaims: usize,
-    conn_allocs: usize,
-    conn_fs_io_allocs: usize,
-    /// Page allocations of the server's other threads (main, listener).
-    other_allocs: usize,
-    /// /proc samples of the `nbd-conn` thread, and how many showed
-    /// PF_MEMALLOC_NOIO|PF_LOCAL_THROTTLE.
-    proc_samples: usize,
-    proc_flagged: usize,
-    /// `max` of the cgroup's memory.events: times usage hit memory.max.
-    memcg_max_events: u64,
-    reclaim_gfp: String,
-    conn_fs_io_gfp: String,
-    secs: f64,
-}
 
 // ---------------------------------------------------------------------------
 // Commands with timeouts
@@ -367,9 +316,9 @@ fn run_scenario(mode: Mode) -> Stats {
             reclaim_gfp.push(e.clone());
         } else if e.is(EV_PAGE_ALLOC) {
             if conn.contains(&e.pid) {
-                s.conn_allocs += 1;
+                s.worker_allocs += 1;
                 if !e.gfp_class().is_noio() {
-                    s.conn_fs_io_allocs += 1;
+                    s.worker_fs_io_allocs += 1;
                     conn_fs_io.push(e.clone());
                 }
             } else {
@@ -378,7 +327,7 @@ fn run_scenario(mode: Mode) -> Stats {
         }
     }
     s.reclaim_gfp = summarize_gfp(&reclaim_gfp);
-    s.conn_fs_io_gfp = summarize_gfp(&conn_fs_io);
+    s.worker_fs_io_gfp = summarize_gfp(&conn_fs_io);
     s.secs = t0.elapsed().as_secs_f64();
     let server_log = fs::read_to_string(&log).unwrap_or_default();
     say(&format!(
@@ -394,44 +343,9 @@ fn run_scenario(mode: Mode) -> Stats {
     say(&format!(
         "  [{}] FS/IO-capable allocations of nbd-conn: {}",
         mode.tag(),
-        s.conn_fs_io_gfp
+        s.worker_fs_io_gfp
     ));
     s
-}
-
-fn table(runs: &[(Mode, Stats)]) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "seed scenario: brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server (cgroup \
-         memory.max={MEMORY_MAX}) → nbd-client /dev/nbd0 → XFS; mkfs.xfs + {DATA_MIB} MiB \
-         verified file + {DD_MIB} MiB dd"
-    );
-    let _ = writeln!(
-        t,
-        "| server | reclaims entered (memcg+direct) | FS/IO-capable reclaims | page allocs \
-         by nbd-conn | FS/IO-capable allocs | nbd-conn NOIO\\|LOCAL_THROTTLE in /proc | \
-         memory.events max | data after remount | time |"
-    );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
-    for (m, s) in runs {
-        let _ = writeln!(
-            t,
-            "| {} | {} ({}+{}) | {} | {} | {} | {}/{} samples | {} | verified | {:.0} s |",
-            m.label(),
-            s.memcg_reclaims + s.direct_reclaims,
-            s.memcg_reclaims,
-            s.direct_reclaims,
-            s.fs_io_reclaims,
-            s.conn_allocs,
-            s.conn_fs_io_allocs,
-            s.proc_flagged,
-            s.proc_samples,
-            s.memcg_max_events,
-            s.secs
-        );
-    }
-    t
 }
 
 #[test]
@@ -441,7 +355,7 @@ fn seed_scenario_io_flusher_server_never_reclaims_with_fs_or_io() {
     setup_once();
     let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
     let mut runs = Vec::new();
-    for mode in [Mode::Guarded, Mode::NoFlusher, Mode::Unprotected] {
+    for mode in Mode::ALL {
         let s = run_scenario(mode);
         runs.push((mode, s));
     }
@@ -449,59 +363,21 @@ fn seed_scenario_io_flusher_server_never_reclaims_with_fs_or_io() {
     if is_mounted(LOWER) {
         let _ = run_for(30, "umount", &[LOWER]);
     }
-    say(&format!("\n{}", table(&runs)));
+    say(&format!(
+        "\n{}",
+        seed::table(
+            &format!(
+                "brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server (cgroup \
+         memory.max={MEMORY_MAX}) → nbd-client /dev/nbd0 → XFS; mkfs.xfs + {DATA_MIB} MiB \
+         verified file + {DD_MIB} MiB dd"
+            ),
+            "server",
+            "nbd-conn",
+            &runs
+        )
+    ));
 
-    let get = |m: Mode| &runs.iter().find(|(x, _)| *x == m).unwrap().1;
-    let g = get(Mode::Guarded);
-    assert!(
-        g.memcg_reclaims + g.direct_reclaims > 0,
-        "guarded: the scenario forced no reclaim at all, it proves nothing"
-    );
-    assert_eq!(
-        g.fs_io_reclaims, 0,
-        "guarded: FS/IO-capable reclaims: {}",
-        g.reclaim_gfp
-    );
-    assert!(
-        g.conn_allocs > 0,
-        "guarded: no page allocation traced on nbd-conn"
-    );
-    assert_eq!(
-        g.conn_fs_io_allocs, 0,
-        "guarded: FS/IO-capable allocations on nbd-conn: {}",
-        g.conn_fs_io_gfp
-    );
-    assert!(
-        g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
-        "guarded: nbd-conn was NOIO|LOCAL_THROTTLE in only {}/{} /proc samples",
-        g.proc_flagged,
-        g.proc_samples
-    );
-
-    let u = get(Mode::Unprotected);
-    assert!(
-        u.memcg_reclaims + u.direct_reclaims > 0,
-        "unprotected: no reclaim forced"
-    );
-    assert!(
-        u.fs_io_reclaims > 0,
-        "unprotected: no FS/IO-capable reclaim, so the scenario does not show the danger: {}",
-        u.reclaim_gfp
-    );
-    // Not an I/O flusher: flagged at most inside the trims and zeroings
-    // that still go through NoFsFile (mkfs.xfs issues a few).
-    assert!(
-        u.proc_flagged < u.proc_samples,
-        "unprotected: nbd-conn flagged in {}/{} /proc samples",
-        u.proc_flagged,
-        u.proc_samples
-    );
-
-    let n = get(Mode::NoFlusher);
-    assert!(
-        n.memcg_reclaims + n.direct_reclaims > 0,
-        "--no-flusher: no reclaim forced"
-    );
+    seed::assert_contrast("nbd-conn", &runs);
 }
 
 /// Host-side check of the lost-event parser the proof relies on.

@@ -20,8 +20,8 @@
 
 mod common;
 
+use common::seed::{self, Mode, Stats};
 use common::*;
-use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
@@ -42,52 +42,6 @@ const TRACE_BUFFER_KB: u64 = 16384;
 const CONFIGFS: &str = "/sys/kernel/config";
 const TARGET: &str = "/sys/kernel/config/target";
 const HANDLER: &str = "tcmu-handler";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Guarded,
-    NoFlusher,
-    Unprotected,
-}
-
-impl Mode {
-    fn label(self) -> &'static str {
-        match self {
-            Mode::Guarded => "default (IoFlusher)",
-            Mode::NoFlusher => "--no-flusher",
-            Mode::Unprotected => "--unprotected",
-        }
-    }
-    fn flags(self) -> &'static [&'static str] {
-        match self {
-            Mode::Guarded => &[],
-            Mode::NoFlusher => &["--no-flusher"],
-            Mode::Unprotected => &["--unprotected"],
-        }
-    }
-    fn tag(self) -> &'static str {
-        match self {
-            Mode::Guarded => "guarded",
-            Mode::NoFlusher => "noflusher",
-            Mode::Unprotected => "unprotected",
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    memcg_reclaims: usize,
-    direct_reclaims: usize,
-    fs_io_reclaims: usize,
-    handler_allocs: usize,
-    handler_fs_io_allocs: usize,
-    proc_samples: usize,
-    proc_flagged: usize,
-    memcg_max_events: u64,
-    reclaim_gfp: String,
-    handler_fs_io_gfp: String,
-    secs: f64,
-}
 
 fn setup_once() {
     load_brd();
@@ -536,15 +490,15 @@ fn run_scenario(mode: Mode) -> Stats {
             }
             reclaim_gfp.push(e.clone());
         } else if e.is(EV_PAGE_ALLOC) && handler.contains(&e.pid) {
-            s.handler_allocs += 1;
+            s.worker_allocs += 1;
             if !e.gfp_class().is_noio() {
-                s.handler_fs_io_allocs += 1;
+                s.worker_fs_io_allocs += 1;
                 handler_fs_io.push(e.clone());
             }
         }
     }
     s.reclaim_gfp = summarize_gfp(&reclaim_gfp);
-    s.handler_fs_io_gfp = summarize_gfp(&handler_fs_io);
+    s.worker_fs_io_gfp = summarize_gfp(&handler_fs_io);
     s.secs = t0.elapsed().as_secs_f64();
     say(&format!(
         "  [{}] daemon: {}",
@@ -559,44 +513,9 @@ fn run_scenario(mode: Mode) -> Stats {
     say(&format!(
         "  [{}] FS/IO-capable allocations of {HANDLER}: {}",
         mode.tag(),
-        s.handler_fs_io_gfp
+        s.worker_fs_io_gfp
     ));
     s
-}
-
-fn table(runs: &[(Mode, Stats)]) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "seed scenario: brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file (cgroup \
-         memory.max={MEMORY_MAX}) → target_core_user + tcm_loop /dev/sdX → XFS; mkfs.xfs + \
-         {DATA_MIB} MiB verified file + {DD_MIB} MiB dd"
-    );
-    let _ = writeln!(
-        t,
-        "| handler | reclaims entered (memcg+direct) | FS/IO-capable reclaims | page allocs \
-         by {HANDLER} | FS/IO-capable allocs | {HANDLER} NOIO\\|LOCAL_THROTTLE in /proc | \
-         memory.events max | data after remount | time |"
-    );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
-    for (m, s) in runs {
-        let _ = writeln!(
-            t,
-            "| {} | {} ({}+{}) | {} | {} | {} | {}/{} samples | {} | verified | {:.0} s |",
-            m.label(),
-            s.memcg_reclaims + s.direct_reclaims,
-            s.memcg_reclaims,
-            s.direct_reclaims,
-            s.fs_io_reclaims,
-            s.handler_allocs,
-            s.handler_fs_io_allocs,
-            s.proc_flagged,
-            s.proc_samples,
-            s.memcg_max_events,
-            s.secs
-        );
-    }
-    t
 }
 
 #[test]
@@ -606,7 +525,7 @@ fn seed_scenario_tcmu_handler_never_reclaims_with_fs_or_io() {
     setup_once();
     let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
     let mut runs = Vec::new();
-    for mode in [Mode::Guarded, Mode::NoFlusher, Mode::Unprotected] {
+    for mode in Mode::ALL {
         let s = run_scenario(mode);
         runs.push((mode, s));
     }
@@ -614,55 +533,19 @@ fn seed_scenario_tcmu_handler_never_reclaims_with_fs_or_io() {
     if is_mounted(LOWER) {
         let _ = run_for(30, "umount", &[LOWER]);
     }
-    say(&format!("\n{}", table(&runs)));
+    say(&format!(
+        "\n{}",
+        seed::table(
+            &format!(
+                "brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file (cgroup \
+         memory.max={MEMORY_MAX}) → target_core_user + tcm_loop /dev/sdX → XFS; mkfs.xfs + \
+         {DATA_MIB} MiB verified file + {DD_MIB} MiB dd"
+            ),
+            "handler",
+            HANDLER,
+            &runs
+        )
+    ));
 
-    let get = |m: Mode| &runs.iter().find(|(x, _)| *x == m).unwrap().1;
-    let g = get(Mode::Guarded);
-    assert!(
-        g.memcg_reclaims + g.direct_reclaims > 0,
-        "guarded: the scenario forced no reclaim at all, it proves nothing"
-    );
-    assert_eq!(
-        g.fs_io_reclaims, 0,
-        "guarded: FS/IO-capable reclaims: {}",
-        g.reclaim_gfp
-    );
-    assert!(
-        g.handler_allocs > 0,
-        "guarded: no page allocation traced on {HANDLER}"
-    );
-    assert_eq!(
-        g.handler_fs_io_allocs, 0,
-        "guarded: FS/IO-capable allocations on {HANDLER}: {}",
-        g.handler_fs_io_gfp
-    );
-    assert!(
-        g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
-        "guarded: {HANDLER} was NOIO|LOCAL_THROTTLE in only {}/{} /proc samples",
-        g.proc_flagged,
-        g.proc_samples
-    );
-    let u = get(Mode::Unprotected);
-    assert!(
-        u.memcg_reclaims + u.direct_reclaims > 0,
-        "unprotected: no reclaim forced"
-    );
-    assert!(
-        u.fs_io_reclaims > 0,
-        "unprotected: no FS/IO-capable reclaim, the scenario does not show the danger: {}",
-        u.reclaim_gfp
-    );
-    assert!(
-        u.handler_fs_io_allocs > 0,
-        "unprotected: no FS/IO-capable allocation on {HANDLER}"
-    );
-    assert_eq!(
-        u.proc_flagged, 0,
-        "unprotected: {HANDLER} flagged in /proc samples"
-    );
-    let n = get(Mode::NoFlusher);
-    assert!(
-        n.memcg_reclaims + n.direct_reclaims > 0,
-        "--no-flusher: no reclaim forced"
-    );
+    seed::assert_contrast(HANDLER, &runs);
 }

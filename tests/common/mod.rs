@@ -16,6 +16,8 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub mod seed;
+
 use std::fmt;
 use std::fs;
 use std::io;
