@@ -836,7 +836,14 @@ pub fn boot(
     log: &Path,
 ) -> Result<BootOutcome> {
     let qemu = which("qemu-system-x86_64").ok_or("qemu-system-x86_64 not found")?;
-    let mut append = "console=ttyS0 quiet panic=-1".to_owned();
+    // idle=halt: under TCG `-cpu max` looks like an AMD CPU with erratum
+    // E400, so Linux idles through amd_e400_idle, which hands an idle CPU's
+    // timer to the broadcast device. A run wedged that way: CPU 0's timer
+    // stopped firing ("rcu_preempt kthread timer wakeup didn't happen ...
+    // timer handling issue on cpu=0"), CPU 1 spun for minutes waiting on it
+    // (soft lockup), and no guest timeout could fire. Plain HLT idle keeps
+    // every CPU's own timer.
+    let mut append = "console=ttyS0 quiet panic=-1 idle=halt".to_owned();
     if !opts.cmdline.is_empty() {
         append.push(' ');
         append.push_str(&opts.cmdline);
