@@ -31,11 +31,8 @@ mod common;
 use common::seed::{self, Mode, Stats};
 use common::*;
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LOWER_DEV: &str = "/dev/ram1";
@@ -201,133 +198,25 @@ fn run_scenario(mode: Mode) -> Stats {
     wait_until("the nbd-conn thread", 20, || {
         threads(pid).iter().any(|(_, c)| c == "nbd-conn")
     });
-    let traced = threads(pid);
-    let tids: Vec<i32> = traced.iter().map(|(t, _)| *t).collect();
-    let conn: Vec<i32> = traced
-        .iter()
-        .filter(|(_, c)| c == "nbd-conn")
-        .map(|(t, _)| *t)
-        .collect();
     lap("lower ext4, server, nbd-client");
-
-    // /proc sampler: the connection thread's flags while it works.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        let conn = conn.clone();
-        std::thread::spawn(move || {
-            let (mut n, mut flagged) = (0usize, 0usize);
-            while !stop.load(Ordering::Relaxed) {
-                for &t in &conn {
-                    if let Some(f) = task_flags(pid as i32, t) {
-                        n += 1;
-                        if f & IO_FLUSHER_BITS == IO_FLUSHER_BITS {
-                            flagged += 1;
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (n, flagged)
-        })
-    };
-
-    let tracer = Tracer::start(&[EV_MEMCG_RECLAIM, EV_DIRECT_RECLAIM, EV_PAGE_ALLOC], &tids)
-        .expect("start tracing");
-
-    // The workload on the XFS that the server serves.
-    must(120, "mkfs.xfs", &["-q", "-f", NBD_DEV]);
-    must(60, "mount", &["-t", "xfs", NBD_DEV, UPPER]);
-    lap("mkfs.xfs + mount (traced)");
-    let data = pattern(0x5eed_0000 + mode as u64, DATA_MIB << 20);
-    let data_path = format!("{UPPER}/data");
-    {
-        let mut f = fs::File::create(&data_path).unwrap();
-        f.write_all(&data).unwrap();
-        f.sync_all().unwrap();
-    }
-    let count = format!("count={DD_MIB}");
-    let of = format!("of={UPPER}/big");
-    must(
-        180,
-        "dd",
-        &["if=/dev/zero", &of, "bs=1M", &count, "conv=fsync"],
+    let mut s = seed::traced_workload(
+        mode,
+        pid,
+        "nbd-conn",
+        &cgroup,
+        &seed::Workload {
+            dev: NBD_DEV,
+            upper: UPPER,
+            data_mib: DATA_MIB,
+            dd_mib: DD_MIB,
+            seed: 0x5eed_0000,
+        },
+        &mut lap,
     );
-    must(60, "sync", &[]);
-    lap(&format!("{DATA_MIB} MiB data + {DD_MIB} MiB dd (traced)"));
-
-    stop.store(true, Ordering::Relaxed);
-    let (proc_samples, proc_flagged) = sampler.join().expect("sampler");
-    let after = threads(pid);
-    let events = tracer.stop().expect("read trace");
-    let lost = trace_lost_events().expect("read per_cpu stats");
-    assert_eq!(
-        lost, 0,
-        "the trace lost {lost} events: counts would be meaningless"
-    );
-    assert_eq!(
-        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        tids,
-        "the server started threads that were not traced: {after:?} vs {traced:?}"
-    );
-    let memcg_max_events = fs::read_to_string(format!("{cgroup}/memory.events"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0);
-    lap("trace read");
-
-    // Unmount, remount, verify: the data went through the server intact.
-    must(60, "umount", &[UPPER]);
-    must(60, "mount", &["-t", "xfs", NBD_DEV, UPPER]);
-    let back = fs::read(&data_path).unwrap_or_else(|e| panic!("read back {data_path}: {e}"));
-    assert!(
-        back == data,
-        "{}: data read after remount differs from what was written",
-        mode.label()
-    );
-    let big = fs::metadata(format!("{UPPER}/big")).unwrap().len();
-    assert_eq!(big, DD_MIB << 20, "size of the dd file after remount");
-    must(60, "umount", &[UPPER]);
     must(30, "nbd-client", &["-d", NBD_DEV]);
     rig.connected = false;
     drop(rig);
     lap("remount, verify, teardown");
-
-    let mut s = Stats {
-        proc_samples,
-        proc_flagged,
-        memcg_max_events,
-        ..Stats::default()
-    };
-    let mut reclaim_gfp = Vec::new();
-    let mut conn_fs_io = Vec::new();
-    for e in &events {
-        if e.is(EV_MEMCG_RECLAIM) || e.is(EV_DIRECT_RECLAIM) {
-            if e.is(EV_MEMCG_RECLAIM) {
-                s.memcg_reclaims += 1;
-            } else {
-                s.direct_reclaims += 1;
-            }
-            let c = e.gfp_class();
-            if c.fs || c.io {
-                s.fs_io_reclaims += 1;
-            }
-            reclaim_gfp.push(e.clone());
-        } else if e.is(EV_PAGE_ALLOC) {
-            if conn.contains(&e.pid) {
-                s.worker_allocs += 1;
-                if !e.gfp_class().is_noio() {
-                    s.worker_fs_io_allocs += 1;
-                    conn_fs_io.push(e.clone());
-                }
-            } else {
-                s.other_allocs += 1;
-            }
-        }
-    }
-    s.reclaim_gfp = summarize_gfp(&reclaim_gfp);
-    s.worker_fs_io_gfp = summarize_gfp(&conn_fs_io);
     s.secs = t0.elapsed().as_secs_f64();
     let server_log = fs::read_to_string(&log).unwrap_or_default();
     say(&format!(

@@ -26,8 +26,6 @@ use std::fs;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LOWER_DEV: &str = "/dev/ram1";
@@ -382,84 +380,21 @@ fn run_scenario(mode: Mode) -> Stats {
             .ends_with(&format!("/tcmu-{}", mode.tag())),
         "daemon not in its cgroup: {in_cgroup:?}"
     );
-    let traced = threads(pid);
-    let tids: Vec<i32> = traced.iter().map(|(t, _)| *t).collect();
-    let handler: Vec<i32> = traced
-        .iter()
-        .filter(|(_, c)| c == HANDLER)
-        .map(|(t, _)| *t)
-        .collect();
-    assert_eq!(handler.len(), 1, "one {HANDLER} thread: {traced:?}");
     lap("lower ext4, tcmu_file, tcm_loop disk");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        let handler = handler.clone();
-        std::thread::spawn(move || {
-            let (mut n, mut flagged) = (0usize, 0usize);
-            while !stop.load(Ordering::Relaxed) {
-                for &t in &handler {
-                    if let Some(f) = task_flags(pid as i32, t) {
-                        n += 1;
-                        if f & IO_FLUSHER_BITS == IO_FLUSHER_BITS {
-                            flagged += 1;
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (n, flagged)
-        })
-    };
-    let tracer = Tracer::start(&[EV_MEMCG_RECLAIM, EV_DIRECT_RECLAIM, EV_PAGE_ALLOC], &tids)
-        .expect("start tracing");
-
-    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
-    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
-    lap("mkfs.xfs + mount (traced)");
-    let data = pattern(0x7c35_0000 + mode as u64, DATA_MIB << 20);
-    let data_path = format!("{UPPER}/data");
-    {
-        let mut f = fs::File::create(&data_path).unwrap();
-        f.write_all(&data).unwrap();
-        f.sync_all().unwrap();
-    }
-    let count = format!("count={DD_MIB}");
-    let of = format!("of={UPPER}/big");
-    must(
-        180,
-        "dd",
-        &["if=/dev/zero", &of, "bs=1M", &count, "conv=fsync"],
+    let mut s = seed::traced_workload(
+        mode,
+        pid,
+        HANDLER,
+        &cgroup,
+        &seed::Workload {
+            dev: &dev,
+            upper: UPPER,
+            data_mib: DATA_MIB,
+            dd_mib: DD_MIB,
+            seed: 0x7c35_0000,
+        },
+        &mut lap,
     );
-    must(60, "sync", &[]);
-    lap(&format!("{DATA_MIB} MiB data + {DD_MIB} MiB dd (traced)"));
-
-    stop.store(true, Ordering::Relaxed);
-    let (proc_samples, proc_flagged) = sampler.join().expect("sampler");
-    let after = threads(pid);
-    let events = tracer.stop().expect("read trace");
-    let lost = trace_lost_events().expect("read per_cpu stats");
-    assert_eq!(lost, 0, "the trace lost {lost} events");
-    assert_eq!(
-        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        tids,
-        "the daemon started threads that were not traced: {after:?} vs {traced:?}"
-    );
-    let memcg_max_events = fs::read_to_string(format!("{cgroup}/memory.events"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0);
-    lap("trace read");
-
-    must(60, "umount", &[UPPER]);
-    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
-    let back = fs::read(&data_path).unwrap_or_else(|e| panic!("read back {data_path}: {e}"));
-    assert!(back == data, "{}: data differs after remount", mode.label());
-    let big = fs::metadata(format!("{UPPER}/big")).unwrap().len();
-    assert_eq!(big, DD_MIB << 20, "size of the dd file after remount");
-    must(60, "umount", &[UPPER]);
     let daemon_log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
     drop(rig);
     assert_eq!(
@@ -468,37 +403,6 @@ fn run_scenario(mode: Mode) -> Stats {
         "configfs leftovers"
     );
     lap("remount, verify, teardown");
-
-    let mut s = Stats {
-        proc_samples,
-        proc_flagged,
-        memcg_max_events,
-        ..Stats::default()
-    };
-    let mut reclaim_gfp = Vec::new();
-    let mut handler_fs_io = Vec::new();
-    for e in &events {
-        if e.is(EV_MEMCG_RECLAIM) || e.is(EV_DIRECT_RECLAIM) {
-            if e.is(EV_MEMCG_RECLAIM) {
-                s.memcg_reclaims += 1;
-            } else {
-                s.direct_reclaims += 1;
-            }
-            let c = e.gfp_class();
-            if c.fs || c.io {
-                s.fs_io_reclaims += 1;
-            }
-            reclaim_gfp.push(e.clone());
-        } else if e.is(EV_PAGE_ALLOC) && handler.contains(&e.pid) {
-            s.worker_allocs += 1;
-            if !e.gfp_class().is_noio() {
-                s.worker_fs_io_allocs += 1;
-                handler_fs_io.push(e.clone());
-            }
-        }
-    }
-    s.reclaim_gfp = summarize_gfp(&reclaim_gfp);
-    s.worker_fs_io_gfp = summarize_gfp(&handler_fs_io);
     s.secs = t0.elapsed().as_secs_f64();
     say(&format!(
         "  [{}] daemon: {}",

@@ -166,3 +166,165 @@ pub fn assert_contrast(worker: &str, runs: &[(Mode, Stats)]) {
         "--no-flusher: no reclaim forced"
     );
 }
+
+/// Where and how much the workload writes.
+pub struct Workload<'a> {
+    /// The daemon's block device (the XFS goes on it).
+    pub dev: &'a str,
+    /// Where the XFS is mounted.
+    pub upper: &'a str,
+    /// A patterned file verified after a remount.
+    pub data_mib: usize,
+    /// Then a `dd conv=fsync` of this many MiB.
+    pub dd_mib: u64,
+    /// Seed of the pattern.
+    pub seed: u64,
+}
+
+/// The traced part of a run, the same for every daemon: samples `worker`'s
+/// `/proc` flags, traces reclaim and page allocations of every thread of
+/// `pid` while `mkfs.xfs`, the data file and the `dd` go to `w.dev`, checks
+/// that no event was lost and no thread appeared, then remounts and
+/// verifies the data. Returns the run's statistics (without `secs`); the
+/// XFS is left unmounted. `lap` hears each phase's end.
+pub fn traced_workload(
+    mode: Mode,
+    pid: u32,
+    worker: &str,
+    cgroup: &str,
+    w: &Workload<'_>,
+    lap: &mut dyn FnMut(&str),
+) -> Stats {
+    use super::*;
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let traced = threads(pid);
+    let tids: Vec<i32> = traced.iter().map(|(t, _)| *t).collect();
+    let workers: Vec<i32> = traced
+        .iter()
+        .filter(|(_, c)| c == worker)
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(!workers.is_empty(), "no {worker} thread: {traced:?}");
+
+    // /proc sampler: the worker's flags while it works.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let workers = workers.clone();
+        std::thread::spawn(move || {
+            let (mut n, mut flagged) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                for &t in &workers {
+                    if let Some(f) = task_flags(pid as i32, t) {
+                        n += 1;
+                        if f & IO_FLUSHER_BITS == IO_FLUSHER_BITS {
+                            flagged += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (n, flagged)
+        })
+    };
+    let tracer = Tracer::start(&[EV_MEMCG_RECLAIM, EV_DIRECT_RECLAIM, EV_PAGE_ALLOC], &tids)
+        .expect("start tracing");
+
+    // The workload on the XFS that the daemon serves.
+    must(120, "mkfs.xfs", &["-q", "-f", w.dev]);
+    must(60, "mount", &["-t", "xfs", w.dev, w.upper]);
+    lap("mkfs.xfs + mount (traced)");
+    let data = pattern(w.seed + mode as u64, w.data_mib << 20);
+    let data_path = format!("{}/data", w.upper);
+    {
+        let mut f = fs::File::create(&data_path).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+    }
+    let count = format!("count={}", w.dd_mib);
+    let of = format!("of={}/big", w.upper);
+    must(
+        180,
+        "dd",
+        &["if=/dev/zero", &of, "bs=1M", &count, "conv=fsync"],
+    );
+    must(60, "sync", &[]);
+    lap(&format!(
+        "{} MiB data + {} MiB dd (traced)",
+        w.data_mib, w.dd_mib
+    ));
+
+    stop.store(true, Ordering::Relaxed);
+    let (proc_samples, proc_flagged) = sampler.join().expect("sampler");
+    let after = threads(pid);
+    let events = tracer.stop().expect("read trace");
+    let lost = trace_lost_events().expect("read per_cpu stats");
+    assert_eq!(
+        lost, 0,
+        "the trace lost {lost} events: counts would be meaningless"
+    );
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        tids,
+        "the daemon started threads that were not traced: {after:?} vs {traced:?}"
+    );
+    let memcg_max_events = fs::read_to_string(format!("{cgroup}/memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("max ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0);
+    lap("trace read");
+
+    // Unmount, remount, verify: the data went through the daemon intact.
+    must(60, "umount", &[w.upper]);
+    must(60, "mount", &["-t", "xfs", w.dev, w.upper]);
+    let back = fs::read(&data_path).unwrap_or_else(|e| panic!("read back {data_path}: {e}"));
+    assert!(
+        back == data,
+        "{}: data read after remount differs from what was written",
+        mode.label()
+    );
+    let big = fs::metadata(format!("{}/big", w.upper)).unwrap().len();
+    assert_eq!(big, w.dd_mib << 20, "size of the dd file after remount");
+    must(60, "umount", &[w.upper]);
+
+    let mut s = Stats {
+        proc_samples,
+        proc_flagged,
+        memcg_max_events,
+        ..Stats::default()
+    };
+    let mut reclaim_gfp = Vec::new();
+    let mut worker_fs_io = Vec::new();
+    for e in &events {
+        if e.is(EV_MEMCG_RECLAIM) || e.is(EV_DIRECT_RECLAIM) {
+            if e.is(EV_MEMCG_RECLAIM) {
+                s.memcg_reclaims += 1;
+            } else {
+                s.direct_reclaims += 1;
+            }
+            let c = e.gfp_class();
+            if c.fs || c.io {
+                s.fs_io_reclaims += 1;
+            }
+            reclaim_gfp.push(e.clone());
+        } else if e.is(EV_PAGE_ALLOC) {
+            if workers.contains(&e.pid) {
+                s.worker_allocs += 1;
+                if !e.gfp_class().is_noio() {
+                    s.worker_fs_io_allocs += 1;
+                    worker_fs_io.push(e.clone());
+                }
+            } else {
+                s.other_allocs += 1;
+            }
+        }
+    }
+    s.reclaim_gfp = summarize_gfp(&reclaim_gfp);
+    s.worker_fs_io_gfp = summarize_gfp(&worker_fs_io);
+    s
+}
