@@ -13,6 +13,10 @@
 #[path = "../examples/fuse_passthrough/passthrough.rs"]
 mod passthrough;
 
+mod common;
+
+use common::pattern;
+
 use passthrough::{Guarding, Mounted, Passthrough};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -23,18 +27,20 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn can_mount() -> bool {
+/// These tests mount a real FUSE file system; where that is impossible they
+/// fail with the reason rather than pass as skipped.
+fn require_mount() {
     let root = fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false);
-    if !root || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: mounting FUSE with mount(2) needs root and /dev/fuse");
-        return false;
-    }
-    true
+    assert!(
+        root && Path::new("/dev/fuse").exists(),
+        "mounting FUSE with mount(2) needs root and /dev/fuse (the project's test machines \
+         have both): run the tests as root"
+    );
 }
 
 fn is_mounted(mnt: &Path) -> bool {
@@ -130,20 +136,6 @@ impl Drop for Rig {
     }
 }
 
-/// A deterministic, incompressible pattern (xorshift64*).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
     // `timeout` bounds a command stuck on the mount.
     let out = Command::new("timeout")
@@ -172,9 +164,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn workload_through_the_kernel_matches_the_source() {
-    if !can_mount() {
-        return;
-    }
+    require_mount();
     let mut rig = Rig::new(1);
 
     // Create and write patterns at scattered offsets (sparse regions between).
@@ -308,9 +298,7 @@ fn workload_through_the_kernel_matches_the_source() {
 
 #[test]
 fn cp_a_of_a_tree_and_diff_r() {
-    if !can_mount() {
-        return;
-    }
+    require_mount();
     // Two serving threads: fuser's multi-threaded loop with cloned fds.
     let mut rig = Rig::new(2);
     // A small tree: nested dirs, empty and larger files, a symlink-free mix.

@@ -163,32 +163,15 @@ fn gfp_proof(dir_label: &'static str, make: fn(&str) -> std::fs::File) {
             "{dir_label}: flagged   64 KiB pwrite: {}",
             summarize_gfp(&flagged)
         );
-        let fsio = plain
-            .iter()
-            .filter(|e| {
-                let c = e.gfp_class();
-                c.fs && c.io
-            })
-            .count();
-        assert!(
-            fsio >= pages,
-            "{dir_label}: an unflagged buffered write of {pages} fresh pages must allocate them \
-             with __GFP_FS|__GFP_IO; saw {}",
-            summarize_gfp(&plain)
+        assert_fs_io(
+            &format!("{dir_label}: unflagged buffered write of fresh pages"),
+            &plain,
+            pages,
         );
-        assert!(
-            flagged.len() >= pages,
-            "{dir_label}: the flagged write allocated fewer than {pages} pages: {}",
-            summarize_gfp(&flagged)
-        );
-        let bad: Vec<_> = flagged
-            .iter()
-            .filter(|e| !e.gfp_class().is_noio())
-            .collect();
-        assert!(
-            bad.is_empty(),
-            "{dir_label}: a PR_SET_IO_FLUSHER thread allocated with __GFP_FS or __GFP_IO: {:?}",
-            bad.iter().map(|e| &e.line).collect::<Vec<_>>()
+        assert_all_noio(
+            &format!("{dir_label}: write by a PR_SET_IO_FLUSHER thread"),
+            &flagged,
+            pages,
         );
     });
 }
