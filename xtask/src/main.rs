@@ -54,6 +54,12 @@ VM-OPTIONS:
   --timeout SECS       kill the VM and fail after SECS (default 900)
   --test-timeout SECS  vm-test: kill one test binary after SECS (default 240)
   --cmdline ARGS       appended to the kernel command line
+  --mttcg              multi-threaded TCG (one host thread per vCPU); the
+                       default is single-threaded TCG, see xtask/src/vm.rs
+  --retries N          vm-test: boot a fresh VM up to N more times for test
+                       binaries that never finished because the guest died
+                       (soft lockup, panic, timeout); failed tests are never
+                       retried (default 1)
   --no-install         never run apt-get; fail if something is missing
   --refresh-kernel     re-resolve linux-image-cloud-amd64 instead of the cache
   --keep-debug         do not strip debug info from our binaries
@@ -219,6 +225,8 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
             "--timeout" => o.timeout = Duration::from_secs(parse_num(flag, &val(flag)?)?),
             "--test-timeout" => o.test_timeout = Duration::from_secs(parse_num(flag, &val(flag)?)?),
             "--cmdline" => o.cmdline = val(flag)?,
+            "--mttcg" => o.mttcg = true,
+            "--retries" => o.retries = parse_num(flag, &val(flag)?)? as u32,
             "--no-install" => o.install = false,
             "--refresh-kernel" => o.refresh_kernel = true,
             "--keep-debug" => o.keep_debug = true,
