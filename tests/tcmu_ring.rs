@@ -27,6 +27,8 @@ struct Rig {
     map: Vec<u8>,
     /// Next free byte of the command ring (relative to CMDR_OFF).
     head: usize,
+    /// Opcodes the last `serve` refused with ILLEGAL REQUEST.
+    refused: Vec<u8>,
 }
 
 impl Rig {
@@ -38,7 +40,12 @@ impl Rig {
         map[0..2].copy_from_slice(&2u16.to_ne_bytes());
         map[4..8].copy_from_slice(&(CMDR_OFF as u32).to_ne_bytes());
         map[8..12].copy_from_slice(&(CMDR_SIZE as u32).to_ne_bytes());
-        Rig { dir, map, head: 0 }
+        Rig {
+            dir,
+            map,
+            head: 0,
+            refused: Vec::new(),
+        }
     }
 
     /// Append a raw entry; its offset in the ring.
@@ -100,6 +107,7 @@ impl Rig {
             // stop already set: one pass over the ring, one kick, return.
             handler::serve(&r, &disk, &AtomicBool::new(true)).unwrap();
         }
+        self.refused = disk.counters.refused_opcodes();
         let after = fs::read(&ring_path).unwrap();
         self.map[..].copy_from_slice(&after[..MAP]);
         (after, fs::read(&backing).unwrap())
@@ -206,6 +214,9 @@ fn good_commands_roundtrip_and_bad_ones_get_check_condition() {
         disk[9 * 512..11 * 512].iter().all(|&b| b == 0),
         "a refused write reached the backing file"
     );
+    // ILLEGAL REQUEST answers are remembered per opcode (FORMAT UNIT, READ(10)
+    // past the end and with a short buffer); malformed entries are not.
+    assert_eq!(rig.refused, vec![0x04, 0x28]);
 }
 
 #[test]

@@ -227,13 +227,19 @@ fn main() -> ExitCode {
     let _ = handler.join();
     tgt.remove_backstore();
     let c = &disk.counters;
+    let refused: Vec<String> = c
+        .refused_opcodes()
+        .iter()
+        .map(|op| format!("{op:#04x}"))
+        .collect();
     eprintln!(
-        "tcmu-file: {} commands ({} reads, {} writes, {} syncs, {} check conditions)",
+        "tcmu-file: {} commands ({} reads, {} writes, {} syncs, {} check conditions; opcodes refused: {})",
         c.commands.load(Ordering::Relaxed),
         c.reads.load(Ordering::Relaxed),
         c.writes.load(Ordering::Relaxed),
         c.syncs.load(Ordering::Relaxed),
-        c.errors.load(Ordering::Relaxed)
+        c.errors.load(Ordering::Relaxed),
+        if refused.is_empty() { "none".to_owned() } else { refused.join(" ") }
     );
     code
 }

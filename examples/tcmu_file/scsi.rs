@@ -65,6 +65,27 @@ pub struct Counters {
     pub writes: AtomicU64,
     pub syncs: AtomicU64,
     pub errors: AtomicU64,
+    /// Opcodes answered with ILLEGAL REQUEST, as a 256-bit set: each is
+    /// logged the first time, so an operator learns what the initiator asks
+    /// for that this target does not do, without a log line per command.
+    pub refused: [AtomicU64; 4],
+}
+
+impl Counters {
+    /// Record that `op` was refused; true the first time for this opcode.
+    pub fn refuse(&self, op: u8) -> bool {
+        let bit = 1u64 << (op % 64);
+        self.refused[usize::from(op / 64)].fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
+    /// The opcodes refused so far, in order.
+    pub fn refused_opcodes(&self) -> Vec<u8> {
+        (0..=255u8)
+            .filter(|&op| {
+                self.refused[usize::from(op / 64)].load(Ordering::Relaxed) & (1 << (op % 64)) != 0
+            })
+            .collect()
+    }
 }
 
 pub struct Disk {
@@ -113,8 +134,18 @@ impl Disk {
     ) -> Result<(), Sense> {
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
         let r = self.dispatch(cdb, data, buf);
-        if r.is_err() {
+        if let Err(sense) = r {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            let op = cdb.first().copied().unwrap_or(0);
+            if sense.key == ILLEGAL_REQUEST && self.counters.refuse(op) {
+                let hex: Vec<String> = cdb.iter().map(|b| format!("{b:02x}")).collect();
+                eprintln!(
+                    "tcmu-file: refused opcode {op:#04x} with ILLEGAL REQUEST, ASC {:#04x} \
+                     (cdb {}); later refusals of this opcode are only counted",
+                    sense.asc,
+                    hex.join(" ")
+                );
+            }
         }
         r
     }
