@@ -61,6 +61,7 @@ struct Rig {
     mnt: PathBuf,
     mounted: Option<Mounted>,
     done: Arc<AtomicBool>,
+    stats: Arc<passthrough::Stats>,
 }
 
 impl Rig {
@@ -76,6 +77,7 @@ impl Rig {
         fs::create_dir_all(&src).unwrap();
         fs::create_dir_all(&mnt).unwrap();
         let fs = Passthrough::new(src.clone(), Guarding::IoFlusher);
+        let stats = fs.stats();
         let mounted = passthrough::mount(fs, &mnt, threads).expect("mount the passthrough");
         assert!(is_mounted(&mnt), "{} is not in /proc/mounts", mnt.display());
         // Watchdog: a hung workload must not hang the test run or leave the
@@ -103,6 +105,7 @@ impl Rig {
             mnt,
             mounted: Some(mounted),
             done,
+            stats,
         }
     }
 
@@ -293,6 +296,55 @@ fn workload_through_the_kernel_matches_the_source() {
     assert!(names(&rig.src).is_empty(), "{:?}", names(&rig.src));
     assert!(names(&rig.mnt).is_empty());
 
+    rig.unmount();
+}
+
+#[test]
+fn inode_table_holds_looked_up_names_only() {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    require_mount();
+    let mut rig = Rig::new(2);
+    let stats = rig.stats.clone();
+    let inodes = || stats.inodes.load(Ordering::Relaxed);
+    // Names made behind the mount's back.
+    fs::create_dir(rig.s("d")).unwrap();
+    for i in 0..300 {
+        fs::write(rig.s(&format!("d/f{i}")), b"x").unwrap();
+    }
+    let listing = |rig: &Rig| -> Vec<(String, u64)> {
+        fs::read_dir(rig.m("d"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), e.ino())
+            })
+            .collect()
+    };
+    // READDIR lists every name and registers none of them.
+    let before = listing(&rig);
+    assert_eq!(before.len(), 300);
+    assert!(
+        before
+            .iter()
+            .all(|(_, ino)| *ino == passthrough::UNKNOWN_INO),
+        "names never looked up have d_ino FUSE_UNKNOWN_INO"
+    );
+    assert_eq!(inodes(), 2, "the root and d, after READDIR of 300 names");
+    // LOOKUP registers; READDIR then agrees with stat.
+    let mut st_ino = std::collections::HashMap::new();
+    for i in 0..300 {
+        let m = fs::symlink_metadata(rig.m(&format!("d/f{i}"))).unwrap();
+        st_ino.insert(format!("f{i}"), m.ino());
+    }
+    assert_eq!(inodes(), 302);
+    for (name, ino) in listing(&rig) {
+        assert_eq!(Some(&ino), st_ino.get(&name), "d_ino of {name}");
+    }
+    // Unlink through the mount drops the entry at once.
+    for i in 0..150 {
+        fs::remove_file(rig.m(&format!("d/f{i}"))).unwrap();
+    }
+    assert_eq!(inodes(), 152);
     rig.unmount();
 }
 

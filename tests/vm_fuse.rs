@@ -13,8 +13,12 @@
 //!   plain pwrite: the honest baseline, as `nbd_server --unprotected`) they
 //!   carry FS|IO. `--no-flusher` (no `IoFlusher`, I/O still NOIO-scoped per
 //!   call by `NoFsFile`) is reported, not asserted.
+//! - FORGET: after the kernel drops its inodes (`drop_caches`), the
+//!   passthrough's inode table is back to the root, and names still resolve.
 
 mod common;
+#[path = "../examples/fuse_passthrough/passthrough.rs"]
+mod passthrough;
 
 use common::*;
 use std::fs;
@@ -347,4 +351,46 @@ fn fuse_under_memory_max_the_flusher_daemon_allocates_without_fs_or_io() {
         "the unprotected baseline never allocated with FS|IO — the comparison proves nothing: {}",
         unprotected.summary
     );
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn fuse_forget_returns_the_inode_table_to_what_the_kernel_holds() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const N: u64 = 200;
+    let src = fresh_source("forget");
+    for i in 0..N {
+        fs::write(src.join(format!("f{i}")), b"x").unwrap();
+    }
+    let mnt = Path::new("/mnt/rs-fuse-forget");
+    fs::create_dir_all(mnt).unwrap();
+    let pt = passthrough::Passthrough::new(src, passthrough::Guarding::IoFlusher);
+    let stats = pt.stats();
+    let mounted = passthrough::mount(pt, mnt, 2).expect("mount the passthrough");
+    let inodes = || stats.inodes.load(Relaxed);
+    for i in 0..N {
+        fs::metadata(mnt.join(format!("f{i}"))).unwrap();
+    }
+    assert_eq!(
+        inodes(),
+        N + 1,
+        "one entry per looked-up name, plus the root"
+    );
+    // The kernel evicts the unused dentries and inodes of the mount and
+    // sends FORGET (or BATCH_FORGET) for each: the table must follow.
+    write_file("/proc/sys/vm/drop_caches", "2");
+    wait_until("FORGET of the evicted inodes", 30, || inodes() == 1);
+    let forgotten = stats.forgotten.load(Relaxed);
+    say(&format!(
+        "FORGET: {forgotten} kernel references returned; the table holds {} entry",
+        inodes()
+    ));
+    assert!(
+        forgotten >= N,
+        "{forgotten} references forgotten, want >= {N}"
+    );
+    // A forgotten name is looked up afresh, under a new inode number.
+    fs::metadata(mnt.join("f7")).unwrap();
+    assert_eq!(inodes(), 2);
+    mounted.unmount().expect("unmount");
 }

@@ -26,6 +26,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
 #[derive(Parser, Debug)]
 #[command(about = "FUSE passthrough on reclaim-scope's NoFsFile and IoFlusher")]
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
     let source = args.source.canonicalize().unwrap_or(args.source.clone());
     let mut fs = Passthrough::new(source.clone(), guarding);
     fs.plain_io = protection == Protection::Unprotected;
+    let stats = fs.stats();
     let mut mounted = match passthrough::mount(fs, &args.mountpoint, args.threads) {
         Ok(m) => m,
         Err(e) => {
@@ -111,6 +113,12 @@ fn main() -> ExitCode {
         .expect("spawn the signal thread");
     let r = mounted.join();
     handle.close();
+    eprintln!(
+        "fuse-passthrough: {} requests served; {} inodes known at the end ({} kernel references forgotten)",
+        stats.requests.load(Ordering::Relaxed),
+        stats.inodes.load(Ordering::Relaxed),
+        stats.forgotten.load(Ordering::Relaxed)
+    );
     match r {
         Ok(()) => {
             eprintln!("fuse-passthrough: unmounted");

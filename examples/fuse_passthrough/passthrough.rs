@@ -12,8 +12,13 @@
 //!
 //! Inodes are numbered by this file system (root = 1) and mapped to paths
 //! relative to the source; a rename moves the path of the entry and of
-//! everything below it. The table never forgets (a small example: one entry
-//! per name ever looked up).
+//! everything below it. Each entry counts the kernel's references (one per
+//! LOOKUP, MKDIR or CREATE reply) and is dropped when FORGET returns them
+//! all, or when the name is unlinked, so the table holds what the kernel's
+//! inode cache holds, not every name ever seen: a daemon that runs for months
+//! under `find /` must not grow without bound. READDIR registers nothing: a
+//! name the kernel has not looked up gets `d_ino` 0xffffffff (libfuse's
+//! `FUSE_UNKNOWN_INO`, as its `readdir_ino` option does).
 
 #![allow(dead_code)] // shared with tests/fuse_passthrough.rs and tests/vm_fuse.rs
 
@@ -67,33 +72,93 @@ pub struct Passthrough {
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<NoFsFile>>>,
     next_fh: AtomicU64,
-    /// Requests served, for tests and logs.
-    pub requests: AtomicU64,
+    stats: Arc<Stats>,
 }
+
+/// Counters a test or the daemon can read while the file system is mounted
+/// (`Passthrough::stats`, taken before `mount` moves the file system).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// Entries in the inode table, the root included.
+    pub inodes: AtomicU64,
+    /// Kernel references returned by FORGET.
+    pub forgotten: AtomicU64,
+}
+
+/// Value of `d_ino` for a name the kernel has not looked up (libfuse's
+/// `FUSE_UNKNOWN_INO`).
+pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 
 struct Inodes {
     /// ino → path relative to the source ("" is the root).
     paths: HashMap<u64, PathBuf>,
     by_path: HashMap<PathBuf, u64>,
+    /// ino → references the kernel holds (entry replies not yet forgotten).
+    lookups: HashMap<u64, u64>,
     next: u64,
+    stats: Arc<Stats>,
 }
 
 impl Inodes {
-    fn ino_for(&mut self, rel: &Path) -> u64 {
-        if let Some(&ino) = self.by_path.get(rel) {
-            return ino;
-        }
-        let ino = self.next;
-        self.next += 1;
-        self.paths.insert(ino, rel.to_owned());
-        self.by_path.insert(rel.to_owned(), ino);
+    /// The inode of `rel`, allocated if new, with one more kernel reference:
+    /// only for replies that hand the kernel an entry.
+    fn lookup(&mut self, rel: &Path) -> u64 {
+        let ino = match self.by_path.get(rel) {
+            Some(&ino) => ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.paths.insert(ino, rel.to_owned());
+                self.by_path.insert(rel.to_owned(), ino);
+                self.count();
+                ino
+            }
+        };
+        *self.lookups.entry(ino).or_insert(0) += 1;
         ino
     }
 
+    /// The inode of `rel` if the kernel knows it.
+    fn known(&self, rel: &Path) -> Option<u64> {
+        self.by_path.get(rel).copied()
+    }
+
+    /// FORGET: the kernel returns `n` references to `ino`. An inode unlinked
+    /// meanwhile is already gone; the root is never dropped.
+    fn forget(&mut self, ino: u64, n: u64) {
+        self.stats.forgotten.fetch_add(n, Ordering::Relaxed);
+        if ino == INodeNo::ROOT.0 {
+            return;
+        }
+        let Some(left) = self.lookups.get_mut(&ino) else {
+            return;
+        };
+        *left = left.saturating_sub(n);
+        if *left == 0 {
+            self.lookups.remove(&ino);
+            if let Some(p) = self.paths.remove(&ino) {
+                self.by_path.remove(&p);
+            }
+            self.count();
+        }
+    }
+
+    /// The name is gone from the source (unlink, rmdir, replaced by a rename):
+    /// later requests for its inode get ENOENT, and its FORGET finds nothing.
     fn forget_path(&mut self, rel: &Path) {
         if let Some(ino) = self.by_path.remove(rel) {
             self.paths.remove(&ino);
+            self.lookups.remove(&ino);
+            self.count();
         }
+    }
+
+    fn count(&self) {
+        self.stats
+            .inodes
+            .store(self.paths.len() as u64, Ordering::Relaxed);
     }
 
     /// `from` (and everything below it) is now called `to`.
@@ -207,26 +272,36 @@ impl Passthrough {
         let mut by_path = HashMap::new();
         paths.insert(INodeNo::ROOT.0, PathBuf::new());
         by_path.insert(PathBuf::new(), INodeNo::ROOT.0);
+        let stats = Arc::new(Stats::default());
+        let inodes = Inodes {
+            paths,
+            by_path,
+            lookups: HashMap::new(),
+            next: INodeNo::ROOT.0 + 1,
+            stats: stats.clone(),
+        };
+        inodes.count();
         Passthrough {
             source,
             guarding,
             plain_io: false,
-            inodes: Mutex::new(Inodes {
-                paths,
-                by_path,
-                next: INodeNo::ROOT.0 + 1,
-            }),
+            inodes: Mutex::new(inodes),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            requests: AtomicU64::new(0),
+            stats,
         }
+    }
+
+    /// Live counters of this file system, readable after `mount` took it.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Called first by every request: makes the serving thread an I/O
     /// flusher for the rest of its life (once; later calls cost a
     /// thread-local read).
     fn serve_guard(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         if self.guarding == Guarding::None {
             return;
         }
@@ -256,10 +331,11 @@ impl Passthrough {
         self.source.join(rel)
     }
 
-    /// `lstat` of a relative path and its inode number (allocated if new).
+    /// `lstat` of a relative path and its inode number (allocated if new),
+    /// for a reply that gives the kernel a reference to the entry.
     fn entry(&self, rel: &Path) -> Result<FileAttr, Errno> {
         let m = fs::symlink_metadata(self.full(rel)).map_err(|e| errno(&e))?;
-        let ino = self.inodes.lock().expect("inode table").ino_for(rel);
+        let ino = self.inodes.lock().expect("inode table").lookup(rel);
         Ok(attr_of(ino, &m))
     }
 
@@ -380,7 +456,7 @@ impl Filesystem for Passthrough {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Runs on the thread that mounts, inside its own IoFlusher (`mount`):
         // no thread-local guard here, it would outlive that one.
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         // Large writes: fewer round trips (the kernel clamps to its limit).
         let _ = config.set_max_write(1 << 20);
         Ok(())
@@ -392,6 +468,16 @@ impl Filesystem for Passthrough {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
+    }
+
+    // BATCH_FORGET arrives here too: fuser's default `batch_forget` calls
+    // `forget` per node (its `ForgetOne` is not public in 0.18).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.serve_guard();
+        self.inodes
+            .lock()
+            .expect("inode table")
+            .forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -690,18 +776,19 @@ impl Filesystem for Passthrough {
             Err(e) => return reply.error(e),
         };
         let parent = rel.parent().map(Path::to_owned).unwrap_or_default();
-        let mut inodes = self.inodes.lock().expect("inode table");
+        let inodes = self.inodes.lock().expect("inode table");
+        let d_ino = |p: &Path| inodes.known(p).unwrap_or(UNKNOWN_INO);
         let mut all = vec![
             (ino.0, FileType::Directory, OsStr::new(".").to_owned()),
             (
-                inodes.ino_for(&parent),
+                d_ino(&parent),
                 FileType::Directory,
                 OsStr::new("..").to_owned(),
             ),
         ];
         for (path, kind) in &names {
             let name = path.file_name().expect("entry name").to_owned();
-            all.push((inodes.ino_for(path), *kind, name));
+            all.push((d_ino(path), *kind, name));
         }
         drop(inodes);
         for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
