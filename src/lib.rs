@@ -68,6 +68,13 @@
 //! - `execve()` **keeps** it: a launcher can flag an unmodified daemon (the
 //!   `reclaim-scope exec` idea), and a flagged daemon's hook scripts run
 //!   flagged too.
+//! - io_uring's kernel threads copy the flags of the thread that creates
+//!   them, when it creates them, and keep them: io-wq workers
+//!   (`iou-wrk-<tid>`) come from the submitting thread, and the last idle
+//!   one never exits; the SQPOLL thread (`iou-sqp-<tid>`) comes from the
+//!   thread that calls `io_uring_setup()`. Make a submitting thread an
+//!   [`IoFlusher`] before its first submission and keep it one while it
+//!   submits (see the README's io_uring section; checked in the VM).
 //! - A guard that is not effective protects nothing: check it, use the
 //!   strict form, or watch [`degradation`].
 
