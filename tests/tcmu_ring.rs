@@ -243,3 +243,127 @@ fn zero_length_entry_is_skipped_to_head_without_touching_anything() {
     let (map, _) = rig.serve();
     assert_eq!(tail(&map), rig.head, "skipped to head");
 }
+
+#[test]
+fn write_same_and_unmap_zero_punch_and_repeat_within_the_range() {
+    let mut rig = Rig::new("provisioning");
+    const B: usize = 512;
+    let p: Vec<u8> = (0..8 * B).map(|i| (i * 13 + 1) as u8).collect();
+    let q: Vec<u8> = (0..B).map(|i| (i * 3 + 7) as u8 | 1).collect();
+    let (p_at, q_at, z_at, u_at, bad_at) =
+        (DATA, DATA + 8192, DATA + 12288, DATA + 16384, DATA + 20480);
+    rig.map[p_at..p_at + 8 * B].copy_from_slice(&p);
+    rig.map[q_at..q_at + B].copy_from_slice(&q);
+    // z_at: one zero block (the map starts zeroed).
+    let desc = |lba: u64, n: u32| {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&lba.to_be_bytes());
+        d[8..12].copy_from_slice(&n.to_be_bytes());
+        d
+    };
+    let list = |descs: &[[u8; 16]]| {
+        let mut l = vec![0u8; 8];
+        l[0..2].copy_from_slice(&((6 + 16 * descs.len()) as u16).to_be_bytes());
+        l[2..4].copy_from_slice(&((16 * descs.len()) as u16).to_be_bytes());
+        for d in descs {
+            l.extend_from_slice(d);
+        }
+        l
+    };
+    let good = list(&[desc(24, 2)]);
+    rig.map[u_at..u_at + good.len()].copy_from_slice(&good);
+    // The first descriptor is fine, the second runs past the end: nothing
+    // may be unmapped.
+    let bad = list(&[desc(26, 1), desc(BLOCKS, 1)]);
+    rig.map[bad_at..bad_at + bad.len()].copy_from_slice(&bad);
+
+    // WRITE(10) LBA 20, 8 blocks of P.
+    let w = rig.push_cmd(
+        &[0x2a, 0, 0, 0, 0, 20, 0, 0, 8, 0],
+        &[(p_at as u64, 8 * B as u64)],
+    );
+    // WRITE SAME(16) LBA 40, 8 blocks of Q.
+    let ws16 = rig.push_cmd(
+        &[0x93, 0, 0, 0, 0, 0, 0, 0, 0, 40, 0, 0, 0, 8, 0, 0],
+        &[(q_at as u64, B as u64)],
+    );
+    // WRITE SAME(10) with UNMAP, a zero block, LBA 20, 4 blocks.
+    let ws10 = rig.push_cmd(
+        &[0x41, 0x08, 0, 0, 0, 20, 0, 0, 4, 0],
+        &[(z_at as u64, B as u64)],
+    );
+    // UNMAP LBA 24, 2 blocks.
+    let un = rig.push_cmd(
+        &[0x42, 0, 0, 0, 0, 0, 0, 0, good.len() as u8, 0],
+        &[(u_at as u64, good.len() as u64)],
+    );
+    let un_bad = rig.push_cmd(
+        &[0x42, 0, 0, 0, 0, 0, 0, 0, bad.len() as u8, 0],
+        &[(bad_at as u64, bad.len() as u64)],
+    );
+    // WRITE SAME of 0 blocks (WSNZ) and past the end.
+    let ws_zero = rig.push_cmd(
+        &[0x41, 0, 0, 0, 0, 60, 0, 0, 0, 0],
+        &[(q_at as u64, B as u64)],
+    );
+    let ws_oob = rig.push_cmd(
+        &[0x93, 0, 0, 0, 0, 0, 0, 0x07, 0xfe, 0, 0, 0, 4, 0, 0, 0],
+        &[(q_at as u64, B as u64)],
+    );
+    // VPD 0xb2 and READ CAPACITY(16): thin provisioning advertised.
+    let vpd_b2 = rig.push_cmd(&[0x12, 1, 0xb2, 0, 8, 0], &[(DATA as u64 + 24576, 8)]);
+    let rc16 = rig.push_cmd(
+        &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[(DATA as u64 + 28672, 32)],
+    );
+
+    let (map, disk) = rig.serve();
+    assert_eq!(tail(&map), rig.head, "every entry completed");
+    for (what, at) in [
+        ("write", w),
+        ("write same 16", ws16),
+        ("write same 10 unmap", ws10),
+        ("unmap", un),
+        ("vpd b2", vpd_b2),
+        ("rc16", rc16),
+    ] {
+        assert_eq!(status(&map, at), 0, "{what}: GOOD");
+    }
+    for (what, at, asc) in [
+        ("unmap past the end", un_bad, 0x21),
+        ("write same of 0 blocks", ws_zero, 0x24),
+        ("write same past the end", ws_oob, 0x21),
+    ] {
+        assert_eq!(status(&map, at), 2, "{what}: CHECK CONDITION");
+        assert_eq!(sense(&map, at), (0x05, asc), "{what}");
+    }
+    let blk = |lba: usize| &disk[lba * B..(lba + 1) * B];
+    for lba in 20..26 {
+        assert!(blk(lba).iter().all(|&b| b == 0), "LBA {lba} zeroed");
+    }
+    for lba in 26..28 {
+        assert_eq!(
+            blk(lba),
+            &p[(lba - 20) * B..(lba - 19) * B],
+            "LBA {lba} kept"
+        );
+    }
+    for lba in 40..48 {
+        assert_eq!(blk(lba), &q[..], "LBA {lba} is the repeated block");
+    }
+    assert!(
+        blk(39).iter().chain(blk(48)).all(|&b| b == 0),
+        "nothing outside the range"
+    );
+    assert!(
+        blk(60).iter().all(|&b| b == 0),
+        "a refused WRITE SAME wrote nothing"
+    );
+    let b2 = &map[DATA + 24576..DATA + 24584];
+    assert_eq!(
+        (b2[1], b2[5] & 0xe0, b2[6] & 0x07),
+        (0xb2, 0xe0, 0x02),
+        "LBPU|LBPWS|LBPWS10, thin"
+    );
+    assert_eq!(map[DATA + 28672 + 14] & 0xc0, 0xc0, "RC16: LBPME|LBPRZ");
+}

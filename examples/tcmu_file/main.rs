@@ -233,11 +233,13 @@ fn main() -> ExitCode {
         .map(|op| format!("{op:#04x}"))
         .collect();
     eprintln!(
-        "tcmu-file: {} commands ({} reads, {} writes, {} syncs, {} check conditions; opcodes refused: {})",
+        "tcmu-file: {} commands ({} reads, {} writes, {} syncs, {} write sames, {} unmaps, {} check conditions; opcodes refused: {})",
         c.commands.load(Ordering::Relaxed),
         c.reads.load(Ordering::Relaxed),
         c.writes.load(Ordering::Relaxed),
         c.syncs.load(Ordering::Relaxed),
+        c.write_sames.load(Ordering::Relaxed),
+        c.unmaps.load(Ordering::Relaxed),
         c.errors.load(Ordering::Relaxed),
         if refused.is_empty() { "none".to_owned() } else { refused.join(" ") }
     );

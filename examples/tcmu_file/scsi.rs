@@ -1,5 +1,11 @@
 //! A SCSI direct-access disk backed by a file: the commands Linux's sd
 //! driver needs, everything else rejected with fixed-format sense.
+//!
+//! Thin provisioning: READ CAPACITY(16) sets LBPME and LBPRZ, VPD 0xb2
+//! advertises UNMAP and WRITE SAME with UNMAP, so Linux sends discards as
+//! UNMAP (punched holes in the backing file) and write-zeroes as WRITE SAME
+//! (a zeroed range, or a hole with the UNMAP bit); a WRITE SAME of any other
+//! block writes it repeatedly.
 
 use reclaim_scope::NoFsFile;
 use std::io;
@@ -64,6 +70,9 @@ pub struct Counters {
     pub reads: AtomicU64,
     pub writes: AtomicU64,
     pub syncs: AtomicU64,
+    /// WRITE SAME(10/16) and UNMAP commands served.
+    pub write_sames: AtomicU64,
+    pub unmaps: AtomicU64,
     pub errors: AtomicU64,
     /// Opcodes answered with ILLEGAL REQUEST, as a 256-bit set: each is
     /// logged the first time, so an operator learns what the initiator asks
@@ -101,6 +110,13 @@ pub struct Disk {
     /// hw_max_sectors of the backstore (512-byte sectors), for VPD 0xb0.
     pub max_sectors: u32,
 }
+
+/// VPD 0xb0 limits for WRITE SAME and UNMAP, in logical blocks.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 20;
+pub const MAX_UNMAP_BLOCKS: u64 = 1 << 20;
+pub const MAX_UNMAP_DESCRIPTORS: usize = 64;
+/// A WRITE SAME of a non-zero block is written in pieces of this size.
+const WRITE_SAME_CHUNK: usize = 1 << 20;
 
 fn be16(b: &[u8]) -> usize {
     u16::from_be_bytes([b[0], b[1]]) as usize
@@ -173,6 +189,9 @@ impl Disk {
                 let mut r = [0u8; 32];
                 r[..8].copy_from_slice(&(self.blocks - 1).to_be_bytes());
                 r[8..12].copy_from_slice(&self.block_size.to_be_bytes());
+                // LBPME: thin provisioned (UNMAP works); LBPRZ: an unmapped
+                // block reads as zeros (a hole in the backing file).
+                r[14] = 0x80 | 0x40;
                 let alloc = be32(&cdb[10..14]) as usize;
                 data.fill(&r[..alloc.min(32)]);
                 Ok(())
@@ -192,6 +211,22 @@ impl Disk {
                 buf,
             ),
             0x88 | 0x8a => self.rw(op == 0x8a, be64(&cdb[2..10]), be32(&cdb[10..14]), data, buf),
+            // WRITE SAME(10/16); byte 1 bit 3 is UNMAP.
+            0x41 => self.write_same(
+                be32(&cdb[2..6]),
+                be16(&cdb[7..9]) as u64,
+                cdb[1] & 0x08 != 0,
+                data,
+                buf,
+            ),
+            0x93 => self.write_same(
+                be64(&cdb[2..10]),
+                be32(&cdb[10..14]),
+                cdb[1] & 0x08 != 0,
+                data,
+                buf,
+            ),
+            0x42 => self.unmap(data, buf),
             0x35 | 0x91 => {
                 self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 let r = if self.plain_io {
@@ -216,10 +251,7 @@ impl Disk {
         data: &mut dyn DataBuf,
         buf: &mut Vec<u8>,
     ) -> Result<(), Sense> {
-        match lba.checked_add(blocks) {
-            Some(end) if end <= self.blocks => {}
-            _ => return Err(Sense::LBA_OUT_OF_RANGE),
-        }
+        self.check_range(lba, blocks)?;
         if blocks == 0 {
             return Ok(());
         }
@@ -237,12 +269,8 @@ impl Disk {
         if write {
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             data.gather(b);
-            let r = if self.plain_io {
-                self.file.get_ref().write_all_at(b, off)
-            } else {
-                self.file.write_all_at_nofs(b, off)
-            };
-            r.map_err(|e| io_sense(e, "write", Sense::WRITE_ERROR))
+            self.write_at(b, off)
+                .map_err(|e| io_sense(e, "write", Sense::WRITE_ERROR))
         } else {
             self.counters.reads.fetch_add(1, Ordering::Relaxed);
             let r = if self.plain_io {
@@ -254,6 +282,114 @@ impl Disk {
             data.fill(b);
             Ok(())
         }
+    }
+
+    fn check_range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.blocks => {
+                let bs = self.block_size as u64;
+                Ok((lba * bs, blocks * bs))
+            }
+            _ => Err(Sense::LBA_OUT_OF_RANGE),
+        }
+    }
+
+    fn write_at(&self, b: &[u8], off: u64) -> io::Result<()> {
+        if self.plain_io {
+            self.file.get_ref().write_all_at(b, off)
+        } else {
+            self.file.write_all_at_nofs(b, off)
+        }
+    }
+
+    /// Zero a range: a hole (`punch`) or zeroed, allocated blocks.
+    fn zero(&self, off: u64, len: u64, punch: bool) -> io::Result<()> {
+        if self.plain_io {
+            use nix::fcntl::{fallocate, FallocateFlags as F};
+            let mode = if punch {
+                F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE
+            } else {
+                F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE
+            };
+            let (o, l) = (off as libc::off_t, len as libc::off_t);
+            return fallocate(self.file.get_ref(), mode, o, l).map_err(io::Error::from);
+        }
+        if punch {
+            self.file.punch_hole_nofs(off, len)
+        } else {
+            self.file.zero_range_nofs(off, len)
+        }
+    }
+
+    /// WRITE SAME: one block of data-out, repeated over the range. Zeros
+    /// become a zeroed range (a hole with UNMAP: LBPRZ says holes read as
+    /// zeros); anything else is written in 1 MiB pieces.
+    fn write_same(
+        &self,
+        lba: u64,
+        blocks: u64,
+        unmap: bool,
+        data: &mut dyn DataBuf,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Sense> {
+        if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
+            return Err(Sense::INVALID_FIELD);
+        }
+        let (off, len) = self.check_range(lba, blocks)?;
+        let bs = self.block_size as usize;
+        if data.len() != bs {
+            return Err(Sense::INVALID_FIELD);
+        }
+        self.counters.write_sames.fetch_add(1, Ordering::Relaxed);
+        buf.resize(bs, 0);
+        data.gather(&mut buf[..bs]);
+        if buf[..bs].iter().all(|&b| b == 0) {
+            return self
+                .zero(off, len, unmap)
+                .map_err(|e| io_sense(e, "write same (zeros)", Sense::WRITE_ERROR));
+        }
+        let per_chunk = (WRITE_SAME_CHUNK / bs).max(1).min(blocks as usize);
+        for _ in 1..per_chunk {
+            buf.extend_from_within(..bs);
+        }
+        let mut done = 0u64;
+        while done < blocks {
+            let n = (blocks - done).min(per_chunk as u64) as usize;
+            self.write_at(&buf[..n * bs], off + done * bs as u64)
+                .map_err(|e| io_sense(e, "write same", Sense::WRITE_ERROR))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// UNMAP: a parameter list of (LBA, count) descriptors, each punched
+    /// out of the backing file. Every descriptor is checked before any is
+    /// applied, so a bad list changes nothing.
+    fn unmap(&self, data: &mut dyn DataBuf, buf: &mut Vec<u8>) -> Result<(), Sense> {
+        let n = data.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if !(8..=8 + 16 * MAX_UNMAP_DESCRIPTORS).contains(&n) {
+            return Err(Sense::INVALID_FIELD);
+        }
+        self.counters.unmaps.fetch_add(1, Ordering::Relaxed);
+        buf.resize(n, 0);
+        data.gather(&mut buf[..n]);
+        let desc_len = be16(&buf[2..4]).min(n - 8);
+        let mut ranges = Vec::new();
+        for d in buf[8..8 + desc_len].chunks_exact(16) {
+            let (lba, blocks) = (be64(&d[..8]), be32(&d[8..12]));
+            if blocks > MAX_UNMAP_BLOCKS {
+                return Err(Sense::INVALID_FIELD);
+            }
+            ranges.push(self.check_range(lba, blocks)?);
+        }
+        for (off, len) in ranges.into_iter().filter(|&(_, len)| len > 0) {
+            self.zero(off, len, true)
+                .map_err(|e| io_sense(e, "unmap", Sense::WRITE_ERROR))?;
+        }
+        Ok(())
     }
 
     fn inquiry(&self, cdb: &[u8], data: &mut dyn DataBuf) -> Result<(), Sense> {
@@ -270,7 +406,7 @@ impl Disk {
         } else {
             let page = cdb[2];
             let body: Vec<u8> = match page {
-                0x00 => vec![0x00, 0x80, 0x83, 0xb0],
+                0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb2],
                 0x80 => self.serial.as_bytes().to_vec(),
                 0x83 => {
                     // NAA designator, binary, associated with the LU.
@@ -284,8 +420,16 @@ impl Disk {
                     let max = (self.max_sectors as u64 * 512 / self.block_size as u64) as u32;
                     d[4..8].copy_from_slice(&max.to_be_bytes());
                     d[8..12].copy_from_slice(&max.to_be_bytes());
+                    // WSNZ: a WRITE SAME of 0 blocks is refused, not "to the end".
+                    d[0] = 0x01;
+                    d[16..20].copy_from_slice(&(MAX_UNMAP_BLOCKS as u32).to_be_bytes());
+                    d[20..24].copy_from_slice(&(MAX_UNMAP_DESCRIPTORS as u32).to_be_bytes());
+                    d[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
                     d
                 }
+                // Logical block provisioning: LBPU (UNMAP), LBPWS (WRITE
+                // SAME(16) with UNMAP), LBPWS10, LBPRZ; provisioning type thin.
+                0xb2 => vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00],
                 _ => return Err(Sense::INVALID_FIELD),
             };
             r.extend_from_slice(&[0x00, page]);

@@ -26,9 +26,10 @@ Commands:
         kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
         Fails if any fails, if the VM does not finish, or if zero tests ran.
         Defaults: --mem 1G, --modules brd,fuse,loop,nbd,xfs,target_core_user,tcm_loop,
-        sd_mod (tests/vm_tcmu.rs), --host-bin for qemu-nbd,
+        sd_mod (tests/vm_tcmu.rs), --host-bin for qemu-nbd, qemu-io, qemu-img,
         mkfs.ext4, mkfs.xfs and nbd-client (tests/vm_nbd_seed.rs: the seed's
-        brd/ext4/NBD/XFS stack under a 32M memcg).
+        brd/ext4/NBD/XFS stack under a 32M memcg) and blkdiscard (util-linux's,
+        with -z, for tests/vm_tcmu.rs).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -174,6 +175,8 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
             "tcm_loop".into(),
             "sd_mod".into(),
         ]);
+        // tests/vm_tcmu.rs: discard and zero-out (`-z`, which busybox's lacks).
+        o.host_bins.push("blkdiscard".into());
         o.mem = "1G".into();
     }
     let mut it = args.iter();

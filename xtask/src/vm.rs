@@ -136,6 +136,7 @@ fn package_of(bin: &str) -> Option<&'static str> {
         "fio" => "fio",
         "targetcli" => "targetcli-fb",
         "strace" => "strace",
+        "blkdiscard" => "util-linux",
         _ => return None,
     })
 }
