@@ -234,25 +234,9 @@ impl Drop for Rig {
     }
 }
 
-/// Write `data` at `offset_mib` of `dev` with O_DIRECT and read it back.
-fn dd_roundtrip(dev: &str, data: &[u8], offset_mib: u64, tag: &str) {
-    let src = format!("/tmp/tcmu-{tag}.in");
+/// `mib` MiB of `dev` from `offset_mib` on, read with O_DIRECT.
+fn dd_read_direct(dev: &str, offset_mib: u64, mib: u64, tag: &str) -> Vec<u8> {
     let back = format!("/tmp/tcmu-{tag}.out");
-    fs::write(&src, data).unwrap();
-    let count = format!("count={}", data.len() >> 20);
-    must(
-        60,
-        "dd",
-        &[
-            &format!("if={src}"),
-            &format!("of={dev}"),
-            "bs=1M",
-            &format!("seek={offset_mib}"),
-            &count,
-            "oflag=direct",
-            "conv=notrunc",
-        ],
-    );
     must(
         60,
         "dd",
@@ -261,17 +245,38 @@ fn dd_roundtrip(dev: &str, data: &[u8], offset_mib: u64, tag: &str) {
             &format!("of={back}"),
             "bs=1M",
             &format!("skip={offset_mib}"),
-            &count,
+            &format!("count={mib}"),
             "iflag=direct",
         ],
     );
     let got = fs::read(&back).unwrap();
+    let _ = fs::remove_file(&back);
+    got
+}
+
+/// Write `data` at `offset_mib` of `dev` with O_DIRECT and read it back.
+fn dd_roundtrip(dev: &str, data: &[u8], offset_mib: u64, tag: &str) {
+    let src = format!("/tmp/tcmu-{tag}.in");
+    fs::write(&src, data).unwrap();
+    must(
+        60,
+        "dd",
+        &[
+            &format!("if={src}"),
+            &format!("of={dev}"),
+            "bs=1M",
+            &format!("seek={offset_mib}"),
+            &format!("count={}", data.len() >> 20),
+            "oflag=direct",
+            "conv=notrunc",
+        ],
+    );
+    let got = dd_read_direct(dev, offset_mib, data.len() as u64 >> 20, tag);
     assert!(
         got == data,
         "{tag}: {dev} read back differs at {offset_mib} MiB"
     );
     let _ = fs::remove_file(&src);
-    let _ = fs::remove_file(&back);
 }
 
 #[test]
@@ -338,24 +343,12 @@ fn tcmu_disk_roundtrips_data_and_xfs_and_tears_down_cleanly() {
             inback.iter().all(|&b| b == 0),
             "backing file not zero at {off} MiB after discard/zero-out"
         );
-        let back = format!("/tmp/tcmu-zero{off}.out");
-        must(
-            60,
-            "dd",
-            &[
-                &format!("if={dev}"),
-                &format!("of={back}"),
-                "bs=1M",
-                &format!("skip={off}"),
-                "count=4",
-                "iflag=direct",
-            ],
-        );
         assert!(
-            fs::read(&back).unwrap().iter().all(|&b| b == 0),
+            dd_read_direct(&dev, off, 4, &format!("zero{off}"))
+                .iter()
+                .all(|&b| b == 0),
             "{dev} does not read zeros at {off} MiB after discard/zero-out"
         );
-        let _ = fs::remove_file(&back);
     }
     say(&format!(
         "  [basic] blkdiscard of 4 MiB freed {} KiB of the backing file",
