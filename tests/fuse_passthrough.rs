@@ -349,11 +349,62 @@ fn inode_table_holds_looked_up_names_only() {
 }
 
 #[test]
+fn symlinks_through_the_mount_and_hard_links_refused() {
+    use std::os::unix::fs::symlink;
+    require_mount();
+    let mut rig = Rig::new(2);
+    fs::write(rig.m("a"), b"first").unwrap();
+    // A relative symlink, made and read through the kernel.
+    symlink("a", rig.m("l")).unwrap();
+    assert_eq!(fs::read_link(rig.m("l")).unwrap(), Path::new("a"));
+    assert_eq!(
+        fs::read_link(rig.s("l")).unwrap(),
+        Path::new("a"),
+        "in the source"
+    );
+    assert!(fs::symlink_metadata(rig.m("l"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs::read(rig.m("l")).unwrap(),
+        b"first",
+        "followed by the kernel"
+    );
+    // A dangling one: readlink works, following it is ENOENT.
+    symlink("nowhere", rig.m("d")).unwrap();
+    assert_eq!(fs::read_link(rig.m("d")).unwrap(), Path::new("nowhere"));
+    assert_eq!(
+        fs::metadata(rig.m("d")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    // Creating over an existing name is EEXIST, as in the source.
+    assert_eq!(
+        symlink("a", rig.m("a")).unwrap_err().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    // Hard links are refused (the inode table is keyed by path: two names
+    // would be two kernel inodes with separate caches).
+    assert_eq!(
+        fs::hard_link(rig.m("a"), rig.m("h"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EPERM)
+    );
+    assert_eq!(names(&rig.mnt), ["a", "d", "l"]);
+    // Removing a symlink leaves its target.
+    fs::remove_file(rig.m("l")).unwrap();
+    assert_eq!(fs::read(rig.m("a")).unwrap(), b"first");
+    assert_eq!(names(&rig.src), ["a", "d"]);
+    rig.unmount();
+}
+
+#[test]
 fn cp_a_of_a_tree_and_diff_r() {
     require_mount();
     // Two serving threads: fuser's multi-threaded loop with cloned fds.
     let mut rig = Rig::new(2);
-    // A small tree: nested dirs, empty and larger files, a symlink-free mix.
+    // A small tree: nested dirs, empty and larger files, symlinks.
     let tree = rig.dir.join("tree");
     for d in ["a", "a/b", "a/b/c", "empty-dir"] {
         fs::create_dir_all(tree.join(d)).unwrap();
@@ -371,14 +422,25 @@ fn cp_a_of_a_tree_and_diff_r() {
         fs::write(tree.join(f), pattern(i as u64 + 7, *len)).unwrap();
     }
     fs::set_permissions(tree.join("top.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("b/c/three", tree.join("a/to-three")).unwrap();
+    std::os::unix::fs::symlink("../gone", tree.join("a/dangling")).unwrap();
 
     let dest = rig.m("copy");
     run("cp", &["-a".as_ref(), tree.as_os_str(), dest.as_os_str()]);
-    run("diff", &["-r".as_ref(), tree.as_os_str(), dest.as_os_str()]);
-    run(
-        "diff",
-        &["-r".as_ref(), tree.as_os_str(), rig.s("copy").as_os_str()],
-    );
+    // --no-dereference: compare symlinks as links (one is dangling).
+    let diff_r = |other: &Path| {
+        run(
+            "diff",
+            &[
+                "-r".as_ref(),
+                "--no-dereference".as_ref(),
+                tree.as_os_str(),
+                other.as_os_str(),
+            ],
+        )
+    };
+    diff_r(&dest);
+    diff_r(&rig.s("copy"));
     // cp -a kept modes and times.
     let (a, b) = (
         fs::metadata(tree.join("top.txt")).unwrap(),
@@ -386,6 +448,13 @@ fn cp_a_of_a_tree_and_diff_r() {
     );
     assert_eq!(a.permissions().mode(), b.permissions().mode());
     assert_eq!(a.modified().unwrap(), b.modified().unwrap());
+    // ... and copied the symlinks as symlinks.
+    for (l, t) in [("a/to-three", "b/c/three"), ("a/dangling", "../gone")] {
+        assert_eq!(
+            fs::read_link(rig.s(&format!("copy/{l}"))).unwrap(),
+            Path::new(t)
+        );
+    }
     run("sync", &[dest.as_os_str()]);
     run("rm", &["-r".as_ref(), dest.as_os_str()]);
     assert!(!rig.s("copy").exists());

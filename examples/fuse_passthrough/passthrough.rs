@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -541,6 +542,54 @@ impl Filesystem for Passthrough {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.serve_guard();
+        match self
+            .rel(ino)
+            .and_then(|rel| fs::read_link(self.full(&rel)).map_err(|e| errno(&e)))
+        {
+            Ok(target) => reply.data(target.as_os_str().as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.serve_guard();
+        let r = self.child(parent, link_name).and_then(|rel| {
+            std::os::unix::fs::symlink(target, self.full(&rel)).map_err(|e| errno(&e))?;
+            self.entry(&rel)
+        });
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Hard links are refused (EPERM, as on a file system without them):
+    /// this table maps inodes to paths, so a second name would be a second
+    /// kernel inode with its own page and attribute cache, and a write
+    /// through one name would not be seen through the other (tried: a read
+    /// through the first name returned the old size). Supporting them needs
+    /// inodes keyed by the source's (st_dev, st_ino).
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.serve_guard();
+        reply.error(Errno::EPERM);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
