@@ -349,8 +349,8 @@ fn inode_table_holds_looked_up_names_only() {
 }
 
 #[test]
-fn symlinks_through_the_mount_and_hard_links_refused() {
-    use std::os::unix::fs::symlink;
+fn symlinks_and_hard_links_through_the_mount() {
+    use std::os::unix::fs::{symlink, MetadataExt};
     require_mount();
     let mut rig = Rig::new(2);
     fs::write(rig.m("a"), b"first").unwrap();
@@ -383,19 +383,31 @@ fn symlinks_through_the_mount_and_hard_links_refused() {
         symlink("a", rig.m("a")).unwrap_err().raw_os_error(),
         Some(libc::EEXIST)
     );
-    // Hard links are refused (the inode table is keyed by path: two names
-    // would be two kernel inodes with separate caches).
-    assert_eq!(
-        fs::hard_link(rig.m("a"), rig.m("h"))
-            .unwrap_err()
-            .raw_os_error(),
-        Some(libc::EPERM)
+    // A hard link is the same inode under two names: a write through one
+    // name is read through the other at once (one page and attribute
+    // cache), and the source counts two links.
+    fs::hard_link(rig.m("a"), rig.m("h")).unwrap();
+    let (ma, mh) = (
+        fs::metadata(rig.m("a")).unwrap(),
+        fs::metadata(rig.m("h")).unwrap(),
     );
-    assert_eq!(names(&rig.mnt), ["a", "d", "l"]);
-    // Removing a symlink leaves its target.
+    assert_eq!(ma.ino(), mh.ino(), "one inode for both names");
+    assert_eq!(
+        (ma.nlink(), fs::metadata(rig.s("a")).unwrap().nlink()),
+        (2, 2)
+    );
+    fs::write(rig.m("h"), b"second, longer").unwrap();
+    assert_eq!(fs::read(rig.m("a")).unwrap(), b"second, longer");
+    assert_eq!(names(&rig.mnt), ["a", "d", "h", "l"]);
+    // Removing a symlink leaves its target; removing one name of a file
+    // leaves the other, still served.
     fs::remove_file(rig.m("l")).unwrap();
-    assert_eq!(fs::read(rig.m("a")).unwrap(), b"first");
-    assert_eq!(names(&rig.src), ["a", "d"]);
+    fs::remove_file(rig.m("a")).unwrap();
+    assert_eq!(fs::read(rig.m("h")).unwrap(), b"second, longer");
+    fs::write(rig.m("h"), b"third").unwrap();
+    assert_eq!(fs::read(rig.s("h")).unwrap(), b"third");
+    assert_eq!(fs::metadata(rig.m("h")).unwrap().nlink(), 1);
+    assert_eq!(names(&rig.src), ["d", "h"]);
     rig.unmount();
 }
 

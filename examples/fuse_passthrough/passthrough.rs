@@ -10,9 +10,10 @@
 //! its worker threads itself (`fuser-0`, ...), so the guard cannot be
 //! entered around their spawn.
 //!
-//! Inodes are numbered by this file system (root = 1) and mapped to paths
-//! relative to the source; a rename moves the path of the entry and of
-//! everything below it. Each entry counts the kernel's references (one per
+//! Inodes are numbered by this file system (root = 1), one per source file
+//! (`(st_dev, st_ino)`: hard links share one), and mapped to the names they
+//! are known by, relative to the source; a rename moves the name of the
+//! entry and of everything below it. Each entry counts the kernel's references (one per
 //! LOOKUP, MKDIR or CREATE reply) and is dropped when FORGET returns them
 //! all, or when the name is unlinked, so the table holds what the kernel's
 //! inode cache holds, not every name ever seen: a daemon that runs for months
@@ -92,10 +93,19 @@ pub struct Stats {
 /// `FUSE_UNKNOWN_INO`).
 pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 
+/// The source file an inode stands for: `(st_dev, st_ino)`.
+type SourceId = (u64, u64);
+
 struct Inodes {
-    /// ino → path relative to the source ("" is the root).
-    paths: HashMap<u64, PathBuf>,
+    /// ino → the names it is known by, relative to the source ("" is the
+    /// root), the last one looked up first; requests use the first. Hard
+    /// links give one inode two names.
+    names: HashMap<u64, Vec<PathBuf>>,
     by_path: HashMap<PathBuf, u64>,
+    /// ino ↔ the source file it stands for, so that every name of one file
+    /// is one kernel inode with one page and attribute cache.
+    by_source: HashMap<SourceId, u64>,
+    source_of: HashMap<u64, SourceId>,
     /// ino → references the kernel holds (entry replies not yet forgotten).
     lookups: HashMap<u64, u64>,
     next: u64,
@@ -103,18 +113,66 @@ struct Inodes {
 }
 
 impl Inodes {
-    /// The inode of `rel`, allocated if new, with one more kernel reference:
-    /// only for replies that hand the kernel an entry.
-    fn lookup(&mut self, rel: &Path) -> u64 {
-        let ino = match self.by_path.get(rel) {
-            Some(&ino) => ino,
-            None => {
-                let ino = self.next;
-                self.next += 1;
-                self.paths.insert(ino, rel.to_owned());
-                self.by_path.insert(rel.to_owned(), ino);
-                self.count();
-                ino
+    fn new(root: Option<SourceId>, stats: Arc<Stats>) -> Inodes {
+        let mut t = Inodes {
+            names: HashMap::new(),
+            by_path: HashMap::new(),
+            by_source: HashMap::new(),
+            source_of: HashMap::new(),
+            lookups: HashMap::new(),
+            next: INodeNo::ROOT.0 + 1,
+            stats,
+        };
+        t.add_name(INodeNo::ROOT.0, PathBuf::new());
+        if let Some(id) = root {
+            t.by_source.insert(id, INodeNo::ROOT.0);
+            t.source_of.insert(INodeNo::ROOT.0, id);
+        }
+        t.count();
+        t
+    }
+
+    /// `rel` names `ino`, as a LOOKUP just saw: it goes first, so requests
+    /// use the name last seen to exist (an older one may have been renamed
+    /// behind the mount's back).
+    fn add_name(&mut self, ino: u64, rel: PathBuf) {
+        self.by_path.insert(rel.clone(), ino);
+        let names = self.names.entry(ino).or_default();
+        names.retain(|p| *p != rel);
+        names.insert(0, rel);
+    }
+
+    /// The path requests for `ino` use.
+    fn path(&self, ino: u64) -> Option<&PathBuf> {
+        self.names.get(&ino).and_then(|v| v.first())
+    }
+
+    /// The inode of the file `id` found at `rel`, allocated if new, with one
+    /// more kernel reference: only for replies that hand the kernel an entry.
+    /// A second name of a known file (a hard link) joins its inode; a name
+    /// whose file was replaced behind the mount leaves the old inode.
+    fn lookup(&mut self, rel: &Path, id: SourceId) -> u64 {
+        let ino = match self.by_path.get(rel).copied() {
+            Some(ino) if self.source_of.get(&ino) == Some(&id) => ino,
+            stale => {
+                if stale.is_some() {
+                    self.unname(rel);
+                }
+                match self.by_source.get(&id).copied() {
+                    Some(ino) => {
+                        self.add_name(ino, rel.to_owned());
+                        ino
+                    }
+                    None => {
+                        let ino = self.next;
+                        self.next += 1;
+                        self.add_name(ino, rel.to_owned());
+                        self.by_source.insert(id, ino);
+                        self.source_of.insert(ino, id);
+                        self.count();
+                        ino
+                    }
+                }
             }
         };
         *self.lookups.entry(ino).or_insert(0) += 1;
@@ -138,33 +196,47 @@ impl Inodes {
         };
         *left = left.saturating_sub(n);
         if *left == 0 {
-            self.lookups.remove(&ino);
-            if let Some(p) = self.paths.remove(&ino) {
-                self.by_path.remove(&p);
-            }
-            self.count();
+            self.drop_inode(ino);
         }
     }
 
-    /// The name is gone from the source (unlink, rmdir, replaced by a rename):
-    /// later requests for its inode get ENOENT, and its FORGET finds nothing.
-    fn forget_path(&mut self, rel: &Path) {
-        if let Some(ino) = self.by_path.remove(rel) {
-            self.paths.remove(&ino);
-            self.lookups.remove(&ino);
-            self.count();
+    fn drop_inode(&mut self, ino: u64) {
+        self.lookups.remove(&ino);
+        for p in self.names.remove(&ino).unwrap_or_default() {
+            self.by_path.remove(&p);
+        }
+        if let Some(id) = self.source_of.remove(&ino) {
+            self.by_source.remove(&id);
+        }
+        self.count();
+    }
+
+    /// The name is gone from the source (unlink, rmdir, replaced by a
+    /// rename). An inode with another name (a hard link) lives on under it;
+    /// one without is dropped: later requests for it get ENOENT, and its
+    /// FORGET finds nothing.
+    fn unname(&mut self, rel: &Path) {
+        let Some(ino) = self.by_path.remove(rel) else {
+            return;
+        };
+        let left = self.names.get_mut(&ino).map_or(0, |v| {
+            v.retain(|p| p != rel);
+            v.len()
+        });
+        if left == 0 && ino != INodeNo::ROOT.0 {
+            self.drop_inode(ino);
         }
     }
 
     fn count(&self) {
         self.stats
             .inodes
-            .store(self.paths.len() as u64, Ordering::Relaxed);
+            .store(self.names.len() as u64, Ordering::Relaxed);
     }
 
     /// `from` (and everything below it) is now called `to`.
     fn rename(&mut self, from: &Path, to: &Path) {
-        // An entry replaced by the rename is gone.
+        // An entry replaced by the rename loses its name.
         let replaced: Vec<PathBuf> = self
             .by_path
             .keys()
@@ -172,7 +244,7 @@ impl Inodes {
             .cloned()
             .collect();
         for p in replaced {
-            self.forget_path(&p);
+            self.unname(&p);
         }
         let moved: Vec<(PathBuf, u64)> = self
             .by_path
@@ -190,7 +262,13 @@ impl Inodes {
             };
             self.by_path.remove(&old);
             self.by_path.insert(new.clone(), ino);
-            self.paths.insert(ino, new);
+            if let Some(p) = self
+                .names
+                .get_mut(&ino)
+                .and_then(|v| v.iter_mut().find(|p| **p == old))
+            {
+                *p = new;
+            }
         }
     }
 }
@@ -269,24 +347,13 @@ fn open_options(flags: i32) -> OpenOptions {
 
 impl Passthrough {
     pub fn new(source: PathBuf, guarding: Guarding) -> Passthrough {
-        let mut paths = HashMap::new();
-        let mut by_path = HashMap::new();
-        paths.insert(INodeNo::ROOT.0, PathBuf::new());
-        by_path.insert(PathBuf::new(), INodeNo::ROOT.0);
         let stats = Arc::new(Stats::default());
-        let inodes = Inodes {
-            paths,
-            by_path,
-            lookups: HashMap::new(),
-            next: INodeNo::ROOT.0 + 1,
-            stats: stats.clone(),
-        };
-        inodes.count();
+        let root = fs::metadata(&source).ok().map(|m| (m.dev(), m.ino()));
         Passthrough {
             source,
             guarding,
             plain_io: false,
-            inodes: Mutex::new(inodes),
+            inodes: Mutex::new(Inodes::new(root, stats.clone())),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats,
@@ -318,8 +385,7 @@ impl Passthrough {
         self.inodes
             .lock()
             .expect("inode table")
-            .paths
-            .get(&ino.0)
+            .path(ino.0)
             .cloned()
             .ok_or(Errno::ENOENT)
     }
@@ -336,7 +402,8 @@ impl Passthrough {
     /// for a reply that gives the kernel a reference to the entry.
     fn entry(&self, rel: &Path) -> Result<FileAttr, Errno> {
         let m = fs::symlink_metadata(self.full(rel)).map_err(|e| errno(&e))?;
-        let ino = self.inodes.lock().expect("inode table").lookup(rel);
+        let id = (m.dev(), m.ino());
+        let ino = self.inodes.lock().expect("inode table").lookup(rel, id);
         Ok(attr_of(ino, &m))
     }
 
@@ -574,29 +641,34 @@ impl Filesystem for Passthrough {
         }
     }
 
-    /// Hard links are refused (EPERM, as on a file system without them):
-    /// this table maps inodes to paths, so a second name would be a second
-    /// kernel inode with its own page and attribute cache, and a write
-    /// through one name would not be seen through the other (tried: a read
-    /// through the first name returned the old size). Supporting them needs
-    /// inodes keyed by the source's (st_dev, st_ino).
+    /// A hard link: the new name joins the inode of the file (the table is
+    /// keyed by the source's `(st_dev, st_ino)`), so both names share one
+    /// kernel inode and its caches.
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         self.serve_guard();
-        reply.error(Errno::EPERM);
+        let r = self.rel(ino).and_then(|from| {
+            let to = self.child(newparent, newname)?;
+            fs::hard_link(self.full(&from), self.full(&to)).map_err(|e| errno(&e))?;
+            self.entry(&to)
+        });
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
         let r = self.child(parent, name).and_then(|rel| {
             fs::remove_file(self.full(&rel)).map_err(|e| errno(&e))?;
-            self.inodes.lock().expect("inode table").forget_path(&rel);
+            self.inodes.lock().expect("inode table").unname(&rel);
             Ok(())
         });
         match r {
@@ -609,7 +681,7 @@ impl Filesystem for Passthrough {
         self.serve_guard();
         let r = self.child(parent, name).and_then(|rel| {
             fs::remove_dir(self.full(&rel)).map_err(|e| errno(&e))?;
-            self.inodes.lock().expect("inode table").forget_path(&rel);
+            self.inodes.lock().expect("inode table").unname(&rel);
             Ok(())
         });
         match r {
