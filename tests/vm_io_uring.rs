@@ -175,6 +175,11 @@ fn sqpoll_thread_copies_the_flags_of_the_thread_that_sets_up_the_ring() {
             let sqp = tokio_uring::builder()
                 .uring_builder(tokio_uring::uring_builder().setup_sqpoll(2000))
                 .start(async move {
+                    // The SQ thread exists when io_uring_setup() returns, but
+                    // names itself iou-sqp-<tid> only once it runs.
+                    wait_until("the SQPOLL thread to name itself", 20, || {
+                        !io_threads("iou-sqp", tid).is_empty()
+                    });
                     let sqp = io_threads("iou-sqp", tid);
                     // The ring works through the SQ thread.
                     write_and_fsync("sqpoll").await;
