@@ -219,21 +219,7 @@ fn run_scenario(mode: Mode) -> Stats {
     lap("remount, verify, teardown");
     s.secs = t0.elapsed().as_secs_f64();
     let server_log = fs::read_to_string(&log).unwrap_or_default();
-    say(&format!(
-        "  [{}] server: {}",
-        mode.tag(),
-        server_log.trim().replace('\n', " | ")
-    ));
-    say(&format!(
-        "  [{}] reclaim gfp: {}",
-        mode.tag(),
-        s.reclaim_gfp
-    ));
-    say(&format!(
-        "  [{}] FS/IO-capable allocations of nbd-conn: {}",
-        mode.tag(),
-        s.worker_fs_io_gfp
-    ));
+    seed::report(mode, &server_log, "nbd-conn", &s);
     s
 }
 
@@ -242,31 +228,18 @@ fn run_scenario(mode: Mode) -> Stats {
 fn seed_scenario_io_flusher_server_never_reclaims_with_fs_or_io() {
     require_vm();
     setup_once();
-    let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
-    let mut runs = Vec::new();
-    for mode in Mode::ALL {
-        let s = run_scenario(mode);
-        runs.push((mode, s));
-    }
-    let _ = set_trace_buffer_kb(old_kb);
-    if is_mounted(LOWER) {
-        let _ = run_for(30, "umount", &[LOWER]);
-    }
-    say(&format!(
-        "\n{}",
-        seed::table(
-            &format!(
-                "brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server (cgroup \
+    seed::run_all_modes(
+        TRACE_BUFFER_KB,
+        LOWER,
+        &format!(
+            "brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server (cgroup \
          memory.max={MEMORY_MAX}) → nbd-client /dev/nbd0 → XFS; mkfs.xfs + {DATA_MIB} MiB \
          verified file + {DD_MIB} MiB dd"
-            ),
-            "server",
-            "nbd-conn",
-            &runs
-        )
-    ));
-
-    seed::assert_contrast("nbd-conn", &runs);
+        ),
+        "server",
+        "nbd-conn",
+        run_scenario,
+    );
 }
 
 /// Host-side check of the lost-event parser the proof relies on.

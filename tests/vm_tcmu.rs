@@ -471,21 +471,7 @@ fn run_scenario(mode: Mode) -> Stats {
     );
     lap("remount, verify, teardown");
     s.secs = t0.elapsed().as_secs_f64();
-    say(&format!(
-        "  [{}] daemon: {}",
-        mode.tag(),
-        daemon_log.trim().replace('\n', " | ")
-    ));
-    say(&format!(
-        "  [{}] reclaim gfp: {}",
-        mode.tag(),
-        s.reclaim_gfp
-    ));
-    say(&format!(
-        "  [{}] FS/IO-capable allocations of {HANDLER}: {}",
-        mode.tag(),
-        s.worker_fs_io_gfp
-    ));
+    seed::report(mode, &daemon_log, HANDLER, &s);
     s
 }
 
@@ -494,29 +480,16 @@ fn run_scenario(mode: Mode) -> Stats {
 fn seed_scenario_tcmu_handler_never_reclaims_with_fs_or_io() {
     require_vm();
     setup_once();
-    let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
-    let mut runs = Vec::new();
-    for mode in Mode::ALL {
-        let s = run_scenario(mode);
-        runs.push((mode, s));
-    }
-    let _ = set_trace_buffer_kb(old_kb);
-    if is_mounted(LOWER) {
-        let _ = run_for(30, "umount", &[LOWER]);
-    }
-    say(&format!(
-        "\n{}",
-        seed::table(
-            &format!(
-                "brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file (cgroup \
+    seed::run_all_modes(
+        TRACE_BUFFER_KB,
+        LOWER,
+        &format!(
+            "brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file (cgroup \
          memory.max={MEMORY_MAX}) → target_core_user + tcm_loop /dev/sdX → XFS; mkfs.xfs + \
          {DATA_MIB} MiB verified file + {DD_MIB} MiB dd"
-            ),
-            "handler",
-            HANDLER,
-            &runs
-        )
-    ));
-
-    seed::assert_contrast(HANDLER, &runs);
+        ),
+        "handler",
+        HANDLER,
+        run_scenario,
+    );
 }

@@ -97,6 +97,45 @@ pub fn table(stack: &str, daemon: &str, worker: &str, runs: &[(Mode, Stats)]) ->
     t
 }
 
+/// The scenario in every mode, as both seed tests run it: a large trace
+/// buffer while `run` does one mode at a time, the lower file system
+/// unmounted afterwards, the table printed and the contrast asserted.
+#[track_caller]
+pub fn run_all_modes(
+    buffer_kb: u64,
+    lower: &str,
+    stack: &str,
+    daemon: &str,
+    worker: &str,
+    mut run: impl FnMut(Mode) -> Stats,
+) {
+    use super::*;
+    let old_kb = set_trace_buffer_kb(buffer_kb).expect("size the trace buffer");
+    let runs: Vec<(Mode, Stats)> = Mode::ALL.iter().map(|&m| (m, run(m))).collect();
+    let _ = set_trace_buffer_kb(old_kb);
+    if is_mounted(lower) {
+        let _ = run_for(30, "umount", &[lower]);
+    }
+    say(&format!("\n{}", table(stack, daemon, worker, &runs)));
+    assert_contrast(worker, &runs);
+}
+
+/// One mode's report on the console: the daemon's own log, the gfp masks of
+/// the reclaims entered and the worker's FS/IO-capable allocations.
+pub fn report(mode: Mode, daemon_log: &str, worker: &str, s: &Stats) {
+    use super::say;
+    let tag = mode.tag();
+    say(&format!(
+        "  [{tag}] daemon: {}",
+        daemon_log.trim().replace('\n', " | ")
+    ));
+    say(&format!("  [{tag}] reclaim gfp: {}", s.reclaim_gfp));
+    say(&format!(
+        "  [{tag}] FS/IO-capable allocations of {worker}: {}",
+        s.worker_fs_io_gfp
+    ));
+}
+
 /// The proof: the guarded daemon was forced into reclaim and never with
 /// `__GFP_FS`/`__GFP_IO` (nor allocated with them on its worker, which
 /// `/proc` showed flagged in every sample); the unprotected one did both,
