@@ -407,6 +407,25 @@ impl Passthrough {
         Ok(attr_of(ino, &m))
     }
 
+    /// UNLINK and RMDIR: remove the name in the source, then from the table.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        op: impl FnOnce(&Path) -> io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.child(parent, name).and_then(|rel| {
+            op(&self.full(&rel)).map_err(|e| errno(&e))?;
+            self.inodes.lock().expect("inode table").unname(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn handle(&self, fh: FileHandle) -> Result<Arc<NoFsFile>, Errno> {
         self.handles
             .lock()
@@ -666,28 +685,12 @@ impl Filesystem for Passthrough {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
-        let r = self.child(parent, name).and_then(|rel| {
-            fs::remove_file(self.full(&rel)).map_err(|e| errno(&e))?;
-            self.inodes.lock().expect("inode table").unname(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| fs::remove_file(p), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
-        let r = self.child(parent, name).and_then(|rel| {
-            fs::remove_dir(self.full(&rel)).map_err(|e| errno(&e))?;
-            self.inodes.lock().expect("inode table").unname(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| fs::remove_dir(p), reply);
     }
 
     fn rename(
