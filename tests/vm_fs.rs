@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use reclaim_scope::{IoFlusher, NoFsFile, NoFsPolicy, RwFlags};
+use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 
@@ -76,7 +76,7 @@ fn every_write_form_allocates_noio_and_leaves_the_thread_clear() {
         let data = vec![0xa5u8; LEN];
         let (_, f) = fresh_file("fs-forms");
         let file = NoFsFile::new(f).with_policy(NoFsPolicy::Strict);
-        type Form<'a> = (&'a str, &'a dyn Fn(u64) -> std::io::Result<()>);
+        type Form<'a> = (&'a str, &'a dyn Fn(u64) -> Result<(), NoFsIoError>);
         let forms: [Form<'_>; 3] = [
             ("write_all_at_nofs", &|off| {
                 file.write_all_at_nofs(&data, off)

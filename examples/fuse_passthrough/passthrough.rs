@@ -450,7 +450,7 @@ impl Passthrough {
             let n = if self.plain_io {
                 f.get_ref().read_at(&mut buf[done..], offset + done as u64)
             } else {
-                f.pread_nofs(&mut buf[done..], offset + done as u64)
+                f.pread_nofs(&mut buf[done..], offset + done as u64).map_err(io::Error::from)
             };
             match n {
                 Ok(0) => break,
@@ -466,7 +466,7 @@ impl Passthrough {
         if self.plain_io {
             f.get_ref().write_all_at(buf, offset)
         } else {
-            f.write_all_at_nofs(buf, offset)
+            f.write_all_at_nofs(buf, offset).map_err(io::Error::from)
         }
     }
 
@@ -474,8 +474,8 @@ impl Passthrough {
         match (self.plain_io, datasync) {
             (true, true) => f.get_ref().sync_data(),
             (true, false) => f.get_ref().sync_all(),
-            (false, true) => f.sync_data_nofs(),
-            (false, false) => f.sync_all_nofs(),
+            (false, true) => f.sync_data_nofs().map_err(io::Error::from),
+            (false, false) => f.sync_all_nofs().map_err(io::Error::from),
         }
     }
 
@@ -483,7 +483,7 @@ impl Passthrough {
         if self.plain_io {
             f.get_ref().set_len(len)
         } else {
-            f.set_len_nofs(len)
+            f.set_len_nofs(len).map_err(io::Error::from)
         }
     }
 
@@ -512,7 +512,7 @@ impl Passthrough {
             match fh {
                 Some(fh) => self.set_len(&*self.handle(fh)?, size).map_err(io)?,
                 None => {
-                    let f = NoFsFile::open(&path, OpenOptions::new().write(true)).map_err(io)?;
+                    let f = NoFsFile::open(&path, OpenOptions::new().write(true)).map_err(|e| io(e.into()))?;
                     self.set_len(&f, size).map_err(io)?;
                 }
             }
@@ -723,7 +723,7 @@ impl Filesystem for Passthrough {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.serve_guard();
         let r = self.rel(ino).and_then(|rel| {
-            NoFsFile::open(self.full(&rel), &open_options(flags.0)).map_err(|e| errno(&e))
+            NoFsFile::open(self.full(&rel), &open_options(flags.0)).map_err(|e| errno(&e.into()))
         });
         match r {
             Ok(f) => reply.opened(self.add_handle(f), FopenFlags::empty()),
@@ -754,7 +754,7 @@ impl Filesystem for Passthrough {
                 o.write(true);
             }
             o.mode(mode & !umask & 0o7777);
-            let f = NoFsFile::open(self.full(&rel), &o).map_err(|e| errno(&e))?;
+            let f = NoFsFile::open(self.full(&rel), &o).map_err(|e| errno(&e.into()))?;
             Ok((self.entry(&rel)?, f))
         });
         match r {

@@ -160,7 +160,7 @@ impl Export {
         if self.plain_io {
             self.file.get_ref().read_exact_at(buf, offset)
         } else {
-            self.file.read_exact_at_nofs(buf, offset)
+            self.file.read_exact_at_nofs(buf, offset).map_err(io::Error::from)
         }
     }
 
@@ -168,7 +168,7 @@ impl Export {
         if self.plain_io {
             self.file.get_ref().write_all_at(buf, offset)
         } else {
-            self.file.write_all_at_nofs(buf, offset)
+            self.file.write_all_at_nofs(buf, offset).map_err(io::Error::from)
         }
     }
 
@@ -548,7 +548,9 @@ fn transmission<R: Read, W: Write>(
                         export.file.punch_hole_nofs(offset, u64::from(len)),
                     )
                 };
-                let res = res.and_then(|()| fua(export, flags));
+                let res = res
+                    .map_err(io::Error::from)
+                    .and_then(|()| fua(export, flags));
                 ack(export, w, cookie, res, what, offset, len)?;
             }
             CMD_DISC => return Ok(()),
@@ -568,7 +570,7 @@ fn sync(export: &Export) -> io::Result<()> {
     if export.plain_io {
         export.file.get_ref().sync_data()
     } else {
-        export.file.sync_data_nofs()
+        export.file.sync_data_nofs().map_err(io::Error::from)
     }
 }
 

@@ -232,7 +232,7 @@ impl Disk {
                 let r = if self.plain_io {
                     self.file.get_ref().sync_data()
                 } else {
-                    self.file.sync_data_nofs()
+                    self.file.sync_data_nofs().map_err(io::Error::from)
                 };
                 r.map_err(|e| {
                     eprintln!("tcmu-file: sync: {e}");
@@ -276,7 +276,7 @@ impl Disk {
             let r = if self.plain_io {
                 self.file.get_ref().read_exact_at(b, off)
             } else {
-                self.file.read_exact_at_nofs(b, off)
+                self.file.read_exact_at_nofs(b, off).map_err(io::Error::from)
             };
             r.map_err(|e| io_sense(e, "read", Sense::READ_ERROR))?;
             data.fill(b);
@@ -298,7 +298,7 @@ impl Disk {
         if self.plain_io {
             self.file.get_ref().write_all_at(b, off)
         } else {
-            self.file.write_all_at_nofs(b, off)
+            self.file.write_all_at_nofs(b, off).map_err(io::Error::from)
         }
     }
 
@@ -315,9 +315,9 @@ impl Disk {
             return fallocate(self.file.get_ref(), mode, o, l).map_err(io::Error::from);
         }
         if punch {
-            self.file.punch_hole_nofs(off, len)
+            self.file.punch_hole_nofs(off, len).map_err(io::Error::from)
         } else {
-            self.file.zero_range_nofs(off, len)
+            self.file.zero_range_nofs(off, len).map_err(io::Error::from)
         }
     }
 

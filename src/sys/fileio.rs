@@ -1,6 +1,8 @@
 //! The I/O syscalls behind [`NoFsFile`](crate::NoFsFile): `pread64`,
-//! `pwrite64`, `preadv2`, `pwritev2`, `fallocate`, `fdatasync`, `fsync` and
-//! `ftruncate`, one call each, answering a raw `errno`.
+//! `pwrite64`, `preadv2`, `pwritev2`, `fallocate`, `fdatasync`, `fsync`,
+//! `ftruncate`, `fstat`, `lseek(SEEK_DATA/SEEK_HOLE)` and the block-device
+//! ioctls `BLKGETSIZE64` and `BLKDISCARD`, one call each, answering a raw
+//! `errno`.
 //!
 //! Callers (`src/fs.rs`) validate offsets and clamp lengths first; these
 //! wrappers only translate. On Linux they call `libc` (or the raw syscall
@@ -35,11 +37,80 @@ pub(crate) const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 /// `FALLOC_FL_ZERO_RANGE` (Linux 3.15).
 pub(crate) const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 
+// The values above are the kernel ABI; on Linux libc has them too, and they
+// must agree (other Unix targets never pass them to a syscall).
+#[cfg(target_os = "linux")]
+const _: () = {
+    assert!(FALLOC_FL_KEEP_SIZE == libc::FALLOC_FL_KEEP_SIZE);
+    assert!(FALLOC_FL_PUNCH_HOLE == libc::FALLOC_FL_PUNCH_HOLE);
+    assert!(FALLOC_FL_ZERO_RANGE == libc::FALLOC_FL_ZERO_RANGE);
+};
+
 pub(crate) const EINTR: Errno = libc::EINTR;
 pub(crate) const EAGAIN: Errno = libc::EAGAIN;
 pub(crate) const EBADF: Errno = libc::EBADF;
 pub(crate) const ENOSYS: Errno = libc::ENOSYS;
 pub(crate) const EOPNOTSUPP: Errno = libc::EOPNOTSUPP;
+pub(crate) const ENXIO: Errno = libc::ENXIO;
+pub(crate) const EFBIG: Errno = libc::EFBIG;
+
+/// What kind of file a descriptor refers to, as far as `NoFsFile` cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    Regular,
+    /// A block device, with its `st_rdev` (major, minor).
+    Block(u32, u32),
+    Other,
+}
+
+/// `fstat(2)`: the kind of file and, for a regular file, its size.
+pub(crate) fn fstat_kind(f: &File) -> Result<(FileKind, u64), Errno> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = f
+        .metadata()
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let t = m.file_type();
+    let kind = if t.is_file() {
+        FileKind::Regular
+    } else if t.is_block_device() {
+        let rdev = m.rdev();
+        // The kernel's new_encode_dev layout, as glibc's major()/minor().
+        let major = (((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0000_0fff)) as u32;
+        let minor = (((rdev >> 12) & 0xffff_ff00) | (rdev & 0x0000_00ff)) as u32;
+        FileKind::Block(major, minor)
+    } else {
+        FileKind::Other
+    };
+    Ok((kind, m.len()))
+}
+
+/// The path a descriptor was opened with, as `/proc/self/fd` shows it
+/// (for messages only; `None` where /proc is not mounted).
+pub(crate) fn fd_path(f: &File) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
+}
+
+/// `ioctl(BLKGETSIZE64)`: a block device's size in bytes.
+pub(crate) fn blk_size(f: &File) -> Result<u64, Errno> {
+    os::blk_size(f)
+}
+
+/// `ioctl(BLKDISCARD)` of `offset..offset + len` of a block device.
+pub(crate) fn blk_discard(f: &File, offset: u64, len: u64) -> Result<(), Errno> {
+    #[cfg(test)]
+    if let Some(r) = plain_script("ioctl(BLKDISCARD)", offset, len) {
+        return r;
+    }
+    os::blk_discard(f, offset, len)
+}
+
+/// `lseek(2)` with `SEEK_DATA` (`data == true`) or `SEEK_HOLE` from
+/// `offset`; answers the new offset. Does not move a position anybody
+/// relies on: every `NoFsFile` transfer is positional.
+pub(crate) fn seek_data_hole(f: &File, offset: u64, data: bool) -> Result<u64, Errno> {
+    os::seek_data_hole(f, offset, data)
+}
 
 cfg_if::cfg_if! {
     if #[cfg(target_os = "linux")] {
@@ -348,6 +419,75 @@ mod linux {
         // memory; the descriptor is owned by `f`, which outlives the call.
         cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), len as libc::off64_t) })
     }
+
+    /// `_IOC(dir, type, nr, size)` of `<asm-generic/ioctl.h>`, with the
+    /// field widths of the architectures that do not use the generic ones.
+    const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
+        cfg_if::cfg_if! {
+            if #[cfg(any(target_arch = "powerpc", target_arch = "powerpc64",
+                         target_arch = "mips", target_arch = "mips64",
+                         target_arch = "sparc", target_arch = "sparc64"))] {
+                const SIZEBITS: u32 = 13;
+            } else {
+                const SIZEBITS: u32 = 14;
+            }
+        }
+        (dir << (16 + SIZEBITS)) | ((size as u32) << 16) | (ty << 8) | nr
+    }
+
+    cfg_if::cfg_if! {
+        if #[cfg(any(target_arch = "powerpc", target_arch = "powerpc64",
+                     target_arch = "mips", target_arch = "mips64",
+                     target_arch = "sparc", target_arch = "sparc64"))] {
+            const IOC_NONE: u32 = 1;
+        } else {
+            const IOC_NONE: u32 = 0;
+        }
+    }
+    const IOC_READ: u32 = 2;
+
+    /// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)` of `<linux/fs.h>`.
+    const BLKGETSIZE64: u32 = ioc(IOC_READ, 0x12, 114, std::mem::size_of::<usize>());
+    /// `BLKDISCARD`: `_IO(0x12, 119)`, argument `uint64_t[2]` {start, len}.
+    const BLKDISCARD: u32 = ioc(IOC_NONE, 0x12, 119, 0);
+
+    #[cfg(target_arch = "x86_64")]
+    const _: () = {
+        assert!(BLKGETSIZE64 == 0x8008_1272);
+        assert!(BLKDISCARD == 0x1277);
+    };
+
+    pub(super) fn blk_size(f: &File) -> Result<u64, Errno> {
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 (the kernel's `u64 __user *`
+        // argument) through the pointer, which points at `size`, a live,
+        // exclusively borrowed u64 for the whole call. The descriptor is
+        // owned by `f`, which outlives the call. The request type is
+        // `c_ulong` on glibc and `c_int` on musl: `as _` converts.
+        cvt(unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) })?;
+        Ok(size)
+    }
+
+    pub(super) fn blk_discard(f: &File, offset: u64, len: u64) -> Result<(), Errno> {
+        let range: [u64; 2] = [offset, len];
+        // SAFETY: BLKDISCARD reads two u64 (start, length) through the
+        // pointer, which points at `range`, live for the whole call; the
+        // kernel does not write to it. The descriptor is owned by `f`.
+        cvt(unsafe { libc::ioctl(f.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) })
+    }
+
+    pub(super) fn seek_data_hole(f: &File, offset: u64, data: bool) -> Result<u64, Errno> {
+        let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+        // SAFETY: lseek(2) takes integers only and touches no user memory;
+        // the descriptor is owned by `f`, which outlives the call. Offsets
+        // above i64::MAX are rejected by the caller.
+        let r = unsafe { libc::lseek64(f.as_raw_fd(), offset as libc::off64_t, whence) };
+        if r >= 0 {
+            Ok(r as u64)
+        } else {
+            Err(errno())
+        }
+    }
 }
 
 /// Other Unix targets: the positional calls through `std` (no `unsafe`),
@@ -400,5 +540,17 @@ mod other {
 
     pub(super) fn ftruncate(f: &File, len: u64) -> Result<(), Errno> {
         f.set_len(len).map_err(errno)
+    }
+
+    pub(super) fn blk_size(_: &File) -> Result<u64, Errno> {
+        Err(ENOSYS)
+    }
+
+    pub(super) fn blk_discard(_: &File, _: u64, _: u64) -> Result<(), Errno> {
+        Err(ENOSYS)
+    }
+
+    pub(super) fn seek_data_hole(_: &File, _: u64, _: bool) -> Result<u64, Errno> {
+        Err(ENOSYS)
     }
 }

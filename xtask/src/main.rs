@@ -28,8 +28,9 @@ Commands:
         Defaults: --mem 1G, --modules brd,fuse,loop,nbd,xfs,target_core_user,tcm_loop,
         sd_mod (tests/vm_tcmu.rs), --host-bin for qemu-nbd, qemu-io, qemu-img,
         mkfs.ext4, mkfs.xfs and nbd-client (tests/vm_nbd_seed.rs: the seed's
-        brd/ext4/NBD/XFS stack under a 32M memcg) and blkdiscard (util-linux's,
-        with -z, for tests/vm_tcmu.rs).
+        brd/ext4/NBD/XFS stack under a 32M memcg), blkdiscard (util-linux's,
+        with -z, for tests/vm_tcmu.rs) and dmsetup with dm_mod (tests/vm_fs.rs:
+        EIO from a device-mapper error target).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -178,6 +179,9 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         ]);
         // tests/vm_tcmu.rs: discard and zero-out (`-z`, which busybox's lacks).
         o.host_bins.push("blkdiscard".into());
+        // tests/vm_fs.rs: EIO from a device-mapper `error` target.
+        o.modules.push("dm_mod".into());
+        o.host_bins.push("dmsetup".into());
         o.mem = "1G".into();
     }
     let mut it = args.iter();

@@ -136,7 +136,10 @@ fn package_of(bin: &str) -> Option<&'static str> {
         "fio" => "fio",
         "targetcli" => "targetcli-fb",
         "strace" => "strace",
-        "blkdiscard" => "util-linux",
+        "blkdiscard" | "blkzone" | "losetup" | "blockdev" => "util-linux",
+        "dmsetup" => "dmsetup",
+        "nbdinfo" | "nbdcopy" | "nbdsh" => "libnbd-bin",
+        b if b.starts_with("sg_") => "sg3-utils",
         _ => return None,
     })
 }
