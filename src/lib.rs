@@ -86,6 +86,8 @@ mod context;
 mod error;
 mod fs;
 pub mod future;
+#[cfg(feature = "cli")]
+pub mod launch;
 mod report;
 mod scope;
 mod status;
@@ -107,4 +109,7 @@ pub use scope::{
     refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, try_with_nofs,
     with_fs_reclaim_allowed, with_nofs, AllowFsReclaim, IoFlusher, NoFsScope, Support,
 };
-pub use status::{current_tid, threads_of, ThreadFlags, ThreadInfo};
+pub use status::{
+    current_tid, proc_pid_namespace, process_ids, threads_of, ProcPidNamespace, ProcessIds,
+    ThreadFlags, ThreadInfo,
+};

@@ -75,13 +75,24 @@ fn default_report(err: &Error) {
                  file-system reclaim: {err} (reported once per process)"
             );
         } else {
-            eprintln!(
+            let line = format!(
                 "reclaim-scope: warning: I/O-flusher context not in effect, allocations \
                  may recurse into file-system reclaim: {err} (reported once per process; \
-                 see reclaim_scope::set_degradation_hook)"
+                 see reclaim_scope::set_degradation_hook)\n"
             );
+            write_best_effort(&mut std::io::stderr().lock(), &line);
         }
     }
+}
+
+/// Writes `line` in one call where it fits and ignores any error: the
+/// report must not panic (as `eprintln!` does) when standard error is a
+/// closed pipe, a full device or gone, since a best-effort guard promises
+/// never to fail. A short first write (a signal, a nearly full pipe) is
+/// completed by `write_all`.
+#[cfg_attr(feature = "log", allow(dead_code))]
+fn write_best_effort(w: &mut impl std::io::Write, line: &str) {
+    let _ = w.write_all(line.as_bytes()).and_then(|()| w.flush());
 }
 
 /// The first error that made a best-effort scope ineffective in this
@@ -161,6 +172,27 @@ mod tests {
         r.degraded(&e, |_| n += 1);
         r.degraded(&e, |_| unreachable!("reported twice"));
         assert_eq!(n, 1);
+    }
+
+    /// A writer that fails every call, like stderr on /dev/full or a pipe
+    /// whose reader is gone.
+    struct Broken;
+
+    impl std::io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::EPIPE))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
+
+    #[test]
+    fn best_effort_write_ignores_errors() {
+        write_best_effort(&mut Broken, "lost\n");
+        let mut v = Vec::new();
+        write_best_effort(&mut v, "kept\n");
+        assert_eq!(v, b"kept\n");
     }
 
     #[test]

@@ -173,6 +173,9 @@ pub struct ThreadInfo {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn threads_of(pid: i32) -> io::Result<Vec<ThreadInfo>> {
+    if pid == own_pid() {
+        return own_threads();
+    }
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
     let entries = std::fs::read_dir(&dir).map_err(|e| not_found_pid(e, pid))?;
     let mut out = Vec::new();
@@ -188,6 +191,25 @@ pub fn threads_of(pid: i32) -> io::Result<Vec<ThreadInfo>> {
             Err(e) => return Err(e),
         }
     }
+    finish(out, pid)
+}
+
+/// The calling process's threads through `/proc/self/task`, with the tids
+/// of the caller's PID namespace (what [`current_tid`] returns), whatever
+/// namespace `/proc` belongs to.
+fn own_threads() -> io::Result<Vec<ThreadInfo>> {
+    let mut out = Vec::new();
+    for (tid, proc_tid) in sys::procfs::own_tasks()? {
+        match read_stat_file(&format!("/proc/self/task/{proc_tid}/stat"), tid) {
+            Ok(t) => out.push(t),
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    finish(out, own_pid())
+}
+
+fn finish(mut out: Vec<ThreadInfo>, pid: i32) -> io::Result<Vec<ThreadInfo>> {
     if out.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -196,6 +218,167 @@ pub fn threads_of(pid: i32) -> io::Result<Vec<ThreadInfo>> {
     }
     out.sort_by_key(|t| t.tid);
     Ok(out)
+}
+
+fn own_pid() -> i32 {
+    std::process::id() as i32
+}
+
+/// The ids `/proc/<pid>/status` reports for a task: the process it belongs
+/// to, and its id in each PID namespace.
+///
+/// `/proc/<tid>` exists for every thread, not only for thread-group
+/// leaders, so a thread id passed where a pid is expected is found; its
+/// [`tgid`](Self::tgid) names the process.
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// let ids = reclaim_scope::process_ids(std::process::id() as i32)?;
+/// assert!(ids.is_process());
+/// # }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessIds {
+    /// The id that was read, as `/proc` numbers it.
+    pub pid: i32,
+    /// The process (thread group) the task belongs to (`Tgid:`): `pid`
+    /// itself for a process, the leader's pid for any other thread.
+    pub tgid: i32,
+    /// The task's id in every PID namespace from `/proc`'s down to its own
+    /// (`NSpid:`, Linux ≥ 4.1; empty before). More than one entry: the task
+    /// lives in a nested PID namespace and calls itself by the last one.
+    pub nspid: Vec<i32>,
+}
+
+impl ProcessIds {
+    /// Whether the id names a process (a thread-group leader), not one of
+    /// its other threads.
+    ///
+    /// ```
+    /// # #[cfg(target_os = "linux")] {
+    /// let me = reclaim_scope::process_ids(std::process::id() as i32)?;
+    /// assert_eq!(me.tgid, me.pid);
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_process(&self) -> bool {
+        self.tgid == self.pid
+    }
+}
+
+/// Reads [`ProcessIds`] of `pid` (a process or thread id as `/proc` numbers
+/// it) from `/proc/<pid>/status`; the calling process's own pid is read
+/// through `/proc/self`, so it names the caller even when `/proc` belongs to
+/// another PID namespace.
+///
+/// # Errors
+///
+/// `NotFound` with a message naming the pid if there is no such task.
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// let me = reclaim_scope::process_ids(std::process::id() as i32)?;
+/// assert!(me.is_process());
+/// # }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn process_ids(pid: i32) -> io::Result<ProcessIds> {
+    let own = pid == own_pid();
+    let path = if own {
+        // The leader's status, whichever thread asks.
+        "/proc/self/status".to_owned()
+    } else {
+        format!("/proc/{pid}/status")
+    };
+    let ids = sys::procfs::read_status_ids(&path).map_err(|e| not_found_pid(e, pid))?;
+    let tgid = ids.tgid.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no Tgid: line in {path}"),
+        )
+    })?;
+    Ok(ProcessIds {
+        pid,
+        // For the caller, /proc's number of its leader is not its own pid.
+        tgid: if own { pid } else { tgid },
+        nspid: ids.nspid,
+    })
+}
+
+/// Which PID namespace the mounted `/proc` numbers processes in, relative
+/// to the calling process.
+///
+/// Pids given to [`threads_of`], [`ThreadFlags::of_task`] and
+/// [`process_ids`] are looked up in `/proc`, so outside
+/// [`Own`](ProcPidNamespace::Own) they are `/proc`'s numbers, not the
+/// caller's (the calling process itself is always read through
+/// `/proc/self`, with its own numbers).
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// use reclaim_scope::{proc_pid_namespace, ProcPidNamespace};
+/// match proc_pid_namespace()? {
+///     ProcPidNamespace::Own => {}
+///     other => eprintln!("note: {other}"),
+/// }
+/// # }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProcPidNamespace {
+    /// `/proc` belongs to the caller's PID namespace: its pids are the ones
+    /// `getpid()`, `kill()` and `waitpid()` use.
+    Own,
+    /// `/proc` belongs to an ancestor of the caller's PID namespace (for
+    /// instance after `unshare --pid --fork` without `--mount-proc`): the
+    /// caller is `pid` to itself and `proc_pid` in `/proc`.
+    Ancestor {
+        /// The caller's pid in its own namespace (`getpid()`).
+        pid: i32,
+        /// The caller's pid as `/proc` numbers it.
+        proc_pid: i32,
+    },
+    /// The caller has no pid in `/proc`'s namespace (`/proc/self` does not
+    /// resolve): `/proc` was mounted for a namespace the caller is not part of.
+    Unrelated,
+}
+
+impl fmt::Display for ProcPidNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcPidNamespace::Own => f.write_str("/proc belongs to this PID namespace"),
+            ProcPidNamespace::Ancestor { pid, proc_pid } => write!(
+                f,
+                "/proc belongs to an ancestor PID namespace, not this process's (this process is \
+                 pid {pid} here and {proc_pid} in /proc): pids are read as /proc numbers them; \
+                 mount a /proc for this namespace (`unshare --pid --fork --mount-proc`) to use \
+                 this namespace's pids"
+            ),
+            ProcPidNamespace::Unrelated => f.write_str(
+                "/proc belongs to a PID namespace this process is not part of (/proc/self does \
+                 not exist); its pids are not this namespace's",
+            ),
+        }
+    }
+}
+
+/// Finds out [`ProcPidNamespace`] from `/proc/self/status` (its `NSpid:`
+/// line lists one id per namespace from `/proc`'s down to the caller's).
+///
+/// # Errors
+///
+/// When `/proc` is not mounted (or not Linux).
+pub fn proc_pid_namespace() -> io::Result<ProcPidNamespace> {
+    Ok(match sys::procfs::proc_ns()? {
+        sys::procfs::ProcNs::Own => ProcPidNamespace::Own,
+        sys::procfs::ProcNs::Ancestor { pid, proc_pid } => {
+            ProcPidNamespace::Ancestor { pid, proc_pid }
+        }
+        sys::procfs::ProcNs::Unrelated => ProcPidNamespace::Unrelated,
+    })
 }
 
 /// The kernel's id of the calling thread (`gettid(2)`): the `tid` that
@@ -225,13 +408,26 @@ fn not_found_pid(e: io::Error, pid: i32) -> io::Error {
 }
 
 fn read_task(pid: i32, tid: i32) -> io::Result<ThreadInfo> {
-    let path = format!("/proc/{pid}/task/{tid}/stat");
-    let raw = std::fs::read(&path).map_err(|e| {
+    if pid == own_pid() {
+        let proc_tid = sys::procfs::own_proc_tid(tid).map_err(|e| {
+            if gone(&e) {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no thread {tid} in process {pid}"),
+                )
+            } else {
+                e
+            }
+        })?;
+        return read_stat_file(&format!("/proc/self/task/{proc_tid}/stat"), tid);
+    }
+    read_stat_file(&format!("/proc/{pid}/task/{tid}/stat"), tid)
+}
+
+fn read_stat_file(path: &str, tid: i32) -> io::Result<ThreadInfo> {
+    let raw = std::fs::read(path).map_err(|e| {
         if gone(&e) {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no thread {tid} in process {pid} ({path})"),
-            )
+            io::Error::new(io::ErrorKind::NotFound, format!("no thread {tid} ({path})"))
         } else {
             io::Error::new(e.kind(), format!("reading {path}: {e}"))
         }

@@ -336,8 +336,31 @@ fn probe_reports_kernel_capability_support_and_fix() {
         "{out}"
     );
     assert!(out.contains("CAP_SYS_RESOURCE:   "), "{out}");
+    let set_line = out
+        .lines()
+        .find(|l| l.starts_with("PR_SET_IO_FLUSHER:  "))
+        .unwrap_or_else(|| panic!("no PR_SET_IO_FLUSHER line: {out}"));
+    if refused_here() {
+        // The real errno the setter answered here (no capability: EPERM).
+        assert_eq!(
+            set_line,
+            "PR_SET_IO_FLUSHER:  refused with EPERM (Operation not permitted)"
+        );
+    } else {
+        assert_eq!(set_line, "PR_SET_IO_FLUSHER:  available");
+    }
+    // Compared by inode with the kernel's fixed number for the initial one.
+    let user_ns = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let initial = user_ns.to_str() == Some("user:[4026531837]");
     assert!(
-        out.contains(&format!("PR_SET_IO_FLUSHER:  {}", support())),
+        out.contains(&format!(
+            "user namespace:     {}",
+            if initial {
+                "initial"
+            } else {
+                "not the initial one"
+            }
+        )),
         "{out}"
     );
     let cap_eff = std::fs::read_to_string("/proc/self/status")

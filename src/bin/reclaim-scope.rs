@@ -6,9 +6,13 @@
 //! fixes a daemon (tcmu-runner, qemu-nbd, ...) without a line of its code.
 
 use clap::{Parser, Subcommand};
-use reclaim_scope::{support, threads_of, Support, ThreadFlags, ThreadInfo};
-use std::ffi::OsString;
+use reclaim_scope::{
+    proc_pid_namespace, process_ids, support, threads_of, ProcPidNamespace, ProcessIds,
+    ThreadFlags, ThreadInfo,
+};
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Success: `status` read every pid, `probe` found the flag available.
@@ -18,7 +22,9 @@ const EXIT_OK: u8 = 0;
 const EXIT_FAILURE: u8 = 1;
 /// `exec --strict`: the kernel refused `PR_SET_IO_FLUSHER`; nothing was run.
 const EXIT_REFUSED: u8 = 125;
-/// `exec`: the command was found but could not be executed.
+/// `exec`: the command was found but could not be executed (not
+/// executable, a directory, or its interpreter or dynamic loader is
+/// missing).
 const EXIT_CANNOT_EXECUTE: u8 = 126;
 /// `exec`: the command was not found.
 const EXIT_NOT_FOUND: u8 = 127;
@@ -27,10 +33,12 @@ const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    success (status: every pid was read; probe: the flag can be set)
   1    status: a pid does not exist or exited while it was read (the others
-       are still reported); probe: the flag cannot be set here
+       are still reported); probe: the flag cannot be set here; status, probe,
+       --help: standard output could not be written
   2    usage error
   125  exec --strict: the kernel refused PR_SET_IO_FLUSHER; nothing was run
-  126  exec: the command was found but cannot be executed
+  126  exec: the command was found but cannot be executed (not executable, a
+       directory, or its #! interpreter or ELF dynamic loader is missing)
   127  exec: the command was not found
   Once exec has started the command, the status and signals are the command's own.
 
@@ -65,14 +73,18 @@ enum Cmd {
     /// Set PR_SET_IO_FLUSHER on this process and execute COMMAND in its place
     #[command(
         long_about = "Set PR_SET_IO_FLUSHER on this process, then execute COMMAND in its place \
-                      (execvp: PATH lookup; argv, environment, pid and open files unchanged). \
-                      The flag survives execve() and every thread and child COMMAND creates \
-                      inherits it.\n\n\
+                      (execvp: PATH lookup; argv, environment, pid, open files, ignored signals \
+                      and signal mask as this process received them; standard descriptors that \
+                      were closed stay closed). The flag survives execve() and every thread and \
+                      child COMMAND creates inherits it.\n\n\
                       Without CAP_SYS_RESOURCE the kernel refuses: a one-line warning goes to \
                       stderr and COMMAND runs anyway, unflagged; with --strict nothing runs and \
                       the exit status is 125. reclaim-scope never adds or raises capabilities: \
-                      grant CAP_SYS_RESOURCE to it (e.g. AmbientCapabilities= in a systemd unit). \
-                      If this process is flagged already (inherited), it is left as it is.",
+                      grant CAP_SYS_RESOURCE to it (e.g. AmbientCapabilities= in a systemd unit; \
+                      a file capability from setcap puts the command in secure-execution mode, \
+                      where the dynamic loader drops LD_LIBRARY_PATH and similar variables). \
+                      If this process is flagged already (inherited), it is left as it is. \
+                      Warnings are best effort: an unwritable stderr never stops the command.",
         after_help = EXIT_STATUS_HELP
     )]
     Exec {
@@ -116,13 +128,61 @@ fn main() -> ExitCode {
     // Everything below runs on the main thread: neither clap nor this program
     // starts a thread, so when `exec` sets the flag the process has one
     // thread, and that thread is the one execve() keeps.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors go to stderr (status 2), --help and --version to
+            // stdout (status 0, or 1 if they could not be written).
+            let code = e.exit_code();
+            return match e.print() {
+                Err(_) if code == 0 => ExitCode::from(EXIT_FAILURE),
+                _ => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE)),
+            };
+        }
+    };
     let code = match cli.command {
         Cmd::Exec { strict, command } => exec(strict, command),
         Cmd::Status { pids, json } => status(&pids, json),
         Cmd::Probe => probe(),
     };
     ExitCode::from(code)
+}
+
+// ---------------------------------------------------------------------------
+// output that never panics
+// ---------------------------------------------------------------------------
+
+/// Writes one diagnostic line on stderr, best effort: a full, closed or
+/// broken stderr loses the line and changes nothing else (never a panic,
+/// and for `exec` never a reason not to run the command).
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut s = line.to_string();
+    s.push('\n');
+    let _ = io::stderr().lock().write_all(s.as_bytes());
+}
+
+macro_rules! say {
+    ($($arg:tt)*) => { say(format_args!($($arg)*)) };
+}
+
+/// Writes a command's whole output on stdout. On failure (a full disk, a
+/// closed descriptor, a reader that went away) it says so on stderr, as
+/// coreutils do ("write error"), except for a broken pipe, and returns
+/// the status to exit with.
+fn emit(out: &str) -> Result<(), u8> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                say!("reclaim-scope: write error on standard output: {e}");
+            }
+            Err(EXIT_FAILURE)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -139,48 +199,210 @@ fn exec(strict: bool, command: Vec<OsString>) -> u8 {
     let flagged = ThreadFlags::current().is_ok_and(|f| f.noio());
     if !flagged {
         if let Err(e) = reclaim_scope::set_thread_io_flusher(true) {
+            let why = match e.raw_os_error() {
+                Some(errno) => match diagnose(errno, &Here::read()) {
+                    Some(d) => format!("{}: {d}", errno_text(errno)),
+                    None => e.to_string(),
+                },
+                None => e.to_string(),
+            };
             if strict {
-                eprintln!("reclaim-scope: error: not running `{shown}` (--strict): {e}");
+                say!("reclaim-scope: error: not running `{shown}` (--strict): {why}");
                 return EXIT_REFUSED;
             }
-            eprintln!(
-                "reclaim-scope: warning: running `{shown}` WITHOUT the I/O-flusher flag: {e}"
-            );
+            say!("reclaim-scope: warning: running `{shown}` WITHOUT the I/O-flusher flag: {why}");
         }
     }
-    let err = run(program, args);
-    let code = if err.kind() == io::ErrorKind::NotFound {
-        EXIT_NOT_FOUND
-    } else {
-        EXIT_CANNOT_EXECUTE
-    };
-    let what = if code == EXIT_NOT_FOUND {
-        "command not found"
-    } else {
-        "cannot execute"
-    };
-    eprintln!("reclaim-scope: {what}: `{shown}`: {err}");
+    let err = reclaim_scope::launch::exec(program, args);
+    let (code, message) = exec_failure(program, &err);
+    say!("reclaim-scope: {message}");
     code
 }
 
-/// Replaces this process with `program` (execvp); returns only on failure.
-#[cfg(unix)]
-fn run(program: &OsString, args: &[OsString]) -> io::Error {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new(program).args(args).exec()
+/// The exit status and message for a failed exec. `ENOENT` for a file that
+/// exists is a missing interpreter (a `#!` line naming a program that is
+/// not there, often `/bin/sh\r` from CRLF line ends) or a missing ELF
+/// dynamic loader: the command was found, it cannot be executed (126).
+fn exec_failure(program: &OsStr, err: &io::Error) -> (u8, String) {
+    let shown = program.to_string_lossy();
+    if err.kind() != io::ErrorKind::NotFound {
+        return (
+            EXIT_CANNOT_EXECUTE,
+            format!("cannot execute: `{shown}`: {err}"),
+        );
+    }
+    let Some(path) = find_command(program) else {
+        return (
+            EXIT_NOT_FOUND,
+            format!("command not found: `{shown}`: {err}"),
+        );
+    };
+    let at = if path.as_os_str() == program {
+        String::new()
+    } else {
+        format!(" ({})", path.display())
+    };
+    let why = match missing_interpreter(&path, 0) {
+        Some(m) => m,
+        None => "the file exists, so an interpreter or library it needs is missing".to_owned(),
+    };
+    (
+        EXIT_CANNOT_EXECUTE,
+        format!("cannot execute: `{shown}`{at}: {err}: {why}"),
+    )
 }
 
-#[cfg(not(unix))]
-fn run(_program: &OsString, _args: &[OsString]) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "exec is only available on Unix (and the flag only on Linux)",
-    )
+/// Where `execvp` would have found `program`: the path itself if it has a
+/// `/`, else the first executable regular file in `PATH` (the C library's
+/// default `/bin:/usr/bin` if unset; an empty entry is the current
+/// directory).
+fn find_command(program: &OsStr) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    if program.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(program);
+        return p.exists().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    path.as_bytes()
+        .split(|&b| b == b':')
+        .map(|dir| {
+            if dir.is_empty() {
+                PathBuf::from(".").join(program)
+            } else {
+                PathBuf::from(OsStr::from_bytes(dir)).join(program)
+            }
+        })
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// How much of a file the kernel reads to find a `#!` line
+/// (`BINPRM_BUF_SIZE`).
+const BINPRM_BUF_SIZE: usize = 256;
+
+/// Why executing the existing file `path` answered ENOENT, if its `#!` line
+/// or ELF header names an interpreter that is missing (following
+/// interpreters that are scripts themselves, as the kernel does, up to its
+/// limit of 4 levels).
+fn missing_interpreter(path: &Path, depth: u32) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; BINPRM_BUF_SIZE];
+    let n = file.read_at(&mut head, 0).ok()?;
+    let head = &head[..n];
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or(line);
+        let start = line.iter().position(|&b| b != b' ' && b != b'\t')?;
+        let interp = &line[start..];
+        let end = interp
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t' || b == 0)
+            .unwrap_or(interp.len());
+        let interp = &interp[..end];
+        let shown = String::from_utf8_lossy(interp);
+        let shown = shown.escape_debug();
+        let interp_path = Path::new(OsStr::from_bytes(interp));
+        if interp.ends_with(b"\r") {
+            return Some(format!(
+                "its #! line names the interpreter `{shown}`, which does not exist: the script \
+                 has CRLF (DOS) line ends; convert it (dos2unix, or sed -i 's/\\r$//')"
+            ));
+        }
+        if !interp_path.exists() {
+            return Some(format!(
+                "its #! line names the interpreter `{shown}`, which does not exist"
+            ));
+        }
+        if depth < 4 {
+            return missing_interpreter(interp_path, depth + 1)
+                .map(|inner| format!("its interpreter `{shown}` cannot run: {inner}"));
+        }
+        return None;
+    }
+    let loader = elf_interpreter(&file, head)?;
+    let shown = loader.display().to_string();
+    (!loader.exists()).then(|| {
+        format!(
+            "it is an ELF program whose dynamic loader `{shown}` does not exist (built for \
+             another C library or distribution?)"
+        )
+    })
+}
+
+/// The `PT_INTERP` path of an ELF file (its dynamic loader), if it has one.
+fn elf_interpreter(file: &std::fs::File, head: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    if head.len() < 64 || &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let le = match head[5] {
+        1 => true,
+        2 => false,
+        _ => return None,
+    };
+    let num = |b: &[u8]| -> u64 {
+        let mut v = 0u64;
+        for (i, &x) in b.iter().enumerate() {
+            let shift = if le { i } else { b.len() - 1 - i };
+            v |= u64::from(x) << (8 * shift);
+        }
+        v
+    };
+    // (e_phoff, e_phentsize, e_phnum, p_offset, p_filesz) field ranges.
+    let (phoff, phentsize, phnum, off, size) = match head[4] {
+        1 => (
+            num(&head[0x1c..0x20]),
+            num(&head[0x2a..0x2c]),
+            num(&head[0x2c..0x2e]),
+            4..8,
+            0x10..0x14,
+        ),
+        2 => (
+            num(&head[0x20..0x28]),
+            num(&head[0x36..0x38]),
+            num(&head[0x38..0x3a]),
+            8..16,
+            0x20..0x28,
+        ),
+        _ => return None,
+    };
+    if phentsize < size.end as u64 || phnum == 0 || phnum > 4096 {
+        return None;
+    }
+    let mut table = vec![0u8; (phentsize * phnum) as usize];
+    file.read_exact_at(&mut table, phoff).ok()?;
+    const PT_INTERP: u64 = 3;
+    let ph = table
+        .chunks_exact(phentsize as usize)
+        .find(|ph| num(&ph[0..4]) == PT_INTERP)?;
+    let len = num(&ph[size]).min(4096) as usize;
+    let mut name = vec![0u8; len];
+    file.read_exact_at(&mut name, num(&ph[off])).ok()?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(PathBuf::from(OsStr::from_bytes(&name[..end])))
 }
 
 // ---------------------------------------------------------------------------
 // status
 // ---------------------------------------------------------------------------
+
+/// What `status` found for one pid argument.
+struct Found {
+    /// The argument.
+    pid: i32,
+    result: io::Result<(ProcessIds, Vec<ThreadInfo>)>,
+}
+
+fn read_pid(pid: i32) -> io::Result<(ProcessIds, Vec<ThreadInfo>)> {
+    let ids = process_ids(pid)?;
+    // A thread id names its process's threads (and is said to be a thread).
+    let threads = threads_of(ids.tgid)?;
+    Ok((ids, threads))
+}
 
 fn process_name(threads: &[ThreadInfo], pid: i32) -> &str {
     threads
@@ -198,44 +420,70 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
+/// The namespace whose pids `status` reads, for the JSON output.
+fn namespace_word(ns: &io::Result<ProcPidNamespace>) -> &'static str {
+    match ns {
+        Ok(ProcPidNamespace::Own) => "own",
+        Ok(ProcPidNamespace::Ancestor { .. }) => "ancestor",
+        Ok(ProcPidNamespace::Unrelated) => "unrelated",
+        Ok(_) | Err(_) => "unknown",
+    }
+}
+
 fn status(pids: &[i32], json: bool) -> u8 {
-    let results: Vec<(i32, io::Result<Vec<ThreadInfo>>)> =
-        pids.iter().map(|&pid| (pid, threads_of(pid))).collect();
+    let ns = proc_pid_namespace();
+    match &ns {
+        Ok(ProcPidNamespace::Own) => {}
+        Ok(other) => say!("reclaim-scope: note: {other}"),
+        Err(e) => {
+            say!("reclaim-scope: note: cannot tell which PID namespace /proc belongs to: {e}")
+        }
+    }
+    let found: Vec<Found> = pids
+        .iter()
+        .map(|&pid| Found {
+            pid,
+            result: read_pid(pid),
+        })
+        .collect();
     let mut code = EXIT_OK;
-    for (_, r) in &results {
-        if let Err(e) = r {
-            eprintln!("reclaim-scope: {e}");
+    for f in &found {
+        if let Err(e) = &f.result {
+            say!("reclaim-scope: {e}");
             code = EXIT_FAILURE;
         }
     }
     let out = if json {
-        status_json(&results)
+        status_json(&found, namespace_word(&ns))
     } else {
-        status_text(&results)
+        status_text(&found)
     };
-    let mut stdout = io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("reclaim-scope: cannot write to standard output: {e}");
-        }
-        return EXIT_FAILURE;
+    match emit(&out) {
+        Ok(()) => code,
+        Err(c) => c,
     }
-    code
 }
 
-fn status_text(results: &[(i32, io::Result<Vec<ThreadInfo>>)]) -> String {
+fn status_text(found: &[Found]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    for (pid, r) in results {
-        let Ok(threads) = r else { continue };
+    for f in found {
+        let Ok((ids, threads)) = &f.result else {
+            continue;
+        };
         let flushers = threads.iter().filter(|t| t.flags.is_io_flusher()).count();
+        let name = process_name(threads, ids.tgid);
+        if ids.is_process() {
+            let _ = write!(s, "pid {} {name:?}", f.pid);
+        } else {
+            let _ = write!(s, "tid {} is a thread of pid {} {name:?}", f.pid, ids.tgid);
+        }
+        if let [_, .., own] = ids.nspid.as_slice() {
+            let _ = write!(s, " (pid {own} in its own PID namespace)");
+        }
         let _ = writeln!(
             s,
-            "pid {pid} {:?}: {} thread{}, {flushers} io-flusher{}",
-            process_name(threads, *pid),
+            ": {} thread{}, {flushers} io-flusher{}",
             threads.len(),
             if threads.len() == 1 { "" } else { "s" },
             if flushers == threads.len() {
@@ -252,15 +500,15 @@ fn status_text(results: &[(i32, io::Result<Vec<ThreadInfo>>)]) -> String {
             "TID", "NOIO", "NOFS", "LOCAL_THROTTLE", "IO_FLUSHER"
         );
         for t in threads {
-            let f = t.flags;
+            let fl = t.flags;
             let _ = writeln!(
                 s,
                 "  {:>8}  {:<4}  {:<4}  {:<14}  {:<10}  {:?}",
                 t.tid,
-                yes(f.noio()),
-                yes(f.nofs()),
-                yes(f.local_throttle()),
-                yes(f.is_io_flusher()),
+                yes(fl.noio()),
+                yes(fl.nofs()),
+                yes(fl.local_throttle()),
+                yes(fl.is_io_flusher()),
                 t.name,
             );
         }
@@ -268,14 +516,17 @@ fn status_text(results: &[(i32, io::Result<Vec<ThreadInfo>>)]) -> String {
     s
 }
 
-fn status_json(results: &[(i32, io::Result<Vec<ThreadInfo>>)]) -> String {
+fn status_json(found: &[Found], namespace: &str) -> String {
     use serde_json::{json, Value};
-    let procs: Vec<Value> = results
+    let procs: Vec<Value> = found
         .iter()
-        .map(|(pid, r)| match r {
-            Ok(threads) => json!({
-                "pid": pid,
-                "name": process_name(threads, *pid),
+        .map(|f| match &f.result {
+            Ok((ids, threads)) => json!({
+                "pid": f.pid,
+                "tgid": ids.tgid,
+                "nspid": ids.nspid,
+                "pid_namespace": namespace,
+                "name": process_name(threads, ids.tgid),
                 "threads": threads.iter().map(|t| json!({
                     "tid": t.tid,
                     "name": t.name,
@@ -286,7 +537,11 @@ fn status_json(results: &[(i32, io::Result<Vec<ThreadInfo>>)]) -> String {
                     "io_flusher": t.flags.is_io_flusher(),
                 })).collect::<Vec<_>>(),
             }),
-            Err(e) => json!({ "pid": pid, "error": e.to_string() }),
+            Err(e) => json!({
+                "pid": f.pid,
+                "pid_namespace": namespace,
+                "error": e.to_string(),
+            }),
         })
         .collect();
     let mut s = serde_json::to_string_pretty(&Value::Array(procs))
@@ -301,22 +556,170 @@ fn status_json(results: &[(i32, io::Result<Vec<ThreadInfo>>)]) -> String {
 
 /// `CAP_SYS_RESOURCE` from `<linux/capability.h>`.
 const CAP_SYS_RESOURCE: u32 = 24;
+/// The inode number the kernel gives the initial user namespace
+/// (`PROC_USER_INIT_INO` in `<linux/proc_ns.h>`), fixed since Linux 3.8.
+const PROC_USER_INIT_INO: u64 = 0xEFFF_FFFD;
 
-fn cap_eff() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
+/// What this process is allowed, as far as a refusal's diagnosis needs it.
+struct Here {
+    release: String,
+    kernel: Option<(u32, u32)>,
+    cap_eff: io::Result<u64>,
+    /// The user namespace's inode (`/proc/self/ns/user`).
+    user_ns: io::Result<u64>,
+    /// `Seccomp:` of /proc/self/status (0 none, 1 strict, 2 filter) and
+    /// `Seccomp_filters:` (Linux ≥ 5.9).
+    seccomp: Option<(u32, Option<u32>)>,
+    /// The LSM's label of this process (`/proc/self/attr/current`), if one
+    /// confines it.
+    lsm: Option<String>,
 }
 
-/// Whether this process is in the initial user namespace: its uid_map maps
-/// every uid to itself.
-fn initial_user_ns() -> Option<bool> {
-    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
-    let fields: Vec<&str> = map.split_whitespace().collect();
-    Some(fields == ["0", "0", "4294967295"])
+impl Here {
+    fn read() -> Here {
+        use std::os::unix::fs::MetadataExt;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let cap_eff = field("CapEff")
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status")
+            });
+        let seccomp = field("Seccomp")
+            .and_then(|v| v.parse().ok())
+            .map(|mode| (mode, field("Seccomp_filters").and_then(|v| v.parse().ok())));
+        let lsm = std::fs::read_to_string("/proc/self/attr/current")
+            .ok()
+            .map(|l| l.trim_end_matches(['\0', '\n']).to_owned())
+            .filter(|l| !l.is_empty() && l != "unconfined" && !l.starts_with("kernel"));
+        Here {
+            kernel: kernel_version(&release),
+            release,
+            cap_eff,
+            user_ns: std::fs::metadata("/proc/self/ns/user").map(|m| m.ino()),
+            seccomp,
+            lsm,
+        }
+    }
+
+    fn has_cap(&self) -> bool {
+        self.cap_eff
+            .as_ref()
+            .is_ok_and(|c| c & (1 << CAP_SYS_RESOURCE) != 0)
+    }
+
+    fn initial_user_ns(&self) -> Option<bool> {
+        self.user_ns.as_ref().ok().map(|&i| i == PROC_USER_INIT_INO)
+    }
+
+    fn new_kernel(&self) -> bool {
+        self.kernel.is_some_and(|v| v >= (5, 6))
+    }
+
+    fn seccomp_filter(&self) -> Option<String> {
+        match self.seccomp {
+            Some((2, Some(n))) => Some(format!(
+                "a seccomp filter ({n} installed; Seccomp: 2 in /proc/self/status)"
+            )),
+            Some((2, None)) => Some("a seccomp filter (Seccomp: 2 in /proc/self/status)".into()),
+            Some((1, _)) => Some("seccomp strict mode".into()),
+            _ => None,
+        }
+    }
+
+    /// Who else than the capability check can refuse: the seccomp filter
+    /// and LSM found, or both named as possibilities.
+    fn blockers(&self) -> String {
+        match (self.seccomp_filter(), &self.lsm) {
+            (Some(f), Some(l)) => format!("{f} or the LSM confining this process (`{l}`)"),
+            (Some(f), None) => f,
+            (None, Some(l)) => format!("the LSM confining this process (`{l}`)"),
+            (None, None) => "a seccomp filter or an LSM (AppArmor, SELinux)".into(),
+        }
+    }
+}
+
+/// `EPERM (Operation not permitted)`.
+fn errno_text(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::ENOSYS => "ENOSYS",
+        libc::EINVAL => "EINVAL",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        _ => return format!("errno {errno} ({})", strerror(errno)),
+    };
+    format!("{name} ({})", strerror(errno))
+}
+
+fn strerror(errno: i32) -> String {
+    let s = io::Error::from_raw_os_error(errno).to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+/// The diagnosis of a refused `prctl(PR_SET_IO_FLUSHER)` when the plain
+/// reading of its errno (EPERM: no capability, EINVAL: kernel < 5.6) is
+/// wrong or incomplete; `None` when the library's message is right.
+fn diagnose(errno: i32, here: &Here) -> Option<String> {
+    let op = "prctl(PR_SET_IO_FLUSHER)";
+    match errno {
+        libc::EPERM if !here.has_cap() => here.seccomp_filter().map(|f| {
+            format!(
+                "{op} needs CAP_SYS_RESOURCE, which this process lacks (and {f} is installed, \
+                 which may refuse it too); grant the capability: AmbientCapabilities= in a \
+                 systemd unit, `--cap-add SYS_RESOURCE` for a container"
+            )
+        }),
+        libc::EPERM if here.initial_user_ns() == Some(false) => Some(format!(
+            "{op} needs CAP_SYS_RESOURCE in the initial user namespace; this process holds it \
+             only inside its own user namespace (a rootless container, systemd PrivateUsers=): \
+             run the daemon in a container started by root with `--cap-add SYS_RESOURCE`, or \
+             outside the user namespace"
+        )),
+        libc::EPERM if here.new_kernel() => Some(format!(
+            "{op} was refused although CAP_SYS_RESOURCE is in the effective set in the initial \
+             user namespace, on a kernel that has it: {} refused it; allow prctl option 57 \
+             (PR_SET_IO_FLUSHER) in the filter or policy",
+            here.blockers()
+        )),
+        libc::EINVAL if here.new_kernel() => Some(format!(
+            "{op} answered EINVAL although Linux {} has it (5.6): {} returning EINVAL, or a \
+             kernel built without it",
+            here.release,
+            here.seccomp_filter()
+                .unwrap_or_else(|| "a seccomp filter".to_owned())
+        )),
+        libc::EINVAL => None,
+        libc::ENOSYS => Some(format!(
+            "{op} answered ENOSYS, which prctl(2) never does by itself: {} blocks it; allow \
+             prctl option 57 (PR_SET_IO_FLUSHER) in the filter",
+            here.seccomp_filter()
+                .unwrap_or_else(|| "a seccomp filter".to_owned())
+        )),
+        libc::EACCES => Some(format!(
+            "{op} answered EACCES, which the capability check never does: {} refused it; allow \
+             prctl option 57 (PR_SET_IO_FLUSHER) in the filter or policy",
+            here.blockers()
+        )),
+        _ => Some(format!(
+            "{op} failed with {}: not the capability check (EPERM) nor an old kernel (EINVAL); \
+             {} may be involved",
+            errno_text(errno),
+            here.blockers()
+        )),
+    }
 }
 
 /// `(major, minor)` of a kernel release such as `6.1.0-13-cloud-amd64`.
@@ -326,21 +729,20 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 fn probe() -> u8 {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|e| format!("unknown ({e})"));
-    let kernel_note = match kernel_version(&release) {
+    use std::fmt::Write as _;
+    let here = Here::read();
+    let mut s = String::new();
+    let kernel_note = match here.kernel {
         Some(v) if v >= (5, 8) => "has PR_SET_IO_FLUSHER (5.6) and PF_LOCAL_THROTTLE (5.8)",
         Some(v) if v >= (5, 6) => "has PR_SET_IO_FLUSHER but not PF_LOCAL_THROTTLE (5.8)",
         Some(_) => "too old: PR_SET_IO_FLUSHER needs Linux 5.6",
         None => "version not recognised",
     };
-    println!("kernel:             {release} ({kernel_note})");
-
-    let cap = cap_eff();
-    let has_cap = cap.as_ref().is_ok_and(|c| c & (1 << CAP_SYS_RESOURCE) != 0);
-    match &cap {
-        Ok(c) => println!(
+    let _ = writeln!(s, "kernel:             {} ({kernel_note})", here.release);
+    let has_cap = here.has_cap();
+    let _ = match &here.cap_eff {
+        Ok(c) => writeln!(
+            s,
             "CAP_SYS_RESOURCE:   {} (CapEff {c:016x})",
             if has_cap {
                 "in the effective set"
@@ -348,51 +750,89 @@ fn probe() -> u8 {
                 "NOT in the effective set"
             }
         ),
-        Err(e) => println!("CAP_SYS_RESOURCE:   unknown ({e})"),
-    }
-    let initial_ns = initial_user_ns();
-    match initial_ns {
-        Some(true) => println!("user namespace:     initial"),
-        Some(false) => println!(
-            "user namespace:     not the initial one (a container?): capabilities held here do \
-             not count for PR_SET_IO_FLUSHER"
+        Err(e) => writeln!(s, "CAP_SYS_RESOURCE:   unknown ({e})"),
+    };
+    let _ = match (&here.user_ns, here.initial_user_ns()) {
+        (Ok(ino), Some(true)) => writeln!(s, "user namespace:     initial (user:[{ino}])"),
+        (Ok(ino), _) => writeln!(
+            s,
+            "user namespace:     not the initial one (user:[{ino}]; a container, systemd \
+             PrivateUsers=?): capabilities held here do not count for PR_SET_IO_FLUSHER"
         ),
-        None => println!("user namespace:     unknown (no /proc/self/uid_map)"),
+        (Err(e), _) => writeln!(s, "user namespace:     unknown (/proc/self/ns/user: {e})"),
+    };
+    let _ = match (here.seccomp_filter(), here.seccomp) {
+        (Some(f), _) => writeln!(s, "seccomp:            {f}"),
+        (None, Some(_)) => writeln!(s, "seccomp:            none"),
+        (None, None) => writeln!(s, "seccomp:            unknown (no Seccomp: line)"),
+    };
+    let _ = match &here.lsm {
+        Some(l) => writeln!(s, "LSM label:          {l}"),
+        None => writeln!(s, "LSM label:          none (unconfined)"),
+    };
+    match proc_pid_namespace() {
+        Ok(ProcPidNamespace::Own) => {}
+        Ok(other) => {
+            let _ = writeln!(s, "/proc:              {other}");
+        }
+        Err(e) => {
+            let _ = writeln!(s, "/proc:              unreadable ({e})");
+        }
     }
+    // Ask with the setter, setting the state the thread has already (so
+    // nothing changes): a filter may treat PR_SET and PR_GET differently,
+    // and `exec` uses the setter.
+    let before = ThreadFlags::current();
+    let set = reclaim_scope::set_thread_io_flusher(before.as_ref().is_ok_and(|f| f.noio()));
+    let refusal = set.as_ref().err().and_then(|e| e.raw_os_error());
+    let _ = match (&set, refusal) {
+        (Ok(()), _) => writeln!(s, "PR_SET_IO_FLUSHER:  available"),
+        (Err(_), Some(errno)) => {
+            writeln!(s, "PR_SET_IO_FLUSHER:  refused with {}", errno_text(errno))
+        }
+        (Err(e), None) => writeln!(s, "PR_SET_IO_FLUSHER:  refused: {e}"),
+    };
+    // What the library's support() (PR_GET_IO_FLUSHER) concludes, where a
+    // filter treats the getter differently.
     let sup = support();
-    println!("PR_SET_IO_FLUSHER:  {sup}");
-    match ThreadFlags::current() {
-        Ok(f) => println!("this process:       {f}"),
-        Err(e) => println!("this process:       unknown ({e})"),
+    if sup.is_available() != set.is_ok() {
+        let _ = writeln!(s, "PR_GET_IO_FLUSHER:  {sup}");
     }
-    match sup {
-        Support::Available => {
-            println!(
+    let _ = match before {
+        Ok(f) => writeln!(s, "this process:       {f}"),
+        Err(e) => writeln!(s, "this process:       unknown ({e})"),
+    };
+    let code = match (&set, refusal) {
+        (Ok(()), _) => {
+            let _ = writeln!(
+                s,
                 "ok:                 `reclaim-scope exec -- DAEMON ARGS...` runs DAEMON and every \
                  thread it creates as an I/O flusher"
             );
             EXIT_OK
         }
-        Support::NotPermitted if has_cap && initial_ns == Some(false) => {
-            println!(
-                "fix:                CAP_SYS_RESOURCE is held only inside this user namespace; the \
-                 kernel checks the initial one: run the daemon in a container started by root \
-                 with `--cap-add SYS_RESOURCE` (not a rootless one), or outside the container"
-            );
-            EXIT_FAILURE
-        }
-        other => {
-            if let Some(e) = other.error() {
-                println!("fix:                {e}");
+        (Err(e), errno) => {
+            match errno.and_then(|n| diagnose(n, &here)) {
+                Some(d) => {
+                    let _ = writeln!(s, "fix:                {d}");
+                }
+                None => {
+                    let _ = writeln!(s, "fix:                {e}");
+                }
             }
-            if other == Support::NotPermitted {
-                println!(
+            if errno == Some(libc::EPERM) && !has_cap {
+                let _ = writeln!(
+                    s,
                     "                    systemd: AmbientCapabilities=CAP_SYS_RESOURCE and \
                      ExecStart=/usr/local/bin/reclaim-scope exec -- DAEMON ARGS..."
                 );
             }
             EXIT_FAILURE
         }
+    };
+    match emit(&s) {
+        Ok(()) => code,
+        Err(c) => c,
     }
 }
 

@@ -23,6 +23,11 @@ cfg_if::cfg_if! {
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod fileio;
+#[cfg(all(target_os = "linux", feature = "cli"))]
+mod launch;
+#[cfg(all(target_os = "linux", feature = "cli"))]
+pub(crate) use launch::restore_and_execvp;
+pub(crate) mod procfs;
 
 /// `PF_SUPERPRIV`: set by the kernel when a task used a capability.
 #[cfg(test)]
