@@ -364,7 +364,8 @@ fn fuse_forget_returns_the_inode_table_to_what_the_kernel_holds() {
     }
     let mnt = Path::new("/mnt/rs-fuse-forget");
     fs::create_dir_all(mnt).unwrap();
-    let pt = passthrough::Passthrough::new(src, passthrough::Guarding::IoFlusher);
+    let pt = passthrough::Passthrough::new(src, passthrough::Guarding::IoFlusher)
+        .expect("open the source");
     let stats = pt.stats();
     let mounted = passthrough::mount(pt, mnt, 2).expect("mount the passthrough");
     let inodes = || stats.inodes.load(Relaxed);

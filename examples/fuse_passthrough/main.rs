@@ -14,6 +14,14 @@
 //! warning; `--strict` refuses instead. `--no-flusher` serves without the
 //! `IoFlusher` (each file data access is still NOIO-scoped by `NoFsFile`);
 //! `--unprotected` also bypasses `NoFsFile`: the baseline for comparison.
+//!
+//! `--allow-other` lets other users use the mount (the kernel checks their
+//! permissions, `default_permissions`); what they create is theirs.
+//!
+//! The first SIGINT/SIGTERM unmounts; when the mount is busy it is detached
+//! lazily (`MNT_DETACH`) and the daemon exits after a short grace period, so
+//! no mount and no daemon stay behind (users of files still open there get
+//! `ENOTCONN`). A second signal exits at once.
 
 #[path = "../common/daemon.rs"]
 mod daemon;
@@ -21,12 +29,17 @@ mod passthrough;
 
 use clap::Parser;
 use daemon::Protection;
-use passthrough::{Guarding, Passthrough};
+use passthrough::{Guarding, Passthrough, Unmounted};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// After a lazy unmount, how long open files on the detached mount are
+/// still served before the daemon exits.
+const GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
 #[command(about = "FUSE passthrough on reclaim-scope's NoFsFile and IoFlusher")]
@@ -40,6 +53,12 @@ struct Args {
     /// Worker threads reading /dev/fuse (each its own cloned fd when > 1).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Let other users use the mount (mount option allow_other).
+    #[arg(long)]
+    allow_other: bool,
+    /// Plain READDIR only (no READDIRPLUS).
+    #[arg(long)]
+    no_readdirplus: bool,
     #[command(flatten)]
     protection: daemon::ProtectionArgs,
 }
@@ -72,8 +91,16 @@ fn main() -> ExitCode {
         }
     };
     let source = args.source.canonicalize().unwrap_or(args.source.clone());
-    let mut fs = Passthrough::new(source.clone(), guarding);
+    let mut fs = match Passthrough::new(source.clone(), guarding) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("fuse-passthrough: --source {}: {e}", source.display());
+            return ExitCode::from(2);
+        }
+    };
     fs.plain_io = protection == Protection::Unprotected;
+    fs.allow_other = args.allow_other;
+    fs.readdirplus = !args.no_readdirplus;
     let stats = fs.stats();
     let mut mounted = match passthrough::mount(fs, &args.mountpoint, args.threads) {
         Ok(m) => m,
@@ -100,15 +127,38 @@ fn main() -> ExitCode {
     // An unmount from outside (umount, fusermount -u) ends it the same way.
     let mut unmounter = mounted.take_unmounter().expect("fresh mount");
     let handle = signals.handle();
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .unwrap_or(args.mountpoint.clone());
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                eprintln!("fuse-passthrough: signal {sig}: unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    eprintln!("fuse-passthrough: unmount: {e}");
-                }
+            let mut signals = signals.forever();
+            let Some(sig) = signals.next() else { return };
+            eprintln!("fuse-passthrough: signal {sig}: unmounting");
+            match passthrough::unmount_or_detach(&mut unmounter, &mountpoint) {
+                // The session ends; `join` returns in main.
+                Ok(Unmounted::Clean) => return,
+                Ok(Unmounted::Lazily) => eprintln!(
+                    "fuse-passthrough: {} is busy: detached lazily; exiting in {} s \
+                     (files still open there then get ENOTCONN)",
+                    mountpoint.display(),
+                    GRACE.as_secs()
+                ),
+                Err(e) => eprintln!("fuse-passthrough: unmount: {e}; exiting"),
             }
+            // Busy or failed: the session may never end by itself (an open
+            // file, a working directory). Exit after the grace period, or at
+            // a second signal; closing /dev/fuse ends the connection.
+            std::thread::spawn(|| {
+                std::thread::sleep(GRACE);
+                std::process::exit(0);
+            });
+            if let Some(sig) = signals.next() {
+                eprintln!("fuse-passthrough: signal {sig} again: exiting now");
+            }
+            std::process::exit(0);
         })
         .expect("spawn the signal thread");
     let r = mounted.join();

@@ -1,6 +1,12 @@
-//! The file system of the FUSE passthrough example: every operation is
-//! forwarded to a source directory, and every read, write, truncate and sync
-//! of file data goes through `NoFsFile`.
+//! The file system of the FUSE passthrough example: a file-handle
+//! passthrough in the manner of libfuse's `passthrough_hp.cc` and
+//! virtiofsd. Every inode the kernel knows holds an `O_PATH` descriptor of
+//! its source file ([`inodes`]), every request reaches the source through
+//! the `*at()` calls relative to descriptors (or `/proc/self/fd/N`), each
+//! OPENDIR handle owns one directory stream ([`dirstream`]), and each
+//! creating request runs with the caller's fsuid/fsgid ([`creds`]). Every
+//! read, write, truncate, sync and allocation of file data goes through
+//! `NoFsFile`.
 //!
 //! The threads that read `/dev/fuse` and run these methods are the ones the
 //! kernel may wait on while it reclaims memory (dirty pages of this mount are
@@ -10,36 +16,57 @@
 //! its worker threads itself (`fuser-0`, ...), so the guard cannot be
 //! entered around their spawn.
 //!
-//! Inodes are numbered by this file system (root = 1), one per source file
-//! (`(st_dev, st_ino)`: hard links share one), and mapped to the names they
-//! are known by, relative to the source; a rename moves the name of the
-//! entry and of everything below it. Each entry counts the kernel's references (one per
-//! LOOKUP, MKDIR or CREATE reply) and is dropped when FORGET returns them
-//! all, or when the name is unlinked, so the table holds what the kernel's
-//! inode cache holds, not every name ever seen: a daemon that runs for months
-//! under `find /` must not grow without bound. READDIR registers nothing: a
-//! name the kernel has not looked up gets `d_ino` 0xffffffff (libfuse's
-//! `FUSE_UNKNOWN_INO`, as its `readdir_ino` option does).
+//! Caching, chosen deliberately: the writeback cache is off (every write is
+//! sent at once, so a write error reaches the writer and the source sees
+//! each write in order); an open file gets neither `FOPEN_KEEP_CACHE` (the
+//! source may change behind the mount, so each open starts with a clean
+//! page cache) nor, unless opened with `O_APPEND`, `FOPEN_DIRECT_IO` (reads
+//! and mmap are cached between opens). `FUSE_AUTO_INVAL_DATA` drops cached
+//! pages when a refreshed size or mtime shows the file changed. An
+//! `O_APPEND` open keeps `O_APPEND` on the source descriptor, so every
+//! append lands at the true end of the file even when someone else
+//! appended in the source; it is opened `FOPEN_DIRECT_IO` because the
+//! kernel computes the offset of an append from the size it has cached,
+//! and would otherwise put the appended bytes in its page cache at that
+//! (possibly stale) offset.
 
 #![allow(dead_code)] // shared with tests/fuse_passthrough.rs and tests/vm_fuse.rs
 
+#[path = "creds.rs"]
+mod creds;
+#[path = "dirstream.rs"]
+mod dirstream;
+#[path = "inodes.rs"]
+mod inodes;
+
+pub use inodes::Stats;
+
+use creds::AsCaller;
+use dirstream::DirStream;
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
+    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
     SessionUnmounter, TimeOrNow, WriteFlags,
 };
-use nix::fcntl::AT_FDCWD;
-use nix::sys::stat::{utimensat, UtimensatFlags};
+use inodes::{Inode, Inodes};
+use nix::fcntl::{openat, AtFlags, FallocateFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags,
+    FileStat, Mode, SFlag, UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
-use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError};
+use nix::unistd::{Gid, Uid};
+use reclaim_scope::{with_nofs, IoFlusher, NoFsFile, NoFsIoError};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -49,6 +76,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Attributes and entries are cached by the kernel this long. Short: the
 /// source directory may change behind the mount's back.
 const TTL: Duration = Duration::from_secs(1);
+
+/// Value of `d_ino` for a name the kernel has not looked up (libfuse's
+/// `FUSE_UNKNOWN_INO`).
+pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 
 /// How serving threads get their allocation context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,206 +102,17 @@ pub struct Passthrough {
     /// `ftruncate` (`--unprotected`). With `Guarding::None` alone every
     /// data access is still NOIO-scoped per call by `NoFsFile`.
     pub plain_io: bool,
+    /// Ask the kernel for READDIRPLUS (adaptive: `FUSE_READDIRPLUS_AUTO`),
+    /// which looks every listed name up in the same request.
+    pub readdirplus: bool,
+    /// Mount with `allow_other`: other users may use the mount (their
+    /// permissions are checked by the kernel, `default_permissions`).
+    pub allow_other: bool,
     inodes: Mutex<Inodes>,
-    handles: Mutex<HashMap<u64, Arc<NoFsFile>>>,
+    files: Mutex<HashMap<u64, Arc<NoFsFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirStream>>>>,
     next_fh: AtomicU64,
     stats: Arc<Stats>,
-}
-
-/// Counters a test or the daemon can read while the file system is mounted
-/// (`Passthrough::stats`, taken before `mount` moves the file system).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Requests served.
-    pub requests: AtomicU64,
-    /// Entries in the inode table, the root included.
-    pub inodes: AtomicU64,
-    /// Kernel references returned by FORGET.
-    pub forgotten: AtomicU64,
-}
-
-/// Value of `d_ino` for a name the kernel has not looked up (libfuse's
-/// `FUSE_UNKNOWN_INO`).
-pub const UNKNOWN_INO: u64 = 0xffff_ffff;
-
-/// The source file an inode stands for: `(st_dev, st_ino)`.
-type SourceId = (u64, u64);
-
-struct Inodes {
-    /// ino → the names it is known by, relative to the source ("" is the
-    /// root), the last one looked up first; requests use the first. Hard
-    /// links give one inode two names.
-    names: HashMap<u64, Vec<PathBuf>>,
-    by_path: HashMap<PathBuf, u64>,
-    /// ino ↔ the source file it stands for, so that every name of one file
-    /// is one kernel inode with one page and attribute cache.
-    by_source: HashMap<SourceId, u64>,
-    source_of: HashMap<u64, SourceId>,
-    /// ino → references the kernel holds (entry replies not yet forgotten).
-    lookups: HashMap<u64, u64>,
-    next: u64,
-    stats: Arc<Stats>,
-}
-
-impl Inodes {
-    fn new(root: Option<SourceId>, stats: Arc<Stats>) -> Inodes {
-        let mut t = Inodes {
-            names: HashMap::new(),
-            by_path: HashMap::new(),
-            by_source: HashMap::new(),
-            source_of: HashMap::new(),
-            lookups: HashMap::new(),
-            next: INodeNo::ROOT.0 + 1,
-            stats,
-        };
-        t.add_name(INodeNo::ROOT.0, PathBuf::new());
-        if let Some(id) = root {
-            t.by_source.insert(id, INodeNo::ROOT.0);
-            t.source_of.insert(INodeNo::ROOT.0, id);
-        }
-        t.count();
-        t
-    }
-
-    /// `rel` names `ino`, as a LOOKUP just saw: it goes first, so requests
-    /// use the name last seen to exist (an older one may have been renamed
-    /// behind the mount's back).
-    fn add_name(&mut self, ino: u64, rel: PathBuf) {
-        self.by_path.insert(rel.clone(), ino);
-        let names = self.names.entry(ino).or_default();
-        names.retain(|p| *p != rel);
-        names.insert(0, rel);
-    }
-
-    /// The path requests for `ino` use.
-    fn path(&self, ino: u64) -> Option<&PathBuf> {
-        self.names.get(&ino).and_then(|v| v.first())
-    }
-
-    /// The inode of the file `id` found at `rel`, allocated if new, with one
-    /// more kernel reference: only for replies that hand the kernel an entry.
-    /// A second name of a known file (a hard link) joins its inode; a name
-    /// whose file was replaced behind the mount leaves the old inode.
-    fn lookup(&mut self, rel: &Path, id: SourceId) -> u64 {
-        let ino = match self.by_path.get(rel).copied() {
-            Some(ino) if self.source_of.get(&ino) == Some(&id) => ino,
-            stale => {
-                if stale.is_some() {
-                    self.unname(rel);
-                }
-                match self.by_source.get(&id).copied() {
-                    Some(ino) => {
-                        self.add_name(ino, rel.to_owned());
-                        ino
-                    }
-                    None => {
-                        let ino = self.next;
-                        self.next += 1;
-                        self.add_name(ino, rel.to_owned());
-                        self.by_source.insert(id, ino);
-                        self.source_of.insert(ino, id);
-                        self.count();
-                        ino
-                    }
-                }
-            }
-        };
-        *self.lookups.entry(ino).or_insert(0) += 1;
-        ino
-    }
-
-    /// The inode of `rel` if the kernel knows it.
-    fn known(&self, rel: &Path) -> Option<u64> {
-        self.by_path.get(rel).copied()
-    }
-
-    /// FORGET: the kernel returns `n` references to `ino`. An inode unlinked
-    /// meanwhile is already gone; the root is never dropped.
-    fn forget(&mut self, ino: u64, n: u64) {
-        self.stats.forgotten.fetch_add(n, Ordering::Relaxed);
-        if ino == INodeNo::ROOT.0 {
-            return;
-        }
-        let Some(left) = self.lookups.get_mut(&ino) else {
-            return;
-        };
-        *left = left.saturating_sub(n);
-        if *left == 0 {
-            self.drop_inode(ino);
-        }
-    }
-
-    fn drop_inode(&mut self, ino: u64) {
-        self.lookups.remove(&ino);
-        for p in self.names.remove(&ino).unwrap_or_default() {
-            self.by_path.remove(&p);
-        }
-        if let Some(id) = self.source_of.remove(&ino) {
-            self.by_source.remove(&id);
-        }
-        self.count();
-    }
-
-    /// The name is gone from the source (unlink, rmdir, replaced by a
-    /// rename). An inode with another name (a hard link) lives on under it;
-    /// one without is dropped: later requests for it get ENOENT, and its
-    /// FORGET finds nothing.
-    fn unname(&mut self, rel: &Path) {
-        let Some(ino) = self.by_path.remove(rel) else {
-            return;
-        };
-        let left = self.names.get_mut(&ino).map_or(0, |v| {
-            v.retain(|p| p != rel);
-            v.len()
-        });
-        if left == 0 && ino != INodeNo::ROOT.0 {
-            self.drop_inode(ino);
-        }
-    }
-
-    fn count(&self) {
-        self.stats
-            .inodes
-            .store(self.names.len() as u64, Ordering::Relaxed);
-    }
-
-    /// `from` (and everything below it) is now called `to`.
-    fn rename(&mut self, from: &Path, to: &Path) {
-        // An entry replaced by the rename loses its name.
-        let replaced: Vec<PathBuf> = self
-            .by_path
-            .keys()
-            .filter(|p| p.starts_with(to))
-            .cloned()
-            .collect();
-        for p in replaced {
-            self.unname(&p);
-        }
-        let moved: Vec<(PathBuf, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(from))
-            .map(|(p, &i)| (p.clone(), i))
-            .collect();
-        for (old, ino) in moved {
-            // Not `to.join("")`: that appends a '/', and "file/" is ENOTDIR.
-            let below = old.strip_prefix(from).expect("prefix");
-            let new = if below.as_os_str().is_empty() {
-                to.to_owned()
-            } else {
-                to.join(below)
-            };
-            self.by_path.remove(&old);
-            self.by_path.insert(new.clone(), ino);
-            if let Some(p) = self
-                .names
-                .get_mut(&ino)
-                .and_then(|v| v.iter_mut().find(|p| **p == old))
-            {
-                *p = new;
-            }
-        }
-    }
 }
 
 thread_local! {
@@ -278,25 +120,58 @@ thread_local! {
     static SERVE_GUARD: RefCell<Option<IoFlusher>> = const { RefCell::new(None) };
 }
 
-/// The errno of an I/O error, also when `NoFsFile` wrapped it.
-pub fn errno(e: &io::Error) -> Errno {
-    let raw = NoFsIoError::of(e)
-        .and_then(NoFsIoError::raw_os_error)
-        .or_else(|| e.raw_os_error());
-    match raw {
+/// The FUSE errno of a failed system call: the source's own.
+fn sys(e: nix::errno::Errno) -> Errno {
+    Errno::from_i32(e as i32)
+}
+
+/// The FUSE errno of an I/O error: its OS error, or one that says the same
+/// for the few errors made without one.
+pub fn io_errno(e: &io::Error) -> Errno {
+    match e.raw_os_error() {
         Some(n) => Errno::from_i32(n),
         None => match e.kind() {
             io::ErrorKind::NotFound => Errno::ENOENT,
             io::ErrorKind::PermissionDenied => Errno::EACCES,
             io::ErrorKind::AlreadyExists => Errno::EEXIST,
             io::ErrorKind::InvalidInput => Errno::EINVAL,
+            io::ErrorKind::Unsupported => Errno::EOPNOTSUPP,
             _ => Errno::EIO,
         },
     }
 }
 
-fn kind_of(ft: fs::FileType) -> FileType {
-    FileType::from_std(ft).unwrap_or(FileType::RegularFile)
+/// The FUSE errno of a failed `NoFsFile` call: the errno it keeps.
+pub fn nofs_errno(e: NoFsIoError) -> Errno {
+    match e.raw_os_error() {
+        Some(n) => Errno::from_i32(n),
+        None => io_errno(&io::Error::from(e)),
+    }
+}
+
+fn file_type(kind: SFlag) -> FileType {
+    match kind {
+        SFlag::S_IFDIR => FileType::Directory,
+        SFlag::S_IFLNK => FileType::Symlink,
+        SFlag::S_IFIFO => FileType::NamedPipe,
+        SFlag::S_IFCHR => FileType::CharDevice,
+        SFlag::S_IFBLK => FileType::BlockDevice,
+        SFlag::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dirent_type(t: nix::dir::Type) -> FileType {
+    use nix::dir::Type;
+    match t {
+        Type::Directory => FileType::Directory,
+        Type::Symlink => FileType::Symlink,
+        Type::Fifo => FileType::NamedPipe,
+        Type::CharacterDevice => FileType::CharDevice,
+        Type::BlockDevice => FileType::BlockDevice,
+        Type::Socket => FileType::Socket,
+        Type::File => FileType::RegularFile,
+    }
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -307,29 +182,47 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-fn attr_of(ino: u64, m: &fs::Metadata) -> FileAttr {
+/// `st_rdev` (glibc's `dev_t`) as FUSE's `rdev`, the kernel's
+/// `new_encode_dev` form; and back.
+fn encode_dev(dev: u64) -> u32 {
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)) as u32
+}
+
+fn decode_dev(rdev: u32) -> u64 {
+    let rdev = u64::from(rdev);
+    let major = (rdev >> 8) & 0xfff;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    nix::sys::stat::makedev(major, minor)
+}
+
+fn attr_of(ino: u64, st: &FileStat) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
-        size: m.size(),
-        blocks: m.blocks(),
-        atime: time(m.atime(), m.atime_nsec()),
-        mtime: time(m.mtime(), m.mtime_nsec()),
-        ctime: time(m.ctime(), m.ctime_nsec()),
-        crtime: time(m.ctime(), m.ctime_nsec()),
-        kind: kind_of(m.file_type()),
-        perm: (m.mode() & 0o7777) as u16,
-        nlink: m.nlink() as u32,
-        uid: m.uid(),
-        gid: m.gid(),
-        rdev: m.rdev() as u32,
-        blksize: m.blksize() as u32,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        // Not in FUSE's attributes on Linux (no statx btime in fuser 0.18).
+        crtime: time(st.st_ctime, st.st_ctime_nsec),
+        kind: file_type(inodes::kind_of(st)),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: encode_dev(st.st_rdev),
+        blksize: st.st_blksize as u32,
         flags: 0,
     }
 }
 
-/// Open options for the access mode and the flags std knows; `O_APPEND` is
-/// dropped (the kernel sends the offset of each write), `O_CREAT`/`O_EXCL`
-/// are the caller's.
+/// Flags of an OPEN kept on the source descriptor: the access mode,
+/// `O_APPEND` (appends land at the source's true end), and the
+/// synchronisation and atime flags. `O_DIRECT` is not kept: the kernel
+/// already bypasses its page cache for it, and the daemon's buffers are
+/// not aligned for the source. `O_CREAT`/`O_EXCL`/`O_TRUNC` do not come
+/// with OPEN (the kernel truncates with SETATTR).
 fn open_options(flags: i32) -> OpenOptions {
     let mut o = OpenOptions::new();
     match flags & libc::O_ACCMODE {
@@ -337,27 +230,73 @@ fn open_options(flags: i32) -> OpenOptions {
         libc::O_RDWR => o.read(true).write(true),
         _ => o.read(true),
     };
-    if flags & libc::O_TRUNC != 0 {
-        o.truncate(true);
+    if flags & libc::O_APPEND != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        o.append(true);
     }
     let keep = libc::O_NOATIME | libc::O_DSYNC | libc::O_SYNC;
     o.custom_flags(flags & keep);
     o
 }
 
+/// `FOPEN_DIRECT_IO` for appends (see the module documentation), the page
+/// cache for everything else.
+fn fopen_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_APPEND != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
+    match t {
+        None => TimeSpec::UTIME_OMIT,
+        Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::from(d),
+            Err(e) => {
+                let d = e.duration();
+                let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                if ns == 0 {
+                    TimeSpec::new(-s, 0)
+                } else {
+                    TimeSpec::new(-s - 1, 1_000_000_000 - ns)
+                }
+            }
+        },
+    }
+}
+
+/// Whether a directory entry name is `.` or `..`.
+fn is_dot(name: &OsStr) -> bool {
+    name == "." || name == ".."
+}
+
 impl Passthrough {
-    pub fn new(source: PathBuf, guarding: Guarding) -> Passthrough {
+    /// The passthrough over `source` (a directory, opened now: its
+    /// descriptor is the root inode).
+    pub fn new(source: PathBuf, guarding: Guarding) -> io::Result<Passthrough> {
         let stats = Arc::new(Stats::default());
-        let root = fs::metadata(&source).ok().map(|m| (m.dev(), m.ino()));
-        Passthrough {
+        let root = openat(
+            AT_FDCWD,
+            &source,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let st = fstat(&root).map_err(io::Error::from)?;
+        Ok(Passthrough {
             source,
             guarding,
             plain_io: false,
-            inodes: Mutex::new(Inodes::new(root, stats.clone())),
-            handles: Mutex::new(HashMap::new()),
+            readdirplus: true,
+            allow_other: false,
+            inodes: Mutex::new(Inodes::new(root, &st, stats.clone())),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats,
-        }
+        })
     }
 
     /// Live counters of this file system, readable after `mount` took it.
@@ -381,112 +320,116 @@ impl Passthrough {
         });
     }
 
-    fn rel(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        self.inodes
+    fn table(&self) -> std::sync::MutexGuard<'_, Inodes> {
+        self.inodes.lock().expect("inode table")
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
+        self.table().get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    /// An entry for the kernel: the file `fd` (`O_PATH`) with one more
+    /// reference.
+    fn entry_of(&self, fd: OwnedFd) -> Result<FileAttr, Errno> {
+        let st = fstat(&fd).map_err(sys)?;
+        let (ino, _) = self.table().lookup(fd, &st);
+        Ok(attr_of(ino, &st))
+    }
+
+    /// LOOKUP of `name` in `parent`, also after a creating request.
+    fn lookup_child(&self, parent: &Inode, name: &OsStr) -> Result<FileAttr, Errno> {
+        let fd = openat(
+            &parent.fd,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        self.entry_of(fd)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<NoFsFile>, Errno> {
+        self.files
             .lock()
-            .expect("inode table")
-            .path(ino.0)
-            .cloned()
-            .ok_or(Errno::ENOENT)
-    }
-
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
-        Ok(self.rel(parent)?.join(name))
-    }
-
-    fn full(&self, rel: &Path) -> PathBuf {
-        self.source.join(rel)
-    }
-
-    /// `lstat` of a relative path and its inode number (allocated if new),
-    /// for a reply that gives the kernel a reference to the entry.
-    fn entry(&self, rel: &Path) -> Result<FileAttr, Errno> {
-        let m = fs::symlink_metadata(self.full(rel)).map_err(|e| errno(&e))?;
-        let id = (m.dev(), m.ino());
-        let ino = self.inodes.lock().expect("inode table").lookup(rel, id);
-        Ok(attr_of(ino, &m))
-    }
-
-    /// UNLINK and RMDIR: remove the name in the source, then from the table.
-    fn remove(
-        &self,
-        parent: INodeNo,
-        name: &OsStr,
-        op: impl FnOnce(&Path) -> io::Result<()>,
-        reply: ReplyEmpty,
-    ) {
-        let r = self.child(parent, name).and_then(|rel| {
-            op(&self.full(&rel)).map_err(|e| errno(&e))?;
-            self.inodes.lock().expect("inode table").unname(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn handle(&self, fh: FileHandle) -> Result<Arc<NoFsFile>, Errno> {
-        self.handles
-            .lock()
-            .expect("handle table")
+            .expect("file handles")
             .get(&fh.0)
             .cloned()
             .ok_or(Errno::EBADF)
     }
 
-    fn add_handle(&self, f: NoFsFile) -> FileHandle {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
+    fn dir(&self, fh: FileHandle) -> Result<Arc<Mutex<DirStream>>, Errno> {
+        self.dirs
             .lock()
-            .expect("handle table")
+            .expect("dir handles")
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add_file(&self, f: NoFsFile) -> FileHandle {
+        let fh = self.new_fh();
+        self.files
+            .lock()
+            .expect("file handles")
             .insert(fh, Arc::new(f));
         FileHandle(fh)
     }
 
-    fn read_at(&self, f: &NoFsFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    fn read_at(&self, f: &NoFsFile, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
         let mut done = 0;
         while done < buf.len() {
+            let at = offset + done as u64;
             let n = if self.plain_io {
-                f.get_ref().read_at(&mut buf[done..], offset + done as u64)
+                f.get_ref()
+                    .read_at(&mut buf[done..], at)
+                    .map_err(|e| io_errno(&e))
             } else {
-                f.pread_nofs(&mut buf[done..], offset + done as u64).map_err(io::Error::from)
+                f.pread_nofs(&mut buf[done..], at).map_err(nofs_errno)
             };
             match n {
                 Ok(0) => break,
                 Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e == Errno::EINTR => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(done)
     }
 
-    fn write_at(&self, f: &NoFsFile, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_at(&self, f: &NoFsFile, buf: &[u8], offset: u64) -> Result<(), Errno> {
         if self.plain_io {
-            f.get_ref().write_all_at(buf, offset)
+            f.get_ref()
+                .write_all_at(buf, offset)
+                .map_err(|e| io_errno(&e))
         } else {
-            f.write_all_at_nofs(buf, offset).map_err(io::Error::from)
+            f.write_all_at_nofs(buf, offset).map_err(nofs_errno)
         }
     }
 
-    fn sync(&self, f: &NoFsFile, datasync: bool) -> io::Result<()> {
+    fn sync(&self, f: &NoFsFile, datasync: bool) -> Result<(), Errno> {
         match (self.plain_io, datasync) {
-            (true, true) => f.get_ref().sync_data(),
-            (true, false) => f.get_ref().sync_all(),
-            (false, true) => f.sync_data_nofs().map_err(io::Error::from),
-            (false, false) => f.sync_all_nofs().map_err(io::Error::from),
+            (true, true) => f.get_ref().sync_data().map_err(|e| io_errno(&e)),
+            (true, false) => f.get_ref().sync_all().map_err(|e| io_errno(&e)),
+            (false, true) => f.sync_data_nofs().map_err(nofs_errno),
+            (false, false) => f.sync_all_nofs().map_err(nofs_errno),
         }
     }
 
-    fn set_len(&self, f: &NoFsFile, len: u64) -> io::Result<()> {
+    fn set_len(&self, f: &NoFsFile, len: u64) -> Result<(), Errno> {
         if self.plain_io {
-            f.get_ref().set_len(len)
+            f.get_ref().set_len(len).map_err(|e| io_errno(&e))
         } else {
-            f.set_len_nofs(len).map_err(io::Error::from)
+            f.set_len_nofs(len).map_err(nofs_errno)
         }
     }
 
+    /// SETATTR in `passthrough_hp`'s order: mode, owner, size, times, each
+    /// through the open file when the kernel sent its handle (the name may
+    /// be gone), else through the inode's descriptor.
     #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
@@ -499,43 +442,85 @@ impl Passthrough {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
-        let rel = self.rel(ino)?;
-        let path = self.full(&rel);
-        let io = |e: io::Error| errno(&e);
+        let inode = self.inode(ino)?;
+        let file = fh.and_then(|fh| self.file(fh).ok());
         if let Some(mode) = mode {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777)).map_err(io)?;
+            let mode = Mode::from_bits_truncate(mode & 0o7777);
+            match &file {
+                Some(f) => fchmod(f.as_fd(), mode),
+                None => fchmodat(
+                    AT_FDCWD,
+                    inode.proc_path().as_str(),
+                    mode,
+                    FchmodatFlags::FollowSymlink,
+                ),
+            }
+            .map_err(sys)?;
         }
         if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&path, uid, gid).map_err(io)?;
+            let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+            match &file {
+                Some(f) => nix::unistd::fchown(f.as_fd(), uid, gid),
+                None => nix::unistd::fchownat(&inode.fd, "", uid, gid, AtFlags::AT_EMPTY_PATH),
+            }
+            .map_err(sys)?;
         }
         if let Some(size) = size {
-            match fh {
-                Some(fh) => self.set_len(&*self.handle(fh)?, size).map_err(io)?,
+            match &file {
+                Some(f) => self.set_len(f, size)?,
                 None => {
-                    let f = NoFsFile::open(&path, OpenOptions::new().write(true)).map_err(|e| io(e.into()))?;
-                    self.set_len(&f, size).map_err(io)?;
+                    let f = NoFsFile::open(inode.proc_path(), OpenOptions::new().write(true))
+                        .map_err(nofs_errno)?;
+                    self.set_len(&f, size)?;
                 }
             }
         }
         if atime.is_some() || mtime.is_some() {
-            let ts = |t: Option<TimeOrNow>| match t {
-                None => TimeSpec::UTIME_OMIT,
-                Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
-                Some(TimeOrNow::SpecificTime(t)) => {
-                    TimeSpec::from(t.duration_since(UNIX_EPOCH).unwrap_or_default())
-                }
-            };
-            utimensat(
-                AT_FDCWD,
-                &path,
-                &ts(atime),
-                &ts(mtime),
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(|e| Errno::from_i32(e as i32))?;
+            let (a, m) = (timespec(atime), timespec(mtime));
+            match &file {
+                Some(f) => futimens(f.as_fd(), &a, &m),
+                None => utimensat(
+                    AT_FDCWD,
+                    inode.proc_path().as_str(),
+                    &a,
+                    &m,
+                    UtimensatFlags::FollowSymlink,
+                ),
+            }
+            .map_err(sys)?;
         }
-        let m = fs::symlink_metadata(&path).map_err(io)?;
-        Ok(attr_of(ino.0, &m))
+        let st = match &file {
+            Some(f) => fstat(f.as_fd()),
+            None => fstat(&inode.fd),
+        }
+        .map_err(sys)?;
+        Ok(attr_of(ino.0, &st))
+    }
+
+    /// A creating request (`op` makes `name` in `parent`) run as the caller,
+    /// then looked up as the daemon.
+    fn create_as(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        op: impl FnOnce(&Inode) -> nix::Result<()>,
+    ) -> Result<FileAttr, Errno> {
+        let parent = self.inode(parent)?;
+        {
+            let _as = AsCaller::switch(req.uid(), req.gid())?;
+            op(&parent).map_err(sys)?;
+        }
+        self.lookup_child(&parent, name)
+    }
+
+    /// `d_ino` for a READDIR entry: the ino of a file the kernel knows, else
+    /// `FUSE_UNKNOWN_INO` (READDIR hands out no references).
+    fn d_ino(&self, t: &Inodes, dir: INodeNo, dir_inode: &Inode, name: &OsStr, ino: u64) -> u64 {
+        if name == "." || (name == ".." && dir == INodeNo::ROOT) {
+            return dir.0;
+        }
+        t.known((dir_inode.id.0, ino)).unwrap_or(UNKNOWN_INO)
     }
 }
 
@@ -546,38 +531,47 @@ impl Filesystem for Passthrough {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         // Large writes: fewer round trips (the kernel clamps to its limit).
         let _ = config.set_max_write(1 << 20);
+        // Each where the kernel offers it; none is needed for correctness.
+        // Not requested: FUSE_WRITEBACK_CACHE (appends and write errors, see
+        // the module documentation), FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS
+        // (locks stay the kernel's, among the mount's users), and
+        // FUSE_ATOMIC_O_TRUNC.
+        let mut wanted = InitFlags::FUSE_AUTO_INVAL_DATA | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.readdirplus {
+            wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        }
+        for flag in wanted.iter() {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.serve_guard();
-        match self.child(parent, name).and_then(|rel| self.entry(&rel)) {
+        match self.inode(parent).and_then(|p| self.lookup_child(&p, name)) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     // BATCH_FORGET arrives here too: fuser's default `batch_forget` calls
-    // `forget` per node (its `ForgetOne` is not public in 0.18).
+    // `forget` per node.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.serve_guard();
-        self.inodes
-            .lock()
-            .expect("inode table")
-            .forget(ino.0, nlookup);
+        self.stats.forgotten.fetch_add(nlookup, Ordering::Relaxed);
+        self.table().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.serve_guard();
-        // An open file is stat'ed through its descriptor: it may be unlinked.
-        let m = match fh.map(|fh| self.handle(fh)) {
-            Some(Ok(f)) => f.get_ref().metadata().map_err(|e| errno(&e)),
-            _ => self
-                .rel(ino)
-                .and_then(|rel| fs::symlink_metadata(self.full(&rel)).map_err(|e| errno(&e))),
+        // An open file is stat'ed through its descriptor, the rest through
+        // the inode's: both work for a file unlinked or renamed meanwhile.
+        let st = match fh.and_then(|fh| self.file(fh).ok()) {
+            Some(f) => fstat(f.as_fd()).map_err(sys),
+            None => self.inode(ino).and_then(|i| fstat(&i.fd).map_err(sys)),
         };
-        match m {
-            Ok(m) => reply.attr(&TTL, &attr_of(ino.0, &m)),
+        match st {
+            Ok(st) => reply.attr(&TTL, &attr_of(ino.0, &st)),
             Err(e) => reply.error(e),
         }
     }
@@ -607,9 +601,41 @@ impl Filesystem for Passthrough {
         }
     }
 
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.serve_guard();
+        match self
+            .inode(ino)
+            .and_then(|i| nix::fcntl::readlinkat(&i.fd, "").map_err(sys))
+        {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.serve_guard();
+        let kind = SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits());
+        let perm = Mode::from_bits_truncate(mode & !umask & 0o7777);
+        match self.create_as(req, parent, name, |p| {
+            mknodat(&p.fd, name, kind, perm, decode_dev(rdev))
+        }) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -617,67 +643,8 @@ impl Filesystem for Passthrough {
         reply: ReplyEntry,
     ) {
         self.serve_guard();
-        let r = self.child(parent, name).and_then(|rel| {
-            let path = self.full(&rel);
-            fs::create_dir(&path).map_err(|e| errno(&e))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode & !umask & 0o7777))
-                .map_err(|e| errno(&e))?;
-            self.entry(&rel)
-        });
-        match r {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.serve_guard();
-        match self
-            .rel(ino)
-            .and_then(|rel| fs::read_link(self.full(&rel)).map_err(|e| errno(&e)))
-        {
-            Ok(target) => reply.data(target.as_os_str().as_bytes()),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        self.serve_guard();
-        let r = self.child(parent, link_name).and_then(|rel| {
-            std::os::unix::fs::symlink(target, self.full(&rel)).map_err(|e| errno(&e))?;
-            self.entry(&rel)
-        });
-        match r {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    /// A hard link: the new name joins the inode of the file (the table is
-    /// keyed by the source's `(st_dev, st_ino)`), so both names share one
-    /// kernel inode and its caches.
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        self.serve_guard();
-        let r = self.rel(ino).and_then(|from| {
-            let to = self.child(newparent, newname)?;
-            fs::hard_link(self.full(&from), self.full(&to)).map_err(|e| errno(&e))?;
-            self.entry(&to)
-        });
-        match r {
+        let perm = Mode::from_bits_truncate(mode & !umask & 0o7777);
+        match self.create_as(req, parent, name, |p| mkdirat(&p.fd, name, perm)) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -685,12 +652,41 @@ impl Filesystem for Passthrough {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
-        self.remove(parent, name, |p| fs::remove_file(p), reply);
+        // The inode keeps its descriptor until FORGET: an open file stays
+        // usable, as on a local file system.
+        match self.inode(parent).and_then(|p| {
+            nix::unistd::unlinkat(&p.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(sys)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
-        self.remove(parent, name, |p| fs::remove_dir(p), reply);
+        match self.inode(parent).and_then(|p| {
+            nix::unistd::unlinkat(&p.fd, name, nix::unistd::UnlinkatFlags::RemoveDir).map_err(sys)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.serve_guard();
+        match self.create_as(req, parent, link_name, |p| {
+            nix::unistd::symlinkat(target, &p.fd, link_name)
+        }) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn rename(
@@ -704,36 +700,71 @@ impl Filesystem for Passthrough {
         reply: ReplyEmpty,
     ) {
         self.serve_guard();
-        if flags.bits() != 0 {
-            // RENAME_NOREPLACE / RENAME_EXCHANGE would need renameat2.
-            return reply.error(Errno::EINVAL);
-        }
-        let r = self.child(parent, name).and_then(|from| {
-            let to = self.child(newparent, newname)?;
-            fs::rename(self.full(&from), self.full(&to)).map_err(|e| errno(&e))?;
-            self.inodes.lock().expect("inode table").rename(&from, &to);
-            Ok(())
-        });
+        // Inodes follow their files: nothing in the table changes.
+        let r = (|| {
+            let flags = nix::fcntl::RenameFlags::from_bits(flags.bits()).ok_or(Errno::EINVAL)?;
+            let (from, to) = (self.inode(parent)?, self.inode(newparent)?);
+            nix::fcntl::renameat2(&from.fd, name, &to.fd, newname, flags).map_err(sys)
+        })();
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    /// A hard link: the new name joins the inode of the file (the table is
+    /// keyed by the source's `(st_dev, st_ino)`), so both names share one
+    /// kernel inode and its caches.
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.serve_guard();
-        let r = self.rel(ino).and_then(|rel| {
-            NoFsFile::open(self.full(&rel), &open_options(flags.0)).map_err(|e| errno(&e.into()))
+        let r = self.inode(ino).and_then(|inode| {
+            if inode.is_symlink() {
+                // `/proc/self/fd/N` would be followed to the link's target;
+                // AT_EMPTY_PATH links the symlink itself (needs
+                // CAP_DAC_READ_SEARCH: the daemon's, not the caller's).
+                let parent = self.inode(newparent)?;
+                nix::unistd::linkat(&inode.fd, "", &parent.fd, newname, AtFlags::AT_EMPTY_PATH)
+                    .map_err(sys)?;
+                self.lookup_child(&parent, newname)
+            } else {
+                self.create_as(req, newparent, newname, |p| {
+                    nix::unistd::linkat(
+                        AT_FDCWD,
+                        inode.proc_path().as_str(),
+                        &p.fd,
+                        newname,
+                        AtFlags::AT_SYMLINK_FOLLOW,
+                    )
+                })
+            }
         });
         match r {
-            Ok(f) => reply.opened(self.add_handle(f), FopenFlags::empty()),
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.serve_guard();
+        let r = self.inode(ino).and_then(|i| {
+            NoFsFile::open(i.proc_path(), &open_options(flags.0)).map_err(nofs_errno)
+        });
+        match r {
+            Ok(f) => reply.opened(self.add_file(f), fopen_flags(flags.0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -742,28 +773,42 @@ impl Filesystem for Passthrough {
         reply: ReplyCreate,
     ) {
         self.serve_guard();
-        let r = self.child(parent, name).and_then(|rel| {
-            let mut o = open_options(flags);
-            if flags & libc::O_EXCL != 0 {
-                o.create_new(true);
-            } else {
-                o.create(true);
-            }
-            if flags & libc::O_ACCMODE == libc::O_RDONLY {
-                // std refuses create without write access; the kernel does not.
-                o.write(true);
-            }
-            o.mode(mode & !umask & 0o7777);
-            let f = NoFsFile::open(self.full(&rel), &o).map_err(|e| errno(&e.into()))?;
-            Ok((self.entry(&rel)?, f))
-        });
+        let r = (|| {
+            let parent = self.inode(parent)?;
+            let keep = libc::O_ACCMODE
+                | libc::O_APPEND
+                | libc::O_EXCL
+                | libc::O_TRUNC
+                | libc::O_NOATIME
+                | libc::O_DSYNC
+                | libc::O_SYNC;
+            let oflags = OFlag::from_bits_truncate(flags & keep)
+                | OFlag::O_CREAT
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            let perm = Mode::from_bits_truncate(mode & !umask & 0o7777);
+            let fd = {
+                let _as = AsCaller::switch(req.uid(), req.gid())?;
+                openat(&parent.fd, name, oflags, perm).map_err(sys)?
+            };
+            // The inode's O_PATH descriptor from the open file itself: the
+            // same file even if the name was replaced meanwhile.
+            let path_fd = openat(
+                AT_FDCWD,
+                format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys)?;
+            Ok((self.entry_of(path_fd)?, NoFsFile::from(fd)))
+        })();
         match r {
             Ok((attr, f)) => reply.created(
                 &TTL,
                 &attr,
                 Generation(0),
-                self.add_handle(f),
-                FopenFlags::empty(),
+                self.add_file(f),
+                fopen_flags(flags),
             ),
             Err(e) => reply.error(e),
         }
@@ -781,9 +826,9 @@ impl Filesystem for Passthrough {
         reply: ReplyData,
     ) {
         self.serve_guard();
-        let r = self.handle(fh).and_then(|f| {
+        let r = self.file(fh).and_then(|f| {
             let mut buf = vec![0; size as usize];
-            let n = self.read_at(&f, &mut buf, offset).map_err(|e| errno(&e))?;
+            let n = self.read_at(&f, &mut buf, offset)?;
             buf.truncate(n);
             Ok(buf)
         });
@@ -806,10 +851,8 @@ impl Filesystem for Passthrough {
         reply: ReplyWrite,
     ) {
         self.serve_guard();
-        let r = self
-            .handle(fh)
-            .and_then(|f| self.write_at(&f, data, offset).map_err(|e| errno(&e)));
-        match r {
+        // On an O_APPEND descriptor the source ignores `offset` and appends.
+        match self.file(fh).and_then(|f| self.write_at(&f, data, offset)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
         }
@@ -838,7 +881,7 @@ impl Filesystem for Passthrough {
         reply: ReplyEmpty,
     ) {
         self.serve_guard();
-        self.handles.lock().expect("handle table").remove(&fh.0);
+        self.files.lock().expect("file handles").remove(&fh.0);
         reply.ok();
     }
 
@@ -851,10 +894,7 @@ impl Filesystem for Passthrough {
         reply: ReplyEmpty,
     ) {
         self.serve_guard();
-        match self
-            .handle(fh)
-            .and_then(|f| self.sync(&f, datasync).map_err(|e| errno(&e)))
-        {
+        match self.file(fh).and_then(|f| self.sync(&f, datasync)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -862,15 +902,18 @@ impl Filesystem for Passthrough {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.serve_guard();
-        match self.rel(ino).and_then(|rel| {
-            let m = fs::metadata(self.full(&rel)).map_err(|e| errno(&e))?;
-            if m.is_dir() {
-                Ok(())
-            } else {
-                Err(Errno::ENOTDIR)
+        match self
+            .inode(ino)
+            .and_then(|i| DirStream::open(&i.fd).map_err(sys))
+        {
+            Ok(d) => {
+                let fh = self.new_fh();
+                self.dirs
+                    .lock()
+                    .expect("dir handles")
+                    .insert(fh, Arc::new(Mutex::new(d)));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-        }) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -879,53 +922,150 @@ impl Filesystem for Passthrough {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.serve_guard();
-        let r = self.rel(ino).and_then(|rel| {
-            let mut names: Vec<(PathBuf, FileType)> = Vec::new();
-            for e in fs::read_dir(self.full(&rel)).map_err(|e| errno(&e))? {
-                let e = e.map_err(|e| errno(&e))?;
-                let kind = e.file_type().map(kind_of).unwrap_or(FileType::RegularFile);
-                names.push((rel.join(e.file_name()), kind));
-            }
-            // A stable order: offsets are indices into this listing.
-            names.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok((rel, names))
-        });
-        let (rel, names) = match r {
+        let (inode, stream) = match self.inode(ino).and_then(|i| Ok((i, self.dir(fh)?))) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let parent = rel.parent().map(Path::to_owned).unwrap_or_default();
-        let inodes = self.inodes.lock().expect("inode table");
-        let d_ino = |p: &Path| inodes.known(p).unwrap_or(UNKNOWN_INO);
-        let mut all = vec![
-            (ino.0, FileType::Directory, OsStr::new(".").to_owned()),
-            (
-                d_ino(&parent),
-                FileType::Directory,
-                OsStr::new("..").to_owned(),
-            ),
-        ];
-        for (path, kind) in &names {
-            let name = path.file_name().expect("entry name").to_owned();
-            all.push((d_ino(path), *kind, name));
-        }
-        drop(inodes);
-        for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, &name) {
-                break;
+        let mut stream = stream.lock().expect("dir stream");
+        let table = self.table();
+        let mut added = 0;
+        let r = stream.read_from(&inode.fd, offset, |next, e| {
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            let kind = match e.file_type() {
+                Some(t) => dirent_type(t),
+                // DT_UNKNOWN: ask the source.
+                None => fstatat(&inode.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_or(FileType::RegularFile, |st| file_type(inodes::kind_of(&st))),
+            };
+            let d_ino = self.d_ino(&table, ino, &inode, name, e.ino());
+            let full = reply.add(INodeNo(d_ino), next, kind, name);
+            if !full {
+                added += 1;
             }
+            full
+        });
+        drop(table);
+        match r {
+            Err(e) if added == 0 => reply.error(sys(e)),
+            _ => reply.ok(),
         }
+    }
+
+    /// READDIR with a LOOKUP of each name: each entry sent is one more
+    /// kernel reference (the kernel counts every entry of the reply, also
+    /// those it cannot pass on); one that did not fit is given back at once.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.serve_guard();
+        let (inode, stream) = match self.inode(ino).and_then(|i| Ok((i, self.dir(fh)?))) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let mut stream = stream.lock().expect("dir stream");
+        let mut added = 0;
+        let mut failed = None;
+        let r = stream.read_from(&inode.fd, offset, |next, e| {
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            let attr = if is_dot(name) {
+                // The kernel links no inode for "." and "..": no reference.
+                match fstatat(&inode.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) => {
+                        let d_ino = self.d_ino(&self.table(), ino, &inode, name, st.st_ino);
+                        attr_of(d_ino, &st)
+                    }
+                    Err(_) => return false,
+                }
+            } else {
+                match self.lookup_child(&inode, name) {
+                    Ok(attr) => attr,
+                    // Gone since the stream read it: as if read after.
+                    Err(e) if e == Errno::ENOENT => return false,
+                    Err(e) => {
+                        failed = Some(e);
+                        return true;
+                    }
+                }
+            };
+            let full = reply.add(attr.ino, next, name, &TTL, &attr, Generation(0));
+            if full {
+                if !is_dot(name) {
+                    self.table().forget(attr.ino.0, 1);
+                }
+            } else {
+                added += 1;
+            }
+            full
+        });
+        match (r, failed) {
+            (Err(e), _) if added == 0 => reply.error(sys(e)),
+            (_, Some(e)) if added == 0 => reply.error(e),
+            _ => reply.ok(),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.serve_guard();
+        self.dirs.lock().expect("dir handles").remove(&fh.0);
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.serve_guard();
-        match nix::sys::statvfs::statvfs(&self.source) {
+        let r = self.inode(ino).and_then(|i| {
+            let d = openat(
+                &i.fd,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys)?;
+            with_nofs(|| {
+                if datasync {
+                    nix::unistd::fdatasync(&d)
+                } else {
+                    nix::unistd::fsync(&d)
+                }
+            })
+            .map_err(sys)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.serve_guard();
+        let inode = self
+            .inode(ino)
+            .or_else(|_| self.inode(INodeNo::ROOT))
+            .expect("the root is never forgotten");
+        match nix::sys::statvfs::fstatvfs(&inode.fd) {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
@@ -936,8 +1076,203 @@ impl Filesystem for Passthrough {
                 s.name_max() as u32,
                 s.fragment_size() as u32,
             ),
-            Err(e) => reply.error(Errno::from_i32(e as i32)),
+            Err(e) => reply.error(sys(e)),
         }
+    }
+
+    // Extended attributes need getxattr(2) and friends, for which nix 0.31
+    // has no wrapper, and the examples contain no `unsafe`. ENOSYS tells
+    // the kernel once; it then answers EOPNOTSUPP itself, as a local file
+    // system without xattr support does.
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.serve_guard();
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        self.serve_guard();
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.serve_guard();
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.serve_guard();
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Only without `default_permissions` does the kernel send ACCESS; the
+    /// answer is the source's, for the caller's fsuid/fsgid.
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.serve_guard();
+        let r = self.inode(ino).and_then(|i| {
+            let _as = AsCaller::switch(req.uid(), req.gid())?;
+            nix::unistd::faccessat(
+                AT_FDCWD,
+                i.proc_path().as_str(),
+                nix::unistd::AccessFlags::from_bits_truncate(mask.bits()),
+                AtFlags::AT_EACCESS,
+            )
+            .map_err(sys)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Mode 0 and hole punching through `NoFsFile`; the other modes
+    /// (`KEEP_SIZE`, `ZERO_RANGE`, `COLLAPSE_RANGE`, `INSERT_RANGE`,
+    /// `UNSHARE_RANGE`) as the kernel sent them, in a NOIO scope: the
+    /// source answers each with its own errno.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.serve_guard();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let r = self.file(fh).and_then(|f| match mode {
+            0 if !self.plain_io => f.allocate_nofs(offset, length).map_err(nofs_errno),
+            m if m == punch && !self.plain_io => {
+                f.punch_hole_nofs(offset, length).map_err(nofs_errno)
+            }
+            m => {
+                let (off, len) = (
+                    i64::try_from(offset).map_err(|_| Errno::EINVAL)?,
+                    i64::try_from(length).map_err(|_| Errno::EINVAL)?,
+                );
+                with_nofs(|| {
+                    nix::fcntl::fallocate(f.as_fd(), FallocateFlags::from_bits_retain(m), off, len)
+                })
+                .map_err(sys)
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences
+    /// itself) from the source's own extent map.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.serve_guard();
+        let r = self.file(fh).and_then(|f| {
+            let off = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+            let found = match whence {
+                libc::SEEK_DATA => f.seek_data_nofs(off),
+                libc::SEEK_HOLE => f.seek_hole_nofs(off),
+                _ => return Err(Errno::EINVAL),
+            }
+            .map_err(nofs_errno)?;
+            found.map(|o| o as i64).ok_or(Errno::ENXIO)
+        });
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// `copy_file_range(2)` between the two source descriptors (the source
+    /// may reflink or copy in the kernel), in a NOIO scope.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.serve_guard();
+        let r = (|| {
+            if flags.bits() != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let (fin, fout) = (self.file(fh_in)?, self.file(fh_out)?);
+            let mut off_in = i64::try_from(offset_in).map_err(|_| Errno::EINVAL)?;
+            let mut off_out = i64::try_from(offset_out).map_err(|_| Errno::EINVAL)?;
+            // The reply counts bytes in 32 bits.
+            let len = len.min(1 << 30) as usize;
+            with_nofs(|| {
+                nix::fcntl::copy_file_range(
+                    fin.as_fd(),
+                    Some(&mut off_in),
+                    fout.as_fd(),
+                    Some(&mut off_out),
+                    len,
+                )
+            })
+            .map_err(sys)
+        })();
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// How a mount ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    /// `umount(2)` succeeded: nothing used the mount.
+    Clean,
+    /// The mount was busy (`EBUSY`): detached with `MNT_DETACH`, gone from
+    /// the namespace; users of open files keep them until the daemon exits.
+    Lazily,
+}
+
+/// Unmount with `unmounter`; if the mount is busy, detach it lazily
+/// (`umount2(MNT_DETACH)`), so it never stays behind.
+pub fn unmount_or_detach(
+    unmounter: &mut SessionUnmounter,
+    mountpoint: &Path,
+) -> io::Result<Unmounted> {
+    match unmounter.unmount() {
+        Ok(()) => Ok(Unmounted::Clean),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(io::Error::from)?;
+            Ok(Unmounted::Lazily)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -968,6 +1303,11 @@ impl Mounted {
         }
     }
 
+    /// Whether the session has ended (the serving thread returned).
+    pub fn ended(&self) -> bool {
+        self.serving.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// What unmounts this mount, for a signal handler (once).
     pub fn take_unmounter(&mut self) -> Option<SessionUnmounter> {
         self.unmounter.take()
@@ -987,6 +1327,10 @@ pub fn mount(fs: Passthrough, mountpoint: &Path, threads: usize) -> io::Result<M
         fuser::MountOption::Subtype("reclaim-scope".into()),
         fuser::MountOption::DefaultPermissions,
     ];
+    if fs.allow_other {
+        // fuser adds the `allow_other` mount option for this.
+        config.acl = SessionACL::All;
+    }
     config.n_threads = Some(threads.max(1));
     config.clone_fd = threads > 1;
     let mp = mountpoint.to_owned();
