@@ -1,0 +1,454 @@
+//! POSIX semantics of the example FUSE passthrough (`examples/fuse_passthrough`),
+//! mounted for real and driven through the kernel (issue 15): the three
+//! cases of the issue with their exact expected results, and the operations
+//! a file-handle passthrough adds (mknod/mkfifo, renameat2 flags, fallocate,
+//! SEEK_DATA/SEEK_HOLE, copy_file_range, READDIRPLUS, requests as the
+//! caller, lazy unmount of a busy mount). Needs root and /dev/fuse.
+
+#[path = "../examples/fuse_passthrough/passthrough.rs"]
+mod passthrough;
+#[path = "fuse/rig.rs"]
+mod rig;
+
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+use nix::sys::stat::{mknod, Mode, SFlag};
+use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+use rig::{is_mounted, names, require_mount, wait_for, Rig};
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// `(size, nlink)` of an open file, from `fstat`.
+fn size_nlink(f: &fs::File) -> (u64, u64) {
+    let m = f.metadata().expect("fstat");
+    (m.len(), m.nlink())
+}
+
+/// Every step of issue 15's first case on one open descriptor: fstat,
+/// ftruncate, fchmod, futimens, fchown, read and write, after its name was
+/// unlinked, and on a file replaced by a rename.
+fn open_file_survives_its_name(rig: &Rig) {
+    fs::write(rig.m("a"), b"hello world").unwrap();
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(rig.m("a"))
+        .unwrap();
+    fs::remove_file(rig.m("a")).unwrap();
+    assert_eq!(size_nlink(&a), (11, 0), "fstat after unlink");
+    a.set_len(5).unwrap();
+    assert_eq!(size_nlink(&a), (5, 0), "after ftruncate");
+    a.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    assert_eq!(a.metadata().unwrap().mode() & 0o7777, 0o600, "fchmod");
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    a.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+    assert_eq!(a.metadata().unwrap().modified().unwrap(), t, "futimens");
+    std::os::unix::fs::fchown(&a, Some(1234), Some(5678)).unwrap();
+    let m = a.metadata().unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678), "fchown");
+    let mut buf = [0; 5];
+    a.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"hello");
+    a.write_all_at(b"HE", 0).unwrap();
+    a.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"HEllo");
+
+    // Replaced by a rename: the descriptor keeps the old file.
+    fs::write(rig.m("b"), b"hi").unwrap();
+    let b = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(rig.m("b"))
+        .unwrap();
+    fs::write(rig.m("c"), b"the new b").unwrap();
+    fs::rename(rig.m("c"), rig.m("b")).unwrap();
+    b.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    b.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+    b.set_len(2).unwrap();
+    assert_eq!(size_nlink(&b), (2, 0), "the replaced file");
+    let mut s = String::new();
+    (&b).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hi");
+    assert_eq!(fs::read(rig.m("b")).unwrap(), b"the new b");
+    assert_eq!(fs::read(rig.s("b")).unwrap(), b"the new b");
+}
+
+#[test]
+fn case_1_open_files_survive_unlink_and_replacing_rename() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    open_file_survives_its_name(&rig);
+    rig.unmount();
+}
+
+/// Issue 15's second case: a program reads a directory of 5000 files and
+/// unlinks each as it goes; every name is visited once, none is left.
+fn unlink_while_reading(rig: &Rig) {
+    const N: usize = 5000;
+    fs::create_dir(rig.s("many")).unwrap();
+    for i in 0..N {
+        fs::write(rig.s(&format!("many/file-{i:05}")), b"").unwrap();
+    }
+    let mut visited = std::collections::HashSet::new();
+    for e in fs::read_dir(rig.m("many")).unwrap() {
+        let e = e.unwrap();
+        assert!(visited.insert(e.file_name()), "{:?} twice", e.file_name());
+        fs::remove_file(e.path()).unwrap();
+    }
+    let left = fs::read_dir(rig.s("many")).unwrap().count();
+    assert_eq!((visited.len(), left), (N, 0), "visited, left behind");
+    fs::remove_dir(rig.m("many")).unwrap();
+}
+
+#[test]
+fn case_2_unlinking_while_reading_a_directory_visits_every_name() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    unlink_while_reading(&rig);
+    rig.unmount();
+}
+
+#[test]
+fn case_2_also_with_plain_readdir() {
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.readdirplus = false);
+    unlink_while_reading(&rig);
+    rig.unmount();
+}
+
+/// Issue 15's third case: appends through the mount interleaved with
+/// appends in the source: A (mount), B (source), C (mount), D (source),
+/// E (mount), 10 bytes each.
+#[test]
+fn case_3_appends_land_at_the_true_end() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    fs::write(rig.m("log"), b"").unwrap();
+    let append = |p: &std::path::Path| OpenOptions::new().append(true).open(p).unwrap();
+    let mut through_mount = append(&rig.m("log"));
+    let mut in_source = append(&rig.s("log"));
+    let rec = |c: u8| [c; 10];
+    through_mount.write_all(&rec(b'A')).unwrap();
+    in_source.write_all(&rec(b'B')).unwrap();
+    through_mount.write_all(&rec(b'C')).unwrap();
+    in_source.write_all(&rec(b'D')).unwrap();
+    through_mount.write_all(&rec(b'E')).unwrap();
+    drop((through_mount, in_source));
+    let want: Vec<u8> = b"ABCDE".iter().flat_map(|&c| rec(c)).collect();
+    assert_eq!(fs::read(rig.s("log")).unwrap(), want, "in the source");
+    assert_eq!(fs::read(rig.m("log")).unwrap(), want, "through the mount");
+    assert_eq!(fs::metadata(rig.m("log")).unwrap().len(), 50);
+    rig.unmount();
+}
+
+#[test]
+fn readdirplus_hands_out_references_forget_returns() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    let stats = rig.stats.clone();
+    let inodes = || stats.inodes.load(Ordering::Relaxed);
+    fs::create_dir(rig.s("d")).unwrap();
+    for i in 0..300 {
+        fs::write(rig.s(&format!("d/f{i}")), b"x").unwrap();
+    }
+    // READDIRPLUS_AUTO: the kernel asks for READDIRPLUS at offset 0 (and
+    // after lookups in the directory), READDIR for the rest; each name that
+    // came with READDIRPLUS is one reference.
+    let listing: Vec<(String, u64)> = fs::read_dir(rig.m("d"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), {
+                use std::os::unix::fs::DirEntryExt;
+                e.ino()
+            })
+        })
+        .collect();
+    assert_eq!(listing.len(), 300);
+    let n = inodes();
+    assert!(n > 2 && n <= 302, "{n} inodes: READDIRPLUS looked none up");
+    // A name that came with READDIRPLUS has its st_ino as d_ino, the rest
+    // FUSE_UNKNOWN_INO: exactly the registered ones are known.
+    let known = listing
+        .iter()
+        .filter(|(_, ino)| *ino != passthrough::UNKNOWN_INO)
+        .count() as u64;
+    assert_eq!(known, n - 2, "names with a d_ino vs inodes registered");
+    for (name, ino) in listing
+        .iter()
+        .filter(|(_, i)| *i != passthrough::UNKNOWN_INO)
+    {
+        let m = fs::symlink_metadata(rig.m(&format!("d/{name}"))).unwrap();
+        assert_eq!(m.ino(), *ino, "d_ino of {name}");
+    }
+    // The kernel lets go of the entries it no longer needs.
+    for (name, _) in &listing {
+        fs::remove_file(rig.m(&format!("d/{name}"))).unwrap();
+    }
+    wait_for("FORGET after unlink", || inodes() == 2);
+    rig.unmount();
+}
+
+#[test]
+fn mknod_fifo_and_devices_as_a_local_file_system() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    nix::unistd::mkfifo(&rig.m("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+    let m = fs::symlink_metadata(rig.s("fifo")).unwrap();
+    assert!(m.file_type().is_fifo());
+    assert_eq!(m.mode() & 0o777, 0o640 & !umask());
+    let dev = nix::sys::stat::makedev(1, 3); // /dev/null
+    mknod(
+        &rig.m("null"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        dev,
+    )
+    .unwrap();
+    let (mm, ms) = (
+        fs::symlink_metadata(rig.m("null")).unwrap(),
+        fs::symlink_metadata(rig.s("null")).unwrap(),
+    );
+    assert!(mm.file_type().is_char_device() && ms.file_type().is_char_device());
+    assert_eq!(
+        (mm.rdev(), ms.rdev()),
+        (dev, dev),
+        "st_rdev through the mount"
+    );
+    let big = nix::sys::stat::makedev(259, 70_000);
+    mknod(
+        &rig.m("blk"),
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o600),
+        big,
+    )
+    .unwrap();
+    assert_eq!(fs::symlink_metadata(rig.m("blk")).unwrap().rdev(), big);
+    assert_eq!(fs::symlink_metadata(rig.s("blk")).unwrap().rdev(), big);
+    // A socket node and a regular file by mknod.
+    mknod(
+        &rig.m("sock"),
+        SFlag::S_IFSOCK,
+        Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .unwrap();
+    assert!(fs::symlink_metadata(rig.s("sock"))
+        .unwrap()
+        .file_type()
+        .is_socket());
+    let e = mknod(&rig.m("fifo"), SFlag::S_IFIFO, Mode::empty(), 0).unwrap_err();
+    assert_eq!(e, nix::errno::Errno::EEXIST);
+    assert_eq!(names(&rig.mnt), ["blk", "fifo", "null", "sock"]);
+    rig.unmount();
+}
+
+fn umask() -> u32 {
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(old);
+    old.bits()
+}
+
+#[test]
+fn renameat2_noreplace_and_exchange() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    fs::write(rig.m("x"), b"xx").unwrap();
+    fs::write(rig.m("y"), b"yyy").unwrap();
+    let r = |a: &str, b: &str, f| renameat2(AT_FDCWD, &rig.m(a), AT_FDCWD, &rig.m(b), f);
+    assert_eq!(
+        r("x", "y", RenameFlags::RENAME_NOREPLACE),
+        Err(nix::errno::Errno::EEXIST)
+    );
+    // An open descriptor follows its file through an exchange.
+    let fx = fs::File::open(rig.m("x")).unwrap();
+    r("x", "y", RenameFlags::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(rig.m("x")).unwrap(), b"yyy");
+    assert_eq!(fs::read(rig.m("y")).unwrap(), b"xx");
+    assert_eq!(fs::read(rig.s("x")).unwrap(), b"yyy");
+    assert_eq!(fx.metadata().unwrap().len(), 2);
+    assert_eq!(
+        r("x", "nothing", RenameFlags::RENAME_EXCHANGE),
+        Err(nix::errno::Errno::ENOENT)
+    );
+    r("x", "z", RenameFlags::RENAME_NOREPLACE).unwrap();
+    assert_eq!(names(&rig.src), ["y", "z"]);
+    // A directory and a file exchange places too.
+    fs::create_dir(rig.m("dir")).unwrap();
+    fs::write(rig.m("dir/inside"), b"i").unwrap();
+    r("dir", "z", RenameFlags::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(rig.m("z/inside")).unwrap(), b"i");
+    assert_eq!(fs::read(rig.m("dir")).unwrap(), b"yyy");
+    drop(fx);
+    rig.unmount();
+}
+
+#[test]
+fn fallocate_seek_data_hole_and_copy_file_range() {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use nix::unistd::{lseek, Whence};
+    require_mount();
+    let mut rig = Rig::new(2);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(rig.m("sparse"))
+        .unwrap();
+    f.write_all_at(&[7; 4096], 1 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), (1 << 20) + 4096);
+    // The source's extent map, through the kernel.
+    assert_eq!(lseek(&f, 0, Whence::SeekData), Ok(1 << 20));
+    assert_eq!(lseek(&f, 0, Whence::SeekHole), Ok(0));
+    assert_eq!(lseek(&f, 1 << 20, Whence::SeekHole), Ok((1 << 20) + 4096));
+    assert_eq!(
+        lseek(&f, (1 << 20) + 4096, Whence::SeekData),
+        Err(nix::errno::Errno::ENXIO)
+    );
+    // Mode 0 extends; KEEP_SIZE does not; a punched hole reads as zeros.
+    fallocate(&f, FallocateFlags::empty(), 0, 3 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 3 << 20);
+    fallocate(&f, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, 8 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 3 << 20);
+    fallocate(
+        &f,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        1 << 20,
+        4096,
+    )
+    .unwrap();
+    let mut b = [1; 4096];
+    f.read_exact_at(&mut b, 1 << 20).unwrap();
+    assert_eq!(b, [0; 4096]);
+    f.write_all_at(b"ranged", 100).unwrap();
+    fallocate(&f, FallocateFlags::FALLOC_FL_ZERO_RANGE, 100, 3).unwrap();
+    let mut b = [1; 6];
+    f.read_exact_at(&mut b, 100).unwrap();
+    assert_eq!(&b, b"\0\0\0ged");
+    // The source's errno for what it refuses (PUNCH_HOLE without KEEP_SIZE).
+    assert_eq!(
+        fallocate(&f, FallocateFlags::FALLOC_FL_PUNCH_HOLE, 0, 4096),
+        Err(nix::errno::Errno::EOPNOTSUPP)
+    );
+    // copy_file_range between two files of the mount.
+    let g = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(rig.m("copy"))
+        .unwrap();
+    let (mut off_in, mut off_out) = (100i64, 0i64);
+    let n = nix::fcntl::copy_file_range(&f, Some(&mut off_in), &g, Some(&mut off_out), 6).unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(fs::read(rig.s("copy")).unwrap(), b"\0\0\0ged");
+    drop((f, g));
+    rig.unmount();
+}
+
+/// The calling thread as `uid`/`gid` for file-system access (FUSE requests
+/// carry the fsuid/fsgid), back to root on drop.
+struct As;
+
+impl As {
+    fn user(uid: u32, gid: u32) -> As {
+        setfsgid(Gid::from_raw(gid));
+        setfsuid(Uid::from_raw(uid));
+        As
+    }
+}
+
+impl Drop for As {
+    fn drop(&mut self) {
+        setfsuid(Uid::from_raw(0));
+        setfsgid(Gid::from_raw(0));
+    }
+}
+
+#[test]
+fn creating_requests_are_made_as_the_caller() {
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.allow_other = true);
+    fs::create_dir(rig.m("shared")).unwrap();
+    fs::set_permissions(rig.m("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::create_dir(rig.m("private")).unwrap();
+    {
+        let _as = As::user(4242, 4343);
+        fs::write(rig.m("shared/file"), b"mine").unwrap();
+        fs::create_dir(rig.m("shared/dir")).unwrap();
+        std::os::unix::fs::symlink("file", rig.m("shared/link")).unwrap();
+        nix::unistd::mkfifo(&rig.m("shared/fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        fs::hard_link(rig.m("shared/file"), rig.m("shared/hard")).unwrap();
+        // The kernel's default_permissions check, and the source's.
+        let e = fs::write(rig.m("private/nope"), b"").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+        let e = std::os::unix::fs::chown(rig.m("shared/file"), Some(0), None).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        fs::set_permissions(rig.m("shared/file"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    for name in ["file", "dir", "link", "fifo"] {
+        let (m, s) = (
+            fs::symlink_metadata(rig.m(&format!("shared/{name}"))).unwrap(),
+            fs::symlink_metadata(rig.s(&format!("shared/{name}"))).unwrap(),
+        );
+        assert_eq!((s.uid(), s.gid()), (4242, 4343), "{name} in the source");
+        assert_eq!((m.uid(), m.gid()), (4242, 4343), "{name} through the mount");
+    }
+    assert_eq!(
+        fs::metadata(rig.s("shared/file")).unwrap().mode() & 0o777,
+        0o600
+    );
+    // A set-group-ID directory gives its group, as the source decides.
+    fs::create_dir(rig.m("sgid")).unwrap();
+    std::os::unix::fs::chown(rig.m("sgid"), None, Some(777)).unwrap();
+    fs::set_permissions(rig.m("sgid"), fs::Permissions::from_mode(0o2777)).unwrap();
+    {
+        let _as = As::user(4242, 4343);
+        fs::write(rig.m("sgid/f"), b"").unwrap();
+        fs::create_dir(rig.m("sgid/d")).unwrap();
+    }
+    assert_eq!(fs::metadata(rig.s("sgid/f")).unwrap().gid(), 777);
+    let d = fs::metadata(rig.s("sgid/d")).unwrap();
+    assert_eq!((d.uid(), d.gid()), (4242, 777));
+    assert_ne!(d.mode() & 0o2000, 0, "the new directory inherits S_ISGID");
+    rig.unmount();
+}
+
+#[test]
+fn without_allow_other_other_users_are_refused() {
+    require_mount();
+    let mut rig = Rig::new(1);
+    fs::write(rig.m("f"), b"x").unwrap();
+    {
+        let _as = As::user(4242, 4343);
+        let e = fs::read(rig.m("f")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    }
+    assert_eq!(fs::read(rig.m("f")).unwrap(), b"x");
+    rig.unmount();
+}
+
+#[test]
+fn a_busy_mount_is_detached_lazily() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    fs::write(rig.m("held"), b"open while unmounting").unwrap();
+    let held = fs::File::open(rig.m("held")).unwrap();
+    let mut mounted = rig.mounted.take().unwrap();
+    let mut unmounter = mounted.take_unmounter().unwrap();
+    let how = passthrough::unmount_or_detach(&mut unmounter, &rig.mnt).unwrap();
+    assert_eq!(how, passthrough::Unmounted::Lazily);
+    assert!(!is_mounted(&rig.mnt), "gone from the namespace");
+    // The open file is still served; closing it ends the session.
+    let mut s = String::new();
+    (&held).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "open while unmounting");
+    assert!(!mounted.ended(), "served while a file is open");
+    drop(held);
+    wait_for("the session to end", || mounted.ended());
+    mounted.join().unwrap();
+}
