@@ -1,11 +1,20 @@
 //! Host checks of examples/tcmu_file's ring handling and SCSI emulation: a
 //! TCMU ring laid out in a plain file (mapped like /dev/uioN), with good and
-//! malformed entries. No kernel, no capability needed.
+//! malformed entries, served by the example's handler over a backing file
+//! or a loop device. The example's own unit tests (CDB decoding, response
+//! builders, the errno table) run in this binary too.
+//!
+//! The errno and block-device tests need root (tmpfs mounts, loop devices;
+//! the project's test machines are root) and fail, not skip, without it.
 
 #![allow(dead_code)] // the example's modules, partly used here
 
+#[path = "../examples/tcmu_file/disk.rs"]
+mod disk;
 #[path = "../examples/tcmu_file/handler.rs"]
 mod handler;
+#[path = "../examples/tcmu_file/pages.rs"]
+mod pages;
 #[path = "../examples/tcmu_file/ring.rs"]
 mod ring;
 #[path = "../examples/tcmu_file/scsi.rs"]
@@ -13,13 +22,14 @@ mod scsi;
 
 use reclaim_scope::NoFsFile;
 use std::fs::{self, OpenOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 const CMDR_OFF: usize = 128;
-const CMDR_SIZE: usize = 4096;
+const CMDR_SIZE: usize = 16384;
 const DATA: usize = CMDR_OFF + CMDR_SIZE;
-const MAP: usize = 64 << 10;
+const MAP: usize = 512 << 10;
 const BLOCKS: u64 = 2048;
 
 struct Rig {
@@ -29,6 +39,12 @@ struct Rig {
     head: usize,
     /// Opcodes the last `serve` refused with ILLEGAL REQUEST.
     refused: Vec<u8>,
+    /// The backing store (default: a sparse file in `dir`).
+    backing: PathBuf,
+    blocks: u64,
+    read_only: bool,
+    /// The disk's I/O error count after the last `serve`.
+    io_errors: u64,
 }
 
 impl Rig {
@@ -41,11 +57,28 @@ impl Rig {
         map[4..8].copy_from_slice(&(CMDR_OFF as u32).to_ne_bytes());
         map[8..12].copy_from_slice(&(CMDR_SIZE as u32).to_ne_bytes());
         Rig {
+            backing: dir.join("disk"),
             dir,
             map,
             head: 0,
             refused: Vec::new(),
+            blocks: BLOCKS,
+            read_only: false,
+            io_errors: 0,
         }
+    }
+
+    /// Fill the data area with garbage (stale bytes a response must not
+    /// leak).
+    fn dirty(&mut self) {
+        for (i, b) in self.map[DATA..].iter_mut().enumerate() {
+            *b = 0xa5 ^ (i as u8);
+        }
+    }
+
+    /// A command with one data buffer of `len` bytes at `DATA + at`.
+    fn cmd(&mut self, cdb: &[u8], at: usize, len: usize) -> usize {
+        self.push_cmd(cdb, &[((DATA + at) as u64, len as u64)])
     }
 
     /// Append a raw entry; its offset in the ring.
@@ -80,27 +113,31 @@ impl Rig {
         self.map[12..16].copy_from_slice(&(self.head as u32).to_ne_bytes());
         let ring_path = self.dir.join("ring");
         fs::write(&ring_path, &self.map).unwrap();
-        let backing = self.dir.join("disk");
+        let backing = self.backing.clone();
         if !backing.exists() {
             fs::File::create(&backing)
                 .unwrap()
-                .set_len(BLOCKS * 512)
+                .set_len(self.blocks * 512)
                 .unwrap();
         }
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!self.read_only)
             .open(&backing)
             .unwrap();
-        let disk = scsi::Disk {
+        let disk = disk::Disk {
             file: NoFsFile::new(file),
-            block_size: 512,
-            blocks: BLOCKS,
+            unit: pages::Unit {
+                blocks: self.blocks,
+                block_size: 512,
+                serial: "0123456789abcdef".into(),
+                naa: 0x5001_4050_0000_0001,
+                read_only: self.read_only,
+                max_transfer: 1024,
+                timeout_secs: 30,
+            },
             plain_io: false,
-            serial: "0123456789abcdef".into(),
-            naa: 0x5001_4050_0000_0001,
             counters: Default::default(),
-            max_sectors: 1024,
         };
         {
             let r = ring::Ring::open(&ring_path, MAP).unwrap();
@@ -108,9 +145,18 @@ impl Rig {
             handler::serve(&r, &disk, &AtomicBool::new(true)).unwrap();
         }
         self.refused = disk.counters.refused_opcodes();
+        self.io_errors = disk
+            .counters
+            .io_errors
+            .load(std::sync::atomic::Ordering::Relaxed);
         let after = fs::read(&ring_path).unwrap();
         self.map[..].copy_from_slice(&after[..MAP]);
-        (after, fs::read(&backing).unwrap())
+        let disk = if self.backing.starts_with("/dev") {
+            Vec::new()
+        } else {
+            fs::read(&backing).unwrap()
+        };
+        (after, disk)
     }
 }
 
@@ -127,6 +173,25 @@ fn sense(map: &[u8], at: usize) -> (u8, u8) {
     let s = &map[CMDR_OFF + at + 16..];
     assert_eq!(s[0], 0x70, "fixed-format sense");
     (s[2], s[12])
+}
+/// The 18 bytes of fixed-format sense of the entry at `at`.
+fn sense18(map: &[u8], at: usize) -> [u8; 18] {
+    map[CMDR_OFF + at + 16..CMDR_OFF + at + 34]
+        .try_into()
+        .unwrap()
+}
+/// (key, ASC, ASCQ) of a CHECK CONDITION.
+fn check(map: &[u8], at: usize) -> (u8, u8, u8) {
+    assert_eq!(status(map, at), 2, "CHECK CONDITION expected");
+    let s = sense18(map, at);
+    assert_eq!(s[0] & 0x7f, 0x70, "fixed-format sense");
+    (s[2], s[12], s[13])
+}
+/// rsp.read_len, if the entry carries TCMU_UFLAG_READ_LEN.
+fn read_len(map: &[u8], at: usize) -> Option<usize> {
+    let e = CMDR_OFF + at;
+    (map[e + 7] & 2 != 0)
+        .then(|| u32::from_ne_bytes(map[e + 12..e + 16].try_into().unwrap()) as usize)
 }
 fn tail(map: &[u8]) -> usize {
     u32::from_ne_bytes(map[64..68].try_into().unwrap()) as usize
@@ -191,7 +256,7 @@ fn good_commands_roundtrip_and_bad_ones_get_check_condition() {
     assert_eq!(status(&map, read), 0);
     assert_eq!(&map[r_buf..r_buf + 1024], &pattern[..]);
     assert_eq!(status(&map, inquiry), 0);
-    assert_eq!(&map[DATA + 16384 + 8..DATA + 16384 + 16], scsi::VENDOR);
+    assert_eq!(&map[DATA + 16384 + 8..DATA + 16384 + 16], pages::VENDOR);
     assert_eq!(status(&map, vpd83), 0);
     assert_eq!(&map[DATA + 20480..DATA + 20482], &[0x00, 0x83]);
     assert_eq!(status(&map, cap16), 0);

@@ -1,8 +1,9 @@
 //! The command loop: entries from the ring, validated, executed on the
 //! disk, completed in order.
 
+use crate::disk::{DataBuf, Disk, Scratch};
 use crate::ring::{Ring, MAILBOX_LEN};
-use crate::scsi::{cdb_len, DataBuf, Disk, Sense, CHECK_CONDITION, GOOD};
+use crate::scsi::{cdb_len, Fail, Sense, GOOD};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,16 +11,19 @@ const TCMU_OP_PAD: u32 = 0;
 const TCMU_OP_CMD: u32 = 1;
 const TCMU_OP_MASK: u32 = 0x7;
 const TCMU_UFLAG_UNKNOWN_OP: u8 = 0x1;
+/// rsp.read_len is the data-in length sent (the rest is residual).
+const TCMU_UFLAG_READ_LEN: u8 = 0x2;
 /// struct tcmu_cmd_entry (packed): hdr { len_op u32 @0, cmd_id u16 @4,
 /// kflags u8 @6, uflags u8 @7 }, req { iov_cnt u32 @8, iov_bidi_cnt u32 @12,
 /// iov_dif_cnt u32 @16, cdb_off u64 @24, pad @32, pad @40, iov[] @48 }, rsp
-/// { scsi_status u8 @8, pad @9..16, sense_buffer[96] @16 }. Only the outer
+/// { scsi_status u8 @8, pad @9..12, read_len u32 @12, sense_buffer[96] @16 }. Only the outer
 /// struct is packed: the union's members keep their natural alignment, so
 /// cdb_off sits at 24, not 20.
 const HDR_LEN: usize = 8;
 const REQ_IOV: usize = 48;
 const IOVEC_LEN: usize = 16;
 const RSP_STATUS: usize = 8;
+const RSP_READ_LEN: usize = 12;
 const RSP_SENSE: usize = 16;
 const SENSE_BUFFERSIZE: usize = 96;
 
@@ -36,16 +40,21 @@ impl DataBuf for Iovs<'_> {
     }
     fn fill(&mut self, mut src: &[u8]) -> usize {
         let mut done = 0;
+        let zeros = [0u8; 4096];
         for &(off, len) in &self.list {
-            if src.is_empty() {
-                break;
-            }
             let n = len.min(src.len());
             if !self.ring.write(off, &src[..n]) {
                 break;
             }
             src = &src[n..];
             done += n;
+            // No stale bytes of an earlier command after the response.
+            let mut z = n;
+            while z < len {
+                let k = (len - z).min(zeros.len());
+                self.ring.write(off + z, &zeros[..k]);
+                z += k;
+            }
         }
         done
     }
@@ -90,7 +99,7 @@ pub fn serve(ring: &Ring, disk: &Disk, stop: &AtomicBool) -> io::Result<()> {
         ));
     }
     let data_start = cmdr_off + cmdr_size;
-    let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
     let mut entry = Vec::new();
     loop {
         let mut completed = false;
@@ -126,18 +135,33 @@ pub fn serve(ring: &Ring, disk: &Disk, stop: &AtomicBool) -> io::Result<()> {
                 TCMU_OP_CMD => {
                     entry.resize(len, 0);
                     ring.read(at, &mut entry);
-                    let (status, sense) = match command(
-                        ring, disk, &entry, cmdr_off, cmdr_size, data_start, &mut buf,
-                    ) {
-                        Ok(()) => (GOOD, None),
-                        Err(s) => (CHECK_CONDITION, Some(s)),
-                    };
+                    let result = command(
+                        ring,
+                        disk,
+                        &entry,
+                        cmdr_off,
+                        cmdr_size,
+                        data_start,
+                        &mut scratch,
+                    );
                     let mut rsp = [0u8; RSP_SENSE + SENSE_BUFFERSIZE - RSP_STATUS];
-                    rsp[0] = status;
-                    if let Some(s) = sense {
-                        let f = s.fixed();
-                        rsp[RSP_SENSE - RSP_STATUS..RSP_SENSE - RSP_STATUS + f.len()]
-                            .copy_from_slice(&f);
+                    match result {
+                        Ok(read_len) => {
+                            rsp[0] = GOOD;
+                            if let Some(n) = read_len {
+                                let r = RSP_READ_LEN - RSP_STATUS;
+                                rsp[r..r + 4].copy_from_slice(&(n as u32).to_ne_bytes());
+                                ring.write(at + 7, &[hdr[7] | TCMU_UFLAG_READ_LEN]);
+                            }
+                        }
+                        Err(fail) => {
+                            rsp[0] = fail.status();
+                            if let Fail::Check(s) = fail {
+                                let f = s.fixed();
+                                rsp[RSP_SENSE - RSP_STATUS..RSP_SENSE - RSP_STATUS + f.len()]
+                                    .copy_from_slice(&f);
+                            }
+                        }
                     }
                     // The response overlays the request; an entry shorter
                     // than a response gets the status only.
@@ -161,7 +185,8 @@ pub fn serve(ring: &Ring, disk: &Disk, stop: &AtomicBool) -> io::Result<()> {
     }
 }
 
-/// Validate one command entry and execute it.
+/// Validate one command entry and execute it: the data-in length sent, if
+/// the command has data-in.
 fn command(
     ring: &Ring,
     disk: &Disk,
@@ -169,11 +194,11 @@ fn command(
     cmdr_off: usize,
     cmdr_size: usize,
     data_start: usize,
-    buf: &mut Vec<u8>,
-) -> Result<(), Sense> {
+    scratch: &mut Scratch,
+) -> Result<Option<usize>, Fail> {
     let bad = |why: String| {
         eprintln!("tcmu-file: malformed command entry: {why}");
-        Sense::TARGET_FAILURE
+        Fail::Check(Sense::TARGET_FAILURE)
     };
     if entry.len() < REQ_IOV {
         return Err(bad(format!("{} bytes", entry.len())));
@@ -233,5 +258,5 @@ fn command(
         )));
     }
     let mut iovs = Iovs { ring, list, total };
-    disk.execute(&cdb[..n], &mut iovs, buf)
+    disk.execute(&cdb[..n], &mut iovs, scratch)
 }

@@ -1,61 +1,257 @@
 //! A TCMU (target_core_user) handler — the daemon of the 2019 deadlock,
-//! tcmu-runner's place in the stack — serving a file-backed SCSI disk,
-//! exposed locally through tcm_loop as /dev/sdX. The handler thread is an
-//! I/O flusher and every access to the backing file goes through `NoFsFile`.
+//! tcmu-runner's place in the stack — serving a file or a block device as
+//! a SCSI disk (SBC-4/SPC-5), exposed locally through tcm_loop as /dev/sdX.
+//! The handler thread is an I/O flusher and every access to the backing
+//! store goes through `NoFsFile`.
 //!
 //! ```sh
 //! modprobe target_core_user; modprobe tcm_loop   # configfs mounted
 //! cargo run --example tcmu_file -- --file /var/tmp/disk.img --size 1G
+//! cargo run --example tcmu_file -- --file /dev/loop0 --read-only
 //! ```
 //!
 //! Root only (configfs). Without CAP_SYS_RESOURCE it serves anyway after a
 //! one-line warning; `--strict` refuses instead. `--no-flusher` serves
 //! without the `IoFlusher` (each file I/O still NOIO-scoped by `NoFsFile`);
 //! `--unprotected` also bypasses `NoFsFile`: tcmu-runner's behaviour, for
-//! comparison. SIGINT/SIGTERM remove the disk and every configfs object.
+//! comparison. SIGINT/SIGTERM remove the disk and every configfs object;
+//! after a SIGKILL, the next start with the same `--name` takes the objects
+//! over (see `target.rs`).
 
 #[path = "../common/daemon.rs"]
 mod daemon;
+mod disk;
 mod handler;
+mod pages;
 mod ring;
 mod scsi;
 mod target;
 
 use clap::Parser;
 use daemon::Protection;
+use disk::Disk;
+use pages::Unit;
 use reclaim_scope::{IoFlusher, NoFsFile};
-use scsi::Disk;
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use target::{Config, Target};
 
 #[derive(Parser, Debug)]
-#[command(about = "TCMU file-backed disk on reclaim-scope's NoFsFile and IoFlusher")]
+#[command(about = "TCMU disk on a file or block device, on reclaim-scope's NoFsFile and IoFlusher")]
 struct Args {
-    /// Backing file; created (sparse, --size bytes) when missing or empty.
+    /// Backing file or block device. A missing or empty file is created
+    /// sparse with --size bytes; a block device is served at its own size.
     #[arg(long)]
     file: PathBuf,
-    /// Size of a newly created backing file (suffixes K, M, G, T).
-    #[arg(long, default_value = "256M", value_parser = daemon::parse_size)]
-    size: u64,
+    /// Size of a newly created backing file (suffixes K, M, G, T); default
+    /// 256M. An existing file keeps its size; a block device must match.
+    #[arg(long, value_parser = daemon::parse_size)]
+    size: Option<u64>,
     /// Backstore name (configfs core/user_0/NAME) and serial number.
     #[arg(long, default_value = "rs_tcmu_file")]
     name: String,
     /// Logical block size: 512 or 4096.
     #[arg(long, default_value_t = 512)]
     block_size: u32,
+    /// Serve write protected: the backing store is opened read-only, MODE
+    /// SENSE reports WP, every write command gets DATA PROTECT, WRITE
+    /// PROTECTED.
+    #[arg(long)]
+    read_only: bool,
+    /// The backstore's cmd_time_out: seconds a command may wait in the ring
+    /// before the kernel fails it (0: never). The kernel's default is 30.
+    #[arg(long, default_value_t = 30)]
+    cmd_time_out: u32,
+    /// The backstore's qfull_time_out: seconds a command may wait for room
+    /// in a full ring; -1: as long as cmd_time_out, 0: fail at once. The
+    /// kernel's default is -1.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..))]
+    qfull_time_out: i64,
     #[command(flatten)]
     protection: daemon::ProtectionArgs,
 }
+
+const DEFAULT_SIZE: u64 = 256 << 20;
 
 /// FNV-1a, for a stable per-name WWN.
 fn hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Open (or create) the backing store; the file and its size.
+fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64), String> {
+    let exists = args.file.exists();
+    if !exists {
+        if args.read_only {
+            return Err(format!(
+                "{}: missing (and --read-only)",
+                args.file.display()
+            ));
+        }
+        if args.file.starts_with("/dev") {
+            return Err(format!(
+                "{}: no such device (a backing file is never created under /dev)",
+                args.file.display()
+            ));
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&args.file)
+            .map_err(|e| format!("create {}: {e}", args.file.display()))?;
+    }
+    let path =
+        std::fs::canonicalize(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    if path.to_str().map_or(true, |p| p.contains(',')) {
+        return Err(format!(
+            "{}: needs a UTF-8 path without ','",
+            path.display()
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!args.read_only)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = NoFsFile::new(file);
+    let mut size = file
+        .size_nofs()
+        .map_err(|e| format!("{}: size: {e}", path.display()))?;
+    if file.is_block_device() {
+        if args.size.is_some_and(|s| s != size) {
+            return Err(format!(
+                "{}: a block device of {size} bytes; --size cannot resize it",
+                path.display()
+            ));
+        }
+    } else if size == 0 {
+        if args.read_only {
+            return Err(format!("{}: empty (and --read-only)", path.display()));
+        }
+        size = args.size.unwrap_or(DEFAULT_SIZE);
+        file.set_len_nofs(size)
+            .map_err(|e| format!("size {}: {e}", path.display()))?;
+    }
+    Ok((path, file, size))
+}
+
+/// The handler thread: opens the ring (after `reset` of an adopted
+/// backstore's ring, once it is ours), then serves `disk` until `stop`.
+fn spawn_handler(
+    uio: PathBuf,
+    map_len: usize,
+    disk: Arc<Disk>,
+    protection: Protection,
+    reset: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let flusher = matches!(protection, Protection::IoFlusher | Protection::Strict);
+    let strict = protection == Protection::Strict;
+    let handler = std::thread::Builder::new()
+        .name("tcmu-handler".into())
+        .spawn(move || {
+            let _guard = if flusher {
+                match IoFlusher::try_enter() {
+                    Ok(g) => Some(g),
+                    Err(e) if strict => {
+                        let _ = ready_tx.send(Err(format!("--strict: {e}")));
+                        return;
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let ring = match ring::Ring::open(&uio, map_len) {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let _ = ready_tx.send(Err(format!(
+                        "{}: busy: another process serves this backstore",
+                        uio.display()
+                    )));
+                    return;
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{}: {e}", uio.display())));
+                    return;
+                }
+            };
+            if let Some(dev) = reset {
+                if let Err(e) = Target::reset_ring(&dev) {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            }
+            let _ = ready_tx.send(Ok(()));
+            if let Err(e) = handler::serve(&ring, &disk, &stop) {
+                eprintln!("tcmu-file: handler: {e}");
+            }
+        })
+        .map_err(|e| format!("spawn the handler thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handler),
+        Ok(Err(e)) => {
+            let _ = handler.join();
+            Err(e)
+        }
+        Err(_) => Err("the handler thread died".to_owned()),
+    }
+}
+
+fn unit_for(cfg: &Config, serial: &str, naa: u64, read_only: bool, timeout: u32) -> Unit {
+    Unit {
+        blocks: cfg.dev_size / cfg.block_size as u64,
+        block_size: cfg.block_size,
+        serial: serial.to_owned(),
+        naa,
+        read_only,
+        max_transfer: target::MAX_SECTORS * 512 / cfg.block_size,
+        timeout_secs: timeout,
+    }
+}
+
+/// Serve the stale backstore (its own backing store and geometry) while
+/// its LUN goes, so the SCSI disk's removal completes; then remove it.
+fn replace_stale(
+    tgt: &mut Target,
+    stale: target::Stale,
+    unit: &Unit,
+    protection: Protection,
+) -> Result<(), String> {
+    let (Some((uio, map_len)), Some(old)) = (stale.uio, stale.config) else {
+        // Never enabled (no ring, so no disk): nothing to serve.
+        tgt.remove_loopback();
+        tgt.remove_backstore();
+        return Ok(());
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&old.backing)
+        .map_err(|e| format!("the earlier backstore's {}: {e}", old.backing.display()))?;
+    let disk = Arc::new(Disk {
+        file: NoFsFile::new(file),
+        unit: unit_for(&old, &unit.serial, unit.naa, false, unit.timeout_secs),
+        plain_io: protection == Protection::Unprotected,
+        counters: Default::default(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let dev = tgt.dev().map(Path::to_owned);
+    let h = spawn_handler(uio, map_len, disk, protection, dev, stop.clone())?;
+    tgt.remove_loopback();
+    stop.store(true, Ordering::Relaxed);
+    let _ = h.join();
+    tgt.remove_backstore();
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -76,55 +272,32 @@ fn main() -> ExitCode {
     if daemon::announce("tcmu-file", "handler threads", protection).is_err() {
         return ExitCode::from(3);
     }
-    let flusher = matches!(protection, Protection::IoFlusher | Protection::Strict);
-    let strict = protection == Protection::Strict;
-    let path = match std::fs::canonicalize(&args.file).or_else(|_| {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&args.file)?;
-        std::fs::canonicalize(&args.file)
-    }) {
-        Ok(p) => p,
+    let (path, file, size) = match open_backing(&args) {
+        Ok(v) => v,
         Err(e) => {
-            eprintln!("tcmu-file: {}: {e}", args.file.display());
+            eprintln!("tcmu-file: {e}");
             return ExitCode::from(2);
         }
     };
-    let file = match OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("tcmu-file: {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if size == 0 {
-        size = args.size;
-        if let Err(e) = file.set_len(size) {
-            eprintln!("tcmu-file: size {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    }
     let blocks = size / args.block_size as u64;
-    if blocks == 0 || path.to_str().map_or(true, |p| p.contains(',')) {
-        eprintln!(
-            "tcmu-file: {}: needs at least one block and a UTF-8 path without ','",
-            path.display()
-        );
+    if blocks == 0 {
+        eprintln!("tcmu-file: {}: smaller than one block", path.display());
         return ExitCode::from(2);
     }
     let h = hash(&args.name);
-    let disk = Arc::new(Disk {
-        file: NoFsFile::new(file),
+    let cfg = Config {
+        backing: path.clone(),
+        dev_size: blocks * args.block_size as u64,
         block_size: args.block_size,
-        blocks,
+    };
+    let serial = format!("{:016x}", h);
+    let naa = (0x5u64 << 60) | (0x001_4051u64 << 36) | (h & 0xf_ffff_ffff);
+    let unit = unit_for(&cfg, &serial, naa, args.read_only, args.cmd_time_out);
+    let disk = Arc::new(Disk {
+        file,
+        unit: unit.clone(),
         plain_io: protection == Protection::Unprotected,
-        serial: format!("{:016x}", h),
-        naa: (0x5u64 << 60) | (0x001_4051u64 << 36) | (h & 0xf_ffff_ffff),
         counters: Default::default(),
-        max_sectors: target::MAX_SECTORS,
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,73 +312,85 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut tgt = target::Target::new(&args.name, h);
-    let dev_bytes = blocks * args.block_size as u64;
-    let (uio, map_len) = match tgt.create_backstore(&path, dev_bytes, args.block_size) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tcmu-file: {e}");
-            return ExitCode::from(2);
-        }
-    };
-
-    // The handler: the only thread that touches the backing file.
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handler = {
-        let (disk, stop) = (disk.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("tcmu-handler".into())
-            .spawn(move || {
-                let _guard = if flusher {
-                    match IoFlusher::try_enter() {
-                        Ok(g) => Some(g),
-                        Err(e) if strict => {
-                            let _ = ready_tx.send(Err(format!("--strict: {e}")));
-                            return;
-                        }
-                        Err(_) => None,
-                    }
-                } else {
-                    None
-                };
-                let ring = match ring::Ring::open(&uio, map_len) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("{}: {e}", uio.display())));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                if let Err(e) = handler::serve(&ring, &disk, &stop) {
-                    eprintln!("tcmu-file: handler: {e}");
+    let mut tgt = Target::new(&args.name, h);
+    let started: Result<JoinHandle<()>, String> = (|| {
+        let stale = tgt.stale()?;
+        let mut resume = None;
+        if let Some(stale) = stale {
+            tgt.adopt();
+            match (&stale.uio, &stale.config) {
+                (Some(uio), Some(old)) if *old == cfg => {
+                    eprintln!(
+                        "tcmu-file: adopting the configfs objects of an earlier {:?} (same \
+                         backing store and geometry): resetting its ring, serving it on",
+                        args.name
+                    );
+                    resume = Some(uio.clone());
                 }
-            })
-            .expect("spawn the handler thread")
-    };
-    let started = match ready_rx.recv() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("the handler thread died".to_owned()),
-    };
-    let served = started.and_then(|()| tgt.create_loopback().map_err(|e| e.to_string()));
-    let code = match served {
-        Ok(()) => {
+                _ => {
+                    eprintln!(
+                        "tcmu-file: replacing the configfs objects of an earlier {:?} ({:?})",
+                        args.name, stale.config
+                    );
+                    replace_stale(&mut tgt, stale, &unit, protection).map_err(|e| {
+                        tgt.forget();
+                        e
+                    })?;
+                }
+            }
+        } else {
+            tgt.adopt_loopback();
+        }
+        let handler = match resume {
+            Some((uio, map_len)) => {
+                let dev = tgt.dev().map(Path::to_owned);
+                let h = spawn_handler(uio, map_len, disk.clone(), protection, dev, stop.clone())
+                    .map_err(|e| {
+                        tgt.forget();
+                        e
+                    })?;
+                if let Err(e) = tgt.set_timeouts(args.cmd_time_out, args.qfull_time_out) {
+                    eprintln!("tcmu-file: warning: {e}");
+                }
+                h
+            }
+            None => {
+                let (uio, map_len) =
+                    tgt.create_backstore(&cfg, args.cmd_time_out, args.qfull_time_out)?;
+                spawn_handler(uio, map_len, disk.clone(), protection, None, stop.clone())?
+            }
+        };
+        if let Some((c, q)) = tgt.timeouts() {
+            eprintln!("tcmu-file: backstore cmd_time_out {c} s, qfull_time_out {q} s");
+        }
+        if let Err(e) = tgt.create_loopback() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handler.join();
+            return Err(e);
+        }
+        Ok(handler)
+    })();
+    let (code, handler) = match started {
+        Ok(handler) => {
             let mut signals = signals;
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut sig = None;
+            let mode = if args.read_only { ", read-only" } else { "" };
             loop {
-                if let Some(sd) = target::find_disk() {
+                if let Some(sd) = target::find_disk(&serial) {
                     eprintln!(
-                        "tcmu-file: serving {} ({dev_bytes} bytes) as /dev/{sd}",
-                        path.display()
+                        "tcmu-file: serving {} ({} bytes{mode}) as /dev/{sd}",
+                        path.display(),
+                        cfg.dev_size
                     );
                     break;
                 }
                 sig = signals.pending().next();
                 if sig.is_some() || Instant::now() > deadline {
                     eprintln!(
-                        "tcmu-file: serving {} ({dev_bytes} bytes); no /dev/sd* with model TCMU-FILE (sd_mod loaded?)",
-                        path.display()
+                        "tcmu-file: serving {} ({} bytes{mode}); no /dev/sd* with model TCMU-FILE (sd_mod loaded?)",
+                        path.display(),
+                        cfg.dev_size
                     );
                     break;
                 }
@@ -213,18 +398,20 @@ fn main() -> ExitCode {
             }
             let sig = sig.or_else(|| signals.forever().next());
             eprintln!("tcmu-file: signal {sig:?}, tearing down");
-            ExitCode::SUCCESS
+            (ExitCode::SUCCESS, Some(handler))
         }
         Err(e) => {
             eprintln!("tcmu-file: {e}");
-            ExitCode::from(2)
+            (ExitCode::from(2), None)
         }
     };
     // The LUN goes first, while the handler still serves the final
     // SYNCHRONIZE CACHE of the SCSI disk's removal.
     tgt.remove_loopback();
     stop.store(true, Ordering::Relaxed);
-    let _ = handler.join();
+    if let Some(h) = handler {
+        let _ = h.join();
+    }
     tgt.remove_backstore();
     let c = &disk.counters;
     let refused: Vec<String> = c
@@ -232,15 +419,18 @@ fn main() -> ExitCode {
         .iter()
         .map(|op| format!("{op:#04x}"))
         .collect();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(
-        "tcmu-file: {} commands ({} reads, {} writes, {} syncs, {} write sames, {} unmaps, {} check conditions; opcodes refused: {})",
-        c.commands.load(Ordering::Relaxed),
-        c.reads.load(Ordering::Relaxed),
-        c.writes.load(Ordering::Relaxed),
-        c.syncs.load(Ordering::Relaxed),
-        c.write_sames.load(Ordering::Relaxed),
-        c.unmaps.load(Ordering::Relaxed),
-        c.errors.load(Ordering::Relaxed),
+        "tcmu-file: {} commands ({} reads, {} writes, {} syncs, {} write sames, {} unmaps, {} verifies, {} check conditions, {} I/O errors; opcodes refused: {})",
+        n(&c.commands),
+        n(&c.reads),
+        n(&c.writes),
+        n(&c.syncs),
+        n(&c.write_sames),
+        n(&c.unmaps),
+        n(&c.verifies),
+        n(&c.errors),
+        n(&c.io_errors),
         if refused.is_empty() { "none".to_owned() } else { refused.join(" ") }
     );
     code
