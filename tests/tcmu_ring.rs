@@ -432,3 +432,628 @@ fn write_same_and_unmap_zero_punch_and_repeat_within_the_range() {
     );
     assert_eq!(map[DATA + 28672 + 14] & 0xc0, 0xc0, "RC16: LBPME|LBPRZ");
 }
+
+/// Big-endian CDB helpers.
+fn cdb10(op: u8, b1: u8, lba: u32, n: u16) -> Vec<u8> {
+    let mut c = vec![op, b1, 0, 0, 0, 0, 0, 0, 0, 0];
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&n.to_be_bytes());
+    c
+}
+fn cdb16(op: u8, b1: u8, lba: u64, n: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = op;
+    c[1] = b1;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&n.to_be_bytes());
+    c
+}
+fn cdb12(op: u8, b1: u8, lba: u32, n: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 12];
+    c[0] = op;
+    c[1] = b1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[6..10].copy_from_slice(&n.to_be_bytes());
+    c
+}
+
+#[test]
+fn data_in_is_exactly_the_allocation_length_fresh_and_zero_padded() {
+    let mut rig = Rig::new("data-in");
+    rig.dirty();
+    const BUF: usize = 4096;
+    let mut cmds = Vec::new();
+    // (what, cdb, buffer length, bytes the response has)
+    let cases: Vec<(&str, Vec<u8>, usize, usize)> = vec![
+        ("standard inquiry", vec![0x12, 0, 0, 0x01, 0x00, 0], 256, 96),
+        (
+            "inquiry, allocation 20",
+            vec![0x12, 0, 0, 0, 20, 0],
+            255,
+            20,
+        ),
+        ("vpd 00", vec![0x12, 1, 0x00, 0, 255, 0], 255, 4 + 6),
+        ("vpd 80", vec![0x12, 1, 0x80, 0, 255, 0], 255, 4 + 16),
+        ("vpd 83", vec![0x12, 1, 0x83, 0, 255, 0], 255, 4 + 12 + 28),
+        ("vpd b0", vec![0x12, 1, 0xb0, 0, 255, 0], 255, 64),
+        ("vpd b1", vec![0x12, 1, 0xb1, 0, 255, 0], 255, 64),
+        ("vpd b2", vec![0x12, 1, 0xb2, 0, 255, 0], 255, 8),
+        ("mode sense(6) all", vec![0x1a, 0, 0x3f, 0, 255, 0], 255, 44),
+        (
+            "mode sense(10) caching, dbd",
+            vec![0x5a, 0x08, 0x08, 0, 0, 0, 0, 0, 255, 0],
+            255,
+            28,
+        ),
+        (
+            "read capacity(10)",
+            vec![0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            64,
+            8,
+        ),
+        (
+            "read capacity(16), allocation 12",
+            cdb16(0x9e, 0x10, 0, 12),
+            64,
+            12,
+        ),
+        ("request sense", vec![0x03, 0, 0, 0, 252, 0], 252, 18),
+        (
+            "request sense, descriptor",
+            vec![0x03, 1, 0, 0, 252, 0],
+            252,
+            8,
+        ),
+        ("report luns", cdb12(0xa0, 0, 0, 4096), 4096, 16),
+        (
+            "report supported opcodes, one",
+            {
+                let mut c = vec![0xa3, 0x0c, 0x01, 0x28, 0, 0, 0, 0, 0, 0xff, 0, 0];
+                c[6..10].copy_from_slice(&255u32.to_be_bytes());
+                c
+            },
+            255,
+            14,
+        ),
+    ];
+    for (i, (what, cdb, len, _)) in cases.iter().enumerate() {
+        let at = rig.cmd(cdb, i * BUF, *len);
+        cmds.push((at, what));
+    }
+    let (map, _) = rig.serve();
+    for (i, ((at, what), (_, _, len, want))) in cmds.iter().zip(&cases).enumerate() {
+        assert_eq!(status(&map, *at), 0, "{what}: GOOD");
+        assert_eq!(read_len(&map, *at), Some(*want), "{what}: read_len");
+        let buf = &map[DATA + i * BUF..DATA + i * BUF + len];
+        assert!(
+            buf[*want..].iter().all(|&b| b == 0),
+            "{what}: stale bytes after the response"
+        );
+        let total = match buf[0] {
+            // INQUIRY, VPD: their own length fields.
+            _ if what.starts_with("standard") => buf[4] as usize + 5,
+            _ if what.starts_with("vpd") => u16::from_be_bytes([buf[2], buf[3]]) as usize + 4,
+            _ if what.starts_with("mode sense(6)") => buf[0] as usize + 1,
+            _ if what.starts_with("mode sense(10)") => {
+                u16::from_be_bytes([buf[0], buf[1]]) as usize + 2
+            }
+            _ => *want,
+        };
+        assert_eq!(total, *want, "{what}: length field");
+    }
+    let inq = &map[DATA..DATA + 96];
+    assert_eq!(&inq[8..16], pages::VENDOR);
+    assert!(inq[36..58].iter().chain(&inq[64..]).all(|&b| b == 0));
+    let b1 = &map[DATA + 6 * BUF..DATA + 6 * BUF + 64];
+    assert_eq!(
+        (b1[1], b1[3], b1[8] & 3),
+        (0xb1, 0x3c, 3),
+        "VPD b1: FUAB, VBULS"
+    );
+    let ms = &map[DATA + 8 * BUF..DATA + 8 * BUF + 44];
+    assert_eq!((ms[12], ms[32]), (0x08, 0x0a), "caching and control pages");
+}
+
+#[test]
+fn reserved_and_protection_fields_are_refused_with_field_pointers() {
+    let mut rig = Rig::new("fields");
+    let cases: Vec<(&str, Vec<u8>, usize, [u8; 3])> = vec![
+        (
+            "READ(10) RDPROTECT",
+            cdb10(0x28, 0x20, 0, 1),
+            512,
+            [0xcf, 0, 1],
+        ),
+        (
+            "WRITE(16) WRPROTECT",
+            cdb16(0x8a, 0x40, 0, 1),
+            512,
+            [0xcf, 0, 1],
+        ),
+        (
+            "WRITE(12) WRPROTECT",
+            cdb12(0xaa, 0xe0, 0, 1),
+            512,
+            [0xcf, 0, 1],
+        ),
+        (
+            "WRITE SAME(10) WRPROTECT",
+            cdb10(0x41, 0x20, 0, 1),
+            512,
+            [0xcf, 0, 1],
+        ),
+        (
+            "VERIFY(16) VRPROTECT",
+            cdb16(0x8f, 0x20, 0, 1),
+            0,
+            [0xcf, 0, 1],
+        ),
+        (
+            "WRITE SAME(16) ANCHOR",
+            cdb16(0x93, 0x10, 0, 1),
+            512,
+            [0xcc, 0, 1],
+        ),
+        ("READ(10) RARC", cdb10(0x28, 0x04, 0, 1), 512, [0xca, 0, 1]),
+        (
+            "TEST UNIT READY NACA",
+            vec![0, 0, 0, 0, 0, 0x04],
+            0,
+            [0xca, 0, 5],
+        ),
+        (
+            "INQUIRY CMDDT",
+            vec![0x12, 0x02, 0, 0, 36, 0],
+            36,
+            [0xc9, 0, 1],
+        ),
+        (
+            "INQUIRY page without EVPD",
+            vec![0x12, 0, 0x80, 0, 36, 0],
+            36,
+            [0xc0, 0, 2],
+        ),
+        ("VPD 0x86", vec![0x12, 1, 0x86, 0, 36, 0], 36, [0xc0, 0, 2]),
+        (
+            "MODE SENSE page 0x1c",
+            vec![0x1a, 0, 0x1c, 0, 255, 0],
+            255,
+            [0xcd, 0, 2],
+        ),
+        (
+            "MODE SENSE subpage 1",
+            vec![0x1a, 0, 0x08, 1, 255, 0],
+            255,
+            [0xc0, 0, 3],
+        ),
+        ("READ(16) DLD2", cdb16(0x88, 0x01, 0, 1), 512, [0xc8, 0, 1]),
+        (
+            "READ(10) over the maximum transfer",
+            cdb10(0x28, 0, 0, 1025),
+            512,
+            [0xc0, 0, 7],
+        ),
+        (
+            "WRITE SAME of 0 blocks",
+            cdb10(0x41, 0, 0, 0),
+            512,
+            [0xc0, 0, 7],
+        ),
+        (
+            "READ CAPACITY(16) bad SA",
+            cdb16(0x9e, 0x11, 0, 32),
+            32,
+            [0xcc, 0, 1],
+        ),
+        (
+            "RSOC reporting options 4",
+            vec![0xa3, 0x0c, 0x04, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+            256,
+            [0xca, 0, 2],
+        ),
+    ];
+    let ats: Vec<usize> = cases
+        .iter()
+        .map(|(_, cdb, len, _)| rig.cmd(cdb, 0, (*len).max(1)))
+        .collect();
+    let saved = rig.cmd(&[0x5a, 0, 0xc8, 0, 0, 0, 0, 0, 255, 0], 0, 255);
+    let unknown_sa = rig.cmd(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 0, 256);
+    let (map, disk) = rig.serve();
+    for ((what, _, _, sks), at) in cases.iter().zip(&ats) {
+        assert_eq!(
+            check(&map, *at),
+            (0x05, 0x24, 0),
+            "{what}: INVALID FIELD IN CDB"
+        );
+        assert_eq!(&sense18(&map, *at)[15..18], sks, "{what}: field pointer");
+        assert_eq!(read_len(&map, *at), None, "{what}: no data-in");
+    }
+    assert_eq!(check(&map, saved), (0x05, 0x39, 0), "saved values");
+    assert_eq!(&sense18(&map, saved)[15..18], &[0xcf, 0, 2]);
+    assert_eq!(
+        check(&map, unknown_sa),
+        (0x05, 0x24, 0),
+        "REPORT TARGET PORT GROUPS"
+    );
+    assert!(disk.iter().all(|&b| b == 0), "a refused command wrote");
+}
+
+#[test]
+fn verify_write_and_verify_read_write_12_prefetch_and_sync_fields() {
+    let mut rig = Rig::new("verify");
+    const B: usize = 512;
+    let p: Vec<u8> = (0..4 * B).map(|i| (i * 31 + 5) as u8).collect();
+    rig.map[DATA..DATA + 4 * B].copy_from_slice(&p);
+    let mut q = p.clone();
+    q[3 * B + 17] ^= 0xff;
+    rig.map[DATA + 8192..DATA + 8192 + 4 * B].copy_from_slice(&q);
+    let mut one = vec![0u8; B];
+    one[..4].copy_from_slice(b"ONE!");
+    rig.map[DATA + 16384..DATA + 16384 + B].copy_from_slice(&one);
+    let w12 = rig.cmd(&cdb12(0xaa, 0x08, 100, 4), 0, 4 * B); // FUA
+    let r12 = rig.cmd(&cdb12(0xa8, 0, 100, 4), 32768, 4 * B);
+    let v_same = rig.cmd(&cdb10(0x2f, 0x02, 100, 4), 0, 4 * B);
+    let v_diff = rig.cmd(&cdb16(0x8f, 0x02, 100, 4), 8192, 4 * B);
+    let v_medium = rig.cmd(&cdb10(0x2f, 0, 0, 2048), 0, 1);
+    let v_oob = rig.cmd(&cdb10(0x2f, 0, 2047, 2), 0, 1);
+    let wv = rig.cmd(&cdb16(0x8e, 0x02, 200, 1), 16384, B);
+    let ws = rig.cmd(&cdb16(0x93, 0, 300, 3), 16384, B);
+    let v_one = rig.cmd(&cdb10(0x2f, 0x06, 300, 3), 16384, B);
+    let v_one_bad = rig.cmd(&cdb10(0x2f, 0x06, 299, 3), 16384, B);
+    let ndob = rig.cmd(&cdb16(0x93, 0x01, 301, 1), 0, 0);
+    let pf = rig.cmd(&cdb10(0x34, 0x02, 0, 0), 0, 0);
+    let pf16_oob = rig.cmd(&cdb16(0x90, 0, 2040, 9), 0, 0);
+    let sync = rig.cmd(&cdb16(0x91, 0x02, 10, 0), 0, 0);
+    let sync_oob = rig.cmd(&cdb10(0x35, 0, 2048, 0), 0, 0);
+    let r6 = rig.cmd(&[0x08, 0, 0, 100, 2, 0], 40960, 2 * B);
+    let (map, disk) = rig.serve();
+    for (what, at) in [
+        ("WRITE(12) FUA", w12),
+        ("READ(12)", r12),
+        ("VERIFY(10) BYTCHK 01b, equal", v_same),
+        ("VERIFY(10) BYTCHK 00b", v_medium),
+        ("WRITE AND VERIFY(16)", wv),
+        ("WRITE SAME(16)", ws),
+        ("VERIFY BYTCHK 11b", v_one),
+        ("WRITE SAME(16) NDOB", ndob),
+        ("PRE-FETCH(10) to the end", pf),
+        ("SYNCHRONIZE CACHE(16)", sync),
+        ("READ(6)", r6),
+    ] {
+        assert_eq!(status(&map, at), 0, "{what}: GOOD");
+    }
+    assert_eq!(&disk[100 * B..104 * B], &p[..]);
+    assert_eq!(&map[DATA + 32768..DATA + 32768 + 4 * B], &p[..]);
+    assert_eq!(&map[DATA + 40960..DATA + 40960 + 2 * B], &p[..2 * B]);
+    assert_eq!(read_len(&map, r12), Some(4 * B));
+    let mc = sense18(&map, v_diff);
+    assert_eq!(check(&map, v_diff), (0x0e, 0x1d, 0), "MISCOMPARE");
+    assert_eq!(mc[0] & 0x80, 0x80, "INFORMATION valid");
+    assert_eq!(
+        u32::from_be_bytes(mc[3..7].try_into().unwrap()) as usize,
+        3 * B + 17,
+        "offset of the first differing byte"
+    );
+    assert_eq!(check(&map, v_one_bad).0, 0x0e, "LBA 299 is not the block");
+    assert_eq!(check(&map, v_oob), (0x05, 0x21, 0));
+    assert_eq!(check(&map, pf16_oob), (0x05, 0x21, 0));
+    assert_eq!(check(&map, sync_oob), (0x05, 0x21, 0));
+    assert_eq!(&disk[200 * B..201 * B], &one[..]);
+    for lba in 300..303 {
+        let want = if lba == 301 {
+            vec![0u8; B]
+        } else {
+            one.clone()
+        };
+        assert_eq!(&disk[lba * B..(lba + 1) * B], &want[..], "LBA {lba}");
+    }
+}
+
+#[test]
+fn unmap_parameter_list_is_validated_before_anything_is_unmapped() {
+    let mut rig = Rig::new("unmap-list");
+    const B: usize = 512;
+    let p = vec![0x5au8; 16 * B];
+    rig.map[DATA..DATA + p.len()].copy_from_slice(&p);
+    let w = rig.cmd(&cdb10(0x2a, 0, 0, 16), 0, 16 * B);
+    let list = |descs: &[(u64, u32)], tweak: &dyn Fn(&mut Vec<u8>)| {
+        let mut l = vec![0u8; 8];
+        l[0..2].copy_from_slice(&((6 + 16 * descs.len()) as u16).to_be_bytes());
+        l[2..4].copy_from_slice(&((16 * descs.len()) as u16).to_be_bytes());
+        for &(lba, n) in descs {
+            l.extend_from_slice(&lba.to_be_bytes());
+            l.extend_from_slice(&n.to_be_bytes());
+            l.extend_from_slice(&[0; 4]);
+        }
+        tweak(&mut l);
+        l
+    };
+    let none = |_: &mut Vec<u8>| {};
+    type Case = (&'static str, Vec<u8>, (u8, u8), Option<[u8; 3]>);
+    let cases: Vec<Case> = vec![
+        (
+            "reserved header byte",
+            list(&[(0, 1)], &|l| l[5] = 1),
+            (0x26, 0),
+            Some([0x80, 0, 4]),
+        ),
+        (
+            "descriptor over the maximum",
+            list(&[(0, 1), (1, 1 << 21)], &none),
+            (0x26, 0),
+            Some([0x80, 0, 32]),
+        ),
+        (
+            "reserved descriptor bytes",
+            list(&[(0, 1)], &|l| l[21] = 1),
+            (0x26, 0),
+            Some([0x80, 0, 20]),
+        ),
+        (
+            "past the end",
+            list(&[(0, 1), (2047, 2)], &none),
+            (0x21, 0),
+            None,
+        ),
+        (
+            "65 descriptors",
+            list(&vec![(0, 1); 65], &none),
+            (0x26, 0),
+            Some([0x80, 0, 2]),
+        ),
+        ("list of 4 bytes", vec![0, 6, 0, 0], (0x1a, 0), None),
+    ];
+    let mut ats = Vec::new();
+    for (i, (_, l, _, _)) in cases.iter().enumerate() {
+        let at = 16384 + i * 2048;
+        rig.map[DATA + at..DATA + at + l.len()].copy_from_slice(l);
+        let cdb = cdb10(0x42, 0, 0, l.len() as u16);
+        let mut cdb = cdb;
+        cdb[2..6].fill(0);
+        ats.push(rig.cmd(&cdb, at, l.len()));
+    }
+    // A truncated last descriptor is ignored; a 0-length list does nothing.
+    let partial = list(&[(4, 2), (6, 2)], &|l| l.truncate(8 + 16 + 10));
+    let pat = 16384 + 20 * 2048;
+    rig.map[DATA + pat..DATA + pat + partial.len()].copy_from_slice(&partial);
+    let mut c = cdb10(0x42, 0, 0, partial.len() as u16);
+    c[2..6].fill(0);
+    let ok = rig.cmd(&c, pat, partial.len());
+    let empty = rig.cmd(&[0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, 0);
+    let (map, disk) = rig.serve();
+    assert_eq!(status(&map, w), 0);
+    for ((what, _, (asc, ascq), sks), at) in cases.iter().zip(&ats) {
+        assert_eq!(check(&map, *at), (0x05, *asc, *ascq), "{what}");
+        if let Some(sks) = sks {
+            assert_eq!(
+                &sense18(&map, *at)[15..18],
+                sks,
+                "{what}: parameter pointer"
+            );
+        }
+    }
+    assert_eq!((status(&map, ok), status(&map, empty)), (0, 0));
+    let blk = |lba: usize| &disk[lba * B..(lba + 1) * B];
+    for lba in 0..16 {
+        let zero = (4..6).contains(&lba);
+        assert_eq!(blk(lba).iter().all(|&b| b == 0), zero, "LBA {lba}");
+    }
+}
+
+/// Root, for the tests that mount tmpfs and attach loop devices.
+fn require_root() {
+    let root = fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    assert!(
+        root,
+        "mounting tmpfs and attaching loop devices needs root (the project's test machines \
+         are root): run the tests as root"
+    );
+}
+
+fn run(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+impl Tmpfs {
+    fn new(dir: &Path, size: &str) -> Tmpfs {
+        let m = dir.join("tmpfs");
+        fs::create_dir_all(&m).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "none",
+                m.to_str().unwrap(),
+            ],
+        );
+        Tmpfs(m)
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+impl Loop {
+    fn new(file: &Path) -> Loop {
+        Loop(run("losetup", &["-f", "--show", file.to_str().unwrap()]))
+    }
+}
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn enospc_of_the_backing_store_is_data_protect_space_allocation_failed() {
+    require_root();
+    let mut rig = Rig::new("enospc");
+    let t = Tmpfs::new(&rig.dir, "256k");
+    rig.backing = t.0.join("disk");
+    let chunk = 64 << 10;
+    for (i, b) in rig.map[DATA..DATA + chunk].iter_mut().enumerate() {
+        *b = (i % 251) as u8 | 1;
+    }
+    // 8 × 64 KiB into a 256 KiB tmpfs: the later writes find no space.
+    let writes: Vec<usize> = (0..8)
+        .map(|i| rig.cmd(&cdb10(0x2a, 0, i * 128, 128), 0, chunk))
+        .collect();
+    let read = rig.cmd(&cdb10(0x28, 0, 0, 128), 65536, chunk);
+    let (map, _) = rig.serve();
+    assert_eq!(status(&map, writes[0]), 0, "the first write fits");
+    let last = *writes.last().unwrap();
+    assert_eq!(
+        check(&map, last),
+        (0x07, 0x27, 0x07),
+        "DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT"
+    );
+    assert!(rig.io_errors >= 1);
+    assert_eq!(status(&map, read), 0, "reads still work");
+    assert_eq!(
+        &map[DATA + 65536..DATA + 65536 + chunk],
+        &map[DATA..DATA + chunk]
+    );
+}
+
+#[test]
+fn a_loop_device_is_served_at_its_size_and_a_read_only_one_write_protected() {
+    require_root();
+    let mut rig = Rig::new("loop");
+    let img = rig.dir.join("img");
+    fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+    let lo = Loop::new(&img);
+    let dev = fs::File::open(&lo.0).unwrap();
+    let size = NoFsFile::new(dev).size_nofs().unwrap();
+    assert_eq!(size, 4 << 20, "size_nofs of {}", lo.0);
+    rig.backing = PathBuf::from(&lo.0);
+    rig.blocks = size / 512;
+    const B: usize = 512;
+    let p: Vec<u8> = (0..8 * B).map(|i| (i * 7 + 1) as u8 | 0x80).collect();
+    rig.map[DATA..DATA + p.len()].copy_from_slice(&p);
+    let w = rig.cmd(&cdb16(0x8a, 0x08, 8000, 8), 0, 8 * B);
+    let rc = rig.cmd(&cdb16(0x9e, 0x10, 0, 32), 16384, 32);
+    let ws = rig.cmd(&cdb10(0x41, 0x08, 100, 8), 20480, B); // zeros, UNMAP
+    let (map, _) = rig.serve();
+    assert_eq!(
+        (status(&map, w), status(&map, rc), status(&map, ws)),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        &map[DATA + 16384..DATA + 16384 + 8],
+        &(rig.blocks - 1).to_be_bytes()
+    );
+    // The data is on the device itself.
+    let mut got = vec![0u8; 8 * B];
+    use std::os::unix::fs::FileExt;
+    fs::File::open(&lo.0)
+        .unwrap()
+        .read_exact_at(&mut got, 8000 * 512)
+        .unwrap();
+    assert_eq!(got, p);
+
+    // The same device read-only: reads work, every write is refused.
+    rig.read_only = true;
+    let r = rig.cmd(&cdb10(0x28, 0, 8000, 8), 32768, 8 * B);
+    let ms = rig.cmd(&[0x1a, 0x08, 0x0a, 0, 255, 0], 40960, 255);
+    let refused = [
+        rig.cmd(&cdb10(0x2a, 0, 0, 1), 0, B),
+        rig.cmd(&cdb16(0x93, 0x09, 0, 1), 0, 0),
+        rig.cmd(&cdb10(0x2e, 0, 0, 1), 0, B),
+        rig.cmd(&[0x0a, 0, 0, 0, 1, 0], 0, B),
+    ];
+    let (map, _) = rig.serve();
+    assert_eq!(status(&map, r), 0);
+    assert_eq!(&map[DATA + 32768..DATA + 32768 + 8 * B], &p[..]);
+    assert_eq!(status(&map, ms), 0);
+    let m = &map[DATA + 40960..DATA + 40960 + 16];
+    assert_eq!((m[2] & 0x80, m[8] & 0x08), (0x80, 0x08), "WP and SWP");
+    for at in refused {
+        assert_eq!(
+            check(&map, at),
+            (0x07, 0x27, 0),
+            "DATA PROTECT, WRITE PROTECTED"
+        );
+    }
+    let mut first = vec![0u8; B];
+    fs::File::open(&lo.0)
+        .unwrap()
+        .read_exact_at(&mut first, 0)
+        .unwrap();
+    assert!(
+        first.iter().all(|&b| b == 0),
+        "a refused write reached the device"
+    );
+}
+
+#[test]
+fn eperm_of_a_device_made_read_only_underneath_is_write_protected() {
+    require_root();
+    let mut rig = Rig::new("eperm");
+    let img = rig.dir.join("img");
+    fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    let lo = Loop::new(&img);
+    rig.backing = PathBuf::from(&lo.0);
+    rig.blocks = 2048;
+    const B: usize = 512;
+    rig.map[DATA..DATA + B].fill(0x33);
+    let w = rig.cmd(&cdb10(0x2a, 0, 1, 1), 0, B);
+    // The rig opens the device read-write in `serve`; setro then applies to
+    // the open file: blkdev_write_iter answers EPERM.
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lo.0)
+        .unwrap();
+    run("blockdev", &["--setro", &lo.0]);
+    let disk = disk::Disk {
+        file: NoFsFile::new(dev),
+        unit: pages::Unit {
+            blocks: 2048,
+            block_size: 512,
+            serial: "0123456789abcdef".into(),
+            naa: 1,
+            read_only: false,
+            max_transfer: 1024,
+            timeout_secs: 30,
+        },
+        plain_io: false,
+        counters: Default::default(),
+    };
+    rig.map[12..16].copy_from_slice(&(rig.head as u32).to_ne_bytes());
+    let ring_path = rig.dir.join("ring");
+    fs::write(&ring_path, &rig.map).unwrap();
+    {
+        let r = ring::Ring::open(&ring_path, MAP).unwrap();
+        handler::serve(&r, &disk, &AtomicBool::new(true)).unwrap();
+    }
+    let _ = Command::new("blockdev").args(["--setrw", &lo.0]).status();
+    let map = fs::read(&ring_path).unwrap();
+    assert_eq!(
+        check(&map, w),
+        (0x07, 0x27, 0),
+        "DATA PROTECT, WRITE PROTECTED"
+    );
+}
