@@ -43,7 +43,7 @@ const HANDLER: &str = "tcmu-handler";
 
 fn setup_once() {
     load_brd();
-    for m in ["target_core_user", "tcm_loop", "sd_mod", "xfs"] {
+    for m in ["target_core_user", "tcm_loop", "sd_mod", "xfs", "loop"] {
         must(30, "modprobe", &[m]);
     }
     if !Path::new(TARGET).is_dir() {
@@ -171,6 +171,14 @@ impl Rig {
 
     fn pid(&self) -> u32 {
         self.daemon.as_ref().expect("daemon").id()
+    }
+
+    /// SIGKILL: the daemon dies without tearing anything down.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn log(&self) -> String {
@@ -492,4 +500,739 @@ fn seed_scenario_tcmu_handler_never_reclaims_with_fs_or_io() {
         HANDLER,
         run_scenario,
     );
+}
+
+/// Output (stdout and stderr) of a command, whether it succeeded or not.
+fn out(secs: u64, prog: &str, args: &[&str]) -> String {
+    run_for(secs, prog, args).unwrap_or_else(|e| e)
+}
+
+/// `out`, asserting it contains every one of `want`.
+#[track_caller]
+fn expect(prog: &str, args: &[&str], want: &[&str]) -> String {
+    let text = out(60, prog, args);
+    for w in want {
+        assert!(
+            text.contains(w),
+            "`{prog} {}`: no {w:?} in:\n{text}",
+            args.join(" ")
+        );
+    }
+    text
+}
+
+/// A loop device over a new file of `mib` MiB in /tmp (tmpfs), detached
+/// on drop.
+struct Loop {
+    dev: String,
+    file: String,
+}
+
+impl Loop {
+    fn new(tag: &str, mib: u64) -> Loop {
+        let file = format!("/tmp/tcmu-{tag}.img");
+        fs::File::create(&file)
+            .and_then(|f| f.set_len(mib << 20))
+            .unwrap();
+        let dev = must(30, "losetup", &["-f", "--show", &file])
+            .trim()
+            .to_owned();
+        Loop { dev, file }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = run_for(30, "losetup", &["-d", &self.dev]);
+        let _ = fs::remove_file(&self.file);
+    }
+}
+
+fn read_at(path: &str, off: u64, len: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut b = vec![0u8; len];
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+/// A 10-byte READ/WRITE CDB for sg_raw.
+fn rw10(op: u8, lba: u32, n: u16) -> Vec<String> {
+    let mut c = vec![op, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&n.to_be_bytes());
+    c.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sg_raw with a data-out of `data_file` (or data-in of `read` bytes).
+fn sg_raw(dev: &str, cdb: &[String], data_file: Option<&str>, read: usize) -> String {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(f) = data_file {
+        let n = fs::metadata(f).unwrap().len();
+        args.extend(["-s".into(), n.to_string(), "-i".into(), f.to_owned()]);
+    }
+    if read > 0 {
+        args.extend(["-r".into(), read.to_string()]);
+    }
+    args.push(dev.to_owned());
+    args.extend(cdb.iter().cloned());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    out(60, "sg_raw", &a)
+}
+
+fn hexes(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn tcmu_sg3_utils_see_an_sbc4_spc5_disk() {
+    use std::os::unix::fs::MetadataExt;
+    require_vm();
+    setup_once();
+    let backing = fresh_lower();
+    let (mut rig, dev) = Rig::start(&backing, None, &["--name", "rs_sg3"], "/tmp/tcmu-sg3.log");
+    expect(
+        "sg_inq",
+        &["-d", &dev],
+        &[
+            "version=0x07  [SPC-5]",
+            "CmdQue=1",
+            "length=96 (0x60)",
+            "Protect=0",
+            "SAM-6 (no version claimed)",
+            "SPC-5 (no version claimed)",
+            "SBC-4 (no version claimed)",
+        ],
+    );
+    expect(
+        "sg_vpd",
+        &["-p", "sv", &dev],
+        &["[sn]", "[di]", "[bl]", "[bdc]", "[lbpv]"],
+    );
+    expect(
+        "sg_vpd",
+        &["-p", "di", &dev],
+        &["designator type: NAA", "T10 vendor identification"],
+    );
+    expect(
+        "sg_vpd",
+        &["-p", "bl", &dev],
+        &[
+            "Write same non-zero (WSNZ): 1",
+            "Maximum transfer length: 1024 blocks",
+            "Maximum unmap LBA count: 1048576",
+            "Maximum unmap block descriptor count: 64",
+            "Maximum write same length: 0x100000 blocks",
+        ],
+    );
+    expect(
+        "sg_vpd",
+        &["-p", "bdc", &dev],
+        &[
+            "rotation rate is not reported",
+            "ZONED=0",
+            "FUAB=1",
+            "VBULS=1",
+        ],
+    );
+    expect(
+        "sg_vpd",
+        &["-p", "lbpv", &dev],
+        &[
+            "(LBPU): 1",
+            "(LBPWS): 1",
+            "(LBPWS10): 1",
+            "(LBPRZ): 1",
+            "(ANC_SUP): 0",
+            "Provisioning type: 2 (thin provisioned)",
+        ],
+    );
+    // Response lengths through the kernel: exactly what the data has
+    // (rsp.read_len), the rest of the 255-byte allocation is residual.
+    for (cdb, n) in [
+        ("12 00 00 00 ff 00", 96),
+        ("12 01 00 00 ff 00", 10),
+        ("12 01 b0 00 ff 00", 64),
+        ("12 01 b1 00 ff 00", 64),
+        ("12 01 b2 00 ff 00", 8),
+        ("1a 00 3f 00 ff 00", 44),
+    ] {
+        let text = sg_raw(&dev, &hexes(cdb), None, 255);
+        assert!(
+            text.contains(&format!("Received {n} bytes of data")),
+            "sg_raw {cdb}: {text}"
+        );
+    }
+    expect(
+        "sg_modes",
+        &["-a", &dev],
+        &[
+            "WP=0, DpoFua=1",
+            ">> Caching, page_control: current",
+            " 00     08 12 04",
+            ">> Control, page_control: current",
+            " 00     0a 0a 02",
+        ],
+    );
+    expect(
+        "sg_modes",
+        &["-c", "1", "-p", "8", &dev],
+        &["Caching, page_control: changeable", " 00     08 12 00"],
+    );
+    expect(
+        "sg_modes",
+        &["-6", "-p", "0x3f,0xff", &dev],
+        &["MODE SENSE(6)", ">> Caching", ">> Control"],
+    );
+    let saved = sg_raw(&dev, &hexes("1a 00 c8 00 ff 00"), None, 255);
+    assert!(
+        saved.contains("Saving parameters not supported"),
+        "MODE SENSE saved values: {saved}"
+    );
+    let all = expect(
+        "sg_opcodes",
+        &["-c", &dev],
+        &[
+            "Report supported operation codes",
+            "Read capacity(16)",
+            "Write and verify(16)",
+            "Verify(10)",
+            "Pre-fetch(16)",
+            "Read(12)",
+            "Write(12)",
+            "Unmap",
+            "Write same(16)",
+        ],
+    );
+    say(&format!(
+        "  [sg3] sg_opcodes lists {} commands",
+        all.lines()
+            .filter(|l| l
+                .split_whitespace()
+                .next()
+                .is_some_and(|w| w.len() >= 2 && w[..2].chars().all(|c| c.is_ascii_hexdigit())))
+            .count()
+    ));
+    expect(
+        "sg_opcodes",
+        &["-o", "0x28", &dev],
+        &[
+            "Command is supported [conforming to SCSI standard]",
+            "Usage data: 28 1a ff ff ff ff 3f ff ff 00",
+        ],
+    );
+    expect(
+        "sg_opcodes",
+        &["-o", "0x9e,0x10", &dev],
+        &["Usage data: 9e 10 00 00 00 00 00 00 00 00 ff ff ff ff 00 00"],
+    );
+    expect(
+        "sg_opcodes",
+        &["-o", "0x04", &dev],
+        &["Command is NOT supported"],
+    );
+    expect(
+        "sg_readcap",
+        &["-l", &dev],
+        &[
+            "lbpme=1, lbprz=1",
+            "Logical block length=512 bytes",
+            &format!("Number of logical blocks={}", (BACKING_MIB << 20) / 512),
+        ],
+    );
+    // WRITE SAME of a pattern block, of zeros with UNMAP; UNMAP; each seen
+    // in the backing file.
+    let blk: Vec<u8> = pattern(0x5a3e, 512);
+    fs::write("/tmp/tcmu-blk", &blk).unwrap();
+    let zeros = "/tmp/tcmu-zero";
+    fs::write(zeros, vec![0u8; 512]).unwrap();
+    must(
+        60,
+        "sg_write_same",
+        &[
+            "--16",
+            "--lba=1000",
+            "--num=16",
+            "-i",
+            "/tmp/tcmu-blk",
+            &dev,
+        ],
+    );
+    let got = read_at(&backing, 1000 * 512, 16 * 512);
+    assert!(
+        got.chunks(512).all(|c| c == &blk[..]),
+        "WRITE SAME(16) not in the backing file"
+    );
+    let allocated = || fs::metadata(&backing).unwrap().blocks() * 512;
+    let filled = pattern(0x7e57, 2 << 20);
+    dd_roundtrip(&dev, &filled, 2, "ws-fill");
+    dd_roundtrip(&dev, &filled, 4, "unmap-fill");
+    let before = allocated();
+    must(
+        60,
+        "sg_write_same",
+        &[
+            "--10",
+            "--unmap",
+            "--lba=4096",
+            "--num=4096",
+            "-i",
+            zeros,
+            &dev,
+        ],
+    );
+    must(
+        60,
+        "sg_unmap",
+        &["--force", "--lba=8192", "--num=4096", &dev],
+    );
+    let freed = before.saturating_sub(allocated());
+    say(&format!(
+        "  [sg3] WRITE SAME with UNMAP and UNMAP of 2 MiB each freed {} KiB",
+        freed >> 10
+    ));
+    assert!(freed >= 4 << 20, "only {freed} bytes freed");
+    assert!(read_at(&backing, 2 << 20, 4 << 20).iter().all(|&b| b == 0));
+    must(60, "sg_sync", &[&dev]);
+    must(60, "sg_sync", &["--16", "--lba=5", "--count=10", &dev]);
+    must(60, "sg_verify", &["--lba=0", "--count=4096", &dev]);
+    // VERIFY with BYTCHK 1: equal, then a miscompare (exit status 14).
+    fs::write("/tmp/tcmu-16blk", blk.repeat(16)).unwrap();
+    must(
+        60,
+        "sg_verify",
+        &[
+            "--lba=1000",
+            "--count=16",
+            "--ndo=8192",
+            "--in=/tmp/tcmu-16blk",
+            &dev,
+        ],
+    );
+    let mis = run_for(
+        60,
+        "sg_verify",
+        &[
+            "--lba=999",
+            "--count=16",
+            "--ndo=8192",
+            "--in=/tmp/tcmu-16blk",
+            &dev,
+        ],
+    );
+    assert!(
+        mis.as_ref().is_err_and(
+            |e| e.contains("exit status: 14") || e.to_lowercase().contains("miscompare")
+        ),
+        "VERIFY of other data: {mis:?}"
+    );
+    let vrp = out(
+        60,
+        "sg_verify",
+        &["--vrprotect=1", "--lba=0", "--count=1", &dev],
+    );
+    assert!(
+        vrp.contains("Illegal request") || vrp.contains("Illegal Request"),
+        "VRPROTECT 1: {vrp}"
+    );
+    expect(
+        "sg_requests",
+        &[&dev],
+        &["Fixed format, current; Sense key: No Sense"],
+    );
+    expect(
+        "sg_requests",
+        &["-d", &dev],
+        &["Descriptor format, current; Sense key: No Sense"],
+    );
+    must(60, "sg_turs", &[&dev]);
+    expect("sg_luns", &[&dev], &["0000000000000000"]);
+    // Refusals with their sense.
+    for (what, cdb, want) in [
+        (
+            "RDPROTECT",
+            "28 20 00 00 00 00 00 00 01 00",
+            "Error in Command: byte 1 bit 7",
+        ),
+        (
+            "past the end",
+            &*rw10(0x28, (BACKING_MIB << 11) as u32, 1).join(" "),
+            "Logical block address out of range",
+        ),
+        (
+            "FORMAT UNIT",
+            "04 00 00 00 00 00",
+            "Invalid command operation code",
+        ),
+        (
+            "NACA",
+            "00 00 00 00 00 04",
+            "Error in Command: byte 5 bit 2",
+        ),
+    ] {
+        let text = sg_raw(&dev, &hexes(cdb), None, 512);
+        assert!(
+            text.contains("Illegal Request") && text.contains(want),
+            "{what}: {text}"
+        );
+    }
+    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    say(&format!(
+        "  [sg3] daemon: {}",
+        log.lines().last().unwrap_or("")
+    ));
+    assert!(!log.contains("malformed"), "{log}");
+    assert_eq!(
+        configfs_leftovers(),
+        Vec::<String>::new(),
+        "configfs leftovers"
+    );
+}
+
+/// The sense of a WRITE(10) of one block at `lba` (sg_raw's decoding).
+fn write_sense(dev: &str, lba: u32, blk: &str) -> String {
+    sg_raw(dev, &rw10(0x2a, lba, 1), Some(blk), 0)
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn tcmu_backing_store_errnos_become_sense_data() {
+    require_vm();
+    setup_once();
+    let blk = "/tmp/tcmu-errblk";
+    fs::write(blk, pattern(0xe220, 512)).unwrap();
+
+    // ENOSPC: a 32 MiB sparse backing file on an 8 MiB tmpfs.
+    let full = "/mnt/tcmu-full";
+    fs::create_dir_all(full).unwrap();
+    must(10, "mount", &["-t", "tmpfs", "-o", "size=8M", "none", full]);
+    let backing = format!("{full}/disk.img");
+    let (mut rig, dev) = Rig::start(
+        &backing,
+        None,
+        &["--name", "rs_enospc", "--size", "32M"],
+        "/tmp/tcmu-enospc.log",
+    );
+    let dd = run_for(
+        60,
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={dev}"),
+            "bs=1M",
+            "count=16",
+            "oflag=direct",
+        ],
+    );
+    say(&format!(
+        "  [errno] dd of 16 MiB onto the 8 MiB tmpfs: {}",
+        dd.as_ref().map_or_else(
+            |e| e
+                .lines()
+                .find(|l| l.contains("dd:"))
+                .unwrap_or(e)
+                .to_owned(),
+            |_| "no error".into()
+        )
+    ));
+    assert!(dd.is_err(), "16 MiB fit on an 8 MiB tmpfs");
+    let s = write_sense(&dev, 20 << 11, blk);
+    assert!(
+        s.contains("Data Protect") && s.contains("Space allocation failed write protect"),
+        "ENOSPC: {s}"
+    );
+    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.contains("No space left on device"), "{log}");
+    drop(rig);
+    must(10, "umount", &[full]);
+
+    // EROFS: ext4 (errors=remount-ro) on a loop device; an ext4 error makes
+    // it read-only under the open backing file. nodelalloc: every write
+    // starts a journal handle, which then answers EROFS (with delayed
+    // allocation a write only fills the page cache and fails at writeback).
+    let lo = Loop::new("erofs", 64);
+    must(60, "mkfs.ext4", &["-q", "-F", &lo.dev]);
+    let mnt = "/mnt/tcmu-erofs";
+    fs::create_dir_all(mnt).unwrap();
+    must(
+        10,
+        "mount",
+        &[
+            "-t",
+            "ext4",
+            "-o",
+            "errors=remount-ro,nodelalloc",
+            &lo.dev,
+            mnt,
+        ],
+    );
+    let backing = format!("{mnt}/disk.img");
+    let (mut rig, dev) = Rig::start(
+        &backing,
+        None,
+        &["--name", "rs_erofs", "--size", "16M"],
+        "/tmp/tcmu-erofs.log",
+    );
+    let ok = write_sense(&dev, 8, blk);
+    assert!(
+        !ok.contains("Check Condition"),
+        "write before the error: {ok}"
+    );
+    let name = lo.dev.trim_start_matches("/dev/");
+    write_file(
+        &format!("/sys/fs/ext4/{name}/trigger_fs_error"),
+        "tcmu test",
+    );
+    let s = write_sense(&dev, 16, blk);
+    assert!(
+        s.contains("Data Protect") && s.contains("Write protected"),
+        "EROFS: {s}"
+    );
+    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.contains("Read-only file system"), "{log}");
+    drop(rig);
+    must(10, "umount", &[mnt]);
+    drop(lo);
+
+    // EPERM: a block device set read-only under the daemon.
+    let lo = Loop::new("eperm", 16);
+    let (mut rig, dev) = Rig::start(
+        &lo.dev,
+        None,
+        &["--name", "rs_eperm"],
+        "/tmp/tcmu-eperm.log",
+    );
+    must(10, "blockdev", &["--setro", &lo.dev]);
+    let s = write_sense(&dev, 8, blk);
+    let _ = run_for(10, "blockdev", &["--setrw", &lo.dev]);
+    assert!(
+        s.contains("Data Protect") && s.contains("Write protected"),
+        "EPERM: {s}"
+    );
+    rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    drop(rig);
+    drop(lo);
+
+    // EIO: device-mapper, the first 8 MiB linear on a loop device, the
+    // next 8 MiB the `error` target.
+    let lo = Loop::new("eio", 8);
+    fs::write(
+        "/tmp/tcmu-dm-table",
+        format!("0 16384 linear {} 0\n16384 16384 error\n", lo.dev),
+    )
+    .unwrap();
+    let dm = run_for(
+        30,
+        "dmsetup",
+        &["create", "--noudevsync", "tcmu-err", "/tmp/tcmu-dm-table"],
+    );
+    dm.unwrap_or_else(|e| {
+        panic!("dmsetup (vm-test needs --modules dm_mod --host-bin dmsetup): {e}")
+    });
+    let dmdev = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == "tcmu-err")
+        })
+        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+        .expect("dm device of tcmu-err");
+    let (mut rig, dev) = Rig::start(&dmdev, None, &["--name", "rs_eio"], "/tmp/tcmu-eio.log");
+    let r = sg_raw(&dev, &rw10(0x28, 16384, 1), None, 512);
+    assert!(
+        r.contains("Medium Error") && r.contains("Unrecovered read error"),
+        "EIO read: {r}"
+    );
+    assert!(r.contains("0x4000"), "the failing LBA in INFORMATION: {r}");
+    let w = write_sense(&dev, 16385, blk);
+    assert!(
+        w.contains("Medium Error") && w.contains("Write error"),
+        "EIO write: {w}"
+    );
+    let good = sg_raw(&dev, &rw10(0x28, 100, 1), None, 512);
+    assert!(
+        good.contains("Received 512 bytes"),
+        "the linear part still reads: {good}"
+    );
+    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    say(&format!(
+        "  [errno] EIO: {}",
+        log.lines().filter(|l| l.contains("os error 5")).count()
+    ));
+    drop(rig);
+    let _ = run_for(30, "dmsetup", &["remove", "--noudevsync", "tcmu-err"]);
+    drop(lo);
+    assert_eq!(
+        configfs_leftovers(),
+        Vec::<String>::new(),
+        "configfs leftovers"
+    );
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn tcmu_serves_a_block_device_and_a_read_only_one_write_protected() {
+    require_vm();
+    setup_once();
+    let lo = Loop::new("bdev", 48);
+    let (mut rig, dev) = Rig::start(&lo.dev, None, &["--name", "rs_bdev"], "/tmp/tcmu-bdev.log");
+    let sd = dev.trim_start_matches("/dev/").to_owned();
+    let sectors: u64 = fs::read_to_string(format!("/sys/block/{sd}/size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(sectors * 512, 48 << 20, "{dev}: the loop device's size");
+    let data = pattern(0xb10c, 4 << 20);
+    dd_roundtrip(&dev, &data, 40, "bdev");
+    rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    drop(rig);
+    // On the device itself, read with O_DIRECT past any cache.
+    assert!(
+        dd_read_direct(&lo.dev, 40, 4, "bdev-direct") == data,
+        "pattern not on {}",
+        lo.dev
+    );
+
+    let (mut rig, dev) = Rig::start(
+        &lo.dev,
+        None,
+        &["--name", "rs_bdev", "--read-only"],
+        "/tmp/tcmu-bdev-ro.log",
+    );
+    let sd = dev.trim_start_matches("/dev/").to_owned();
+    expect("sg_modes", &["-p", "0x0a", &dev], &["WP=1"]);
+    assert_eq!(
+        fs::read_to_string(format!("/sys/block/{sd}/ro"))
+            .unwrap()
+            .trim(),
+        "1",
+        "{dev} read-only"
+    );
+    assert!(
+        dd_read_direct(&dev, 40, 4, "bdev-ro") == data,
+        "read-only disk reads back"
+    );
+    fs::write("/tmp/tcmu-roblk", [0x77u8; 512]).unwrap();
+    let w = out(
+        60,
+        "sg_raw",
+        &[
+            "-R",
+            "-s",
+            "512",
+            "-i",
+            "/tmp/tcmu-roblk",
+            &dev,
+            "2a",
+            "00",
+            "00",
+            "00",
+            "00",
+            "08",
+            "00",
+            "00",
+            "01",
+            "00",
+        ],
+    );
+    assert!(
+        w.contains("Data Protect") && w.contains("Write protected"),
+        "write to a read-only disk: {w}"
+    );
+    rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    drop(rig);
+    assert!(
+        read_at(&lo.dev, 8 * 512, 512).iter().all(|&b| b != 0x77),
+        "a refused write reached the device"
+    );
+    assert_eq!(
+        configfs_leftovers(),
+        Vec::<String>::new(),
+        "configfs leftovers"
+    );
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn tcmu_restart_after_sigkill_adopts_or_replaces_the_stale_objects() {
+    require_vm();
+    setup_once();
+    let backing = fresh_lower();
+    let flags = ["--name", "rs_restart"];
+    let (mut rig, dev) = Rig::start(&backing, None, &flags, "/tmp/tcmu-restart1.log");
+    let p1 = pattern(0x4e57, 4 << 20);
+    dd_roundtrip(&dev, &p1, 8, "restart1");
+    rig.kill9();
+    assert!(
+        Path::new(&format!("{TARGET}/core/user_0/rs_restart")).is_dir(),
+        "SIGKILL left no backstore: {:?}",
+        configfs_leftovers()
+    );
+    let sd = dev.trim_start_matches("/dev/").to_owned();
+    assert!(
+        Path::new(&format!("/sys/block/{sd}")).exists(),
+        "the disk stays after SIGKILL"
+    );
+
+    // Same configuration: adopted, the same disk served on.
+    let (mut rig, dev2) = Rig::start(&backing, None, &flags, "/tmp/tcmu-restart2.log");
+    assert!(rig.log().contains("adopting"), "{}", rig.log());
+    assert_eq!(dev2, dev, "the adopted disk keeps its name");
+    assert!(
+        dd_read_direct(&dev2, 8, 4, "restart2") == p1,
+        "data lost across kill -9"
+    );
+    let p2 = pattern(0x4e58, 4 << 20);
+    dd_roundtrip(&dev2, &p2, 16, "restart2w");
+    rig.kill9();
+
+    // Another geometry: the stale disk goes, a new one comes.
+    let mut more = flags.to_vec();
+    more.extend(["--block-size", "4096"]);
+    let (mut rig, dev3) = Rig::start(&backing, None, &more, "/tmp/tcmu-restart3.log");
+    assert!(rig.log().contains("replacing"), "{}", rig.log());
+    let sd3 = dev3.trim_start_matches("/dev/").to_owned();
+    let lbs = fs::read_to_string(format!("/sys/block/{sd3}/queue/logical_block_size")).unwrap();
+    assert_eq!(lbs.trim(), "4096", "{dev3}: the new geometry");
+    let disks: Vec<String> = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("device/model")).is_ok_and(|m| m.trim() == "TCMU-FILE")
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(disks, vec![sd3.clone()], "the stale disk is gone");
+    assert!(
+        dd_read_direct(&dev3, 8, 4, "restart3a") == p1,
+        "pattern 1 after the replacement"
+    );
+    assert!(
+        dd_read_direct(&dev3, 16, 4, "restart3b") == p2,
+        "pattern 2 after the replacement"
+    );
+    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    say(&format!(
+        "  [restart] {}",
+        log.lines()
+            .filter(|l| l.contains("adopting") || l.contains("replacing") || l.contains("time_out"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    ));
+    drop(rig);
+    assert_eq!(
+        configfs_leftovers(),
+        Vec::<String>::new(),
+        "configfs leftovers"
+    );
+    assert!(
+        !Path::new(&format!("/sys/block/{sd3}")).exists(),
+        "{dev3} still there after teardown"
+    );
+    if is_mounted(LOWER) {
+        let _ = run_for(30, "umount", &[LOWER]);
+    }
 }

@@ -131,13 +131,11 @@ impl Target {
         let config = self.find_uio().and_then(|(_, cfg)| {
             let backing = PathBuf::from(cfg.strip_prefix("file/")?);
             let info = fs::read_to_string(dev.join("info")).ok()?;
-            let dev_size = info
-                .split("Size: ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
+            // "... SectorSize: 512 ... Config: file/PATH Size: N ...": the
+            // token after "Size:" on its own.
+            let mut words = info.split_whitespace();
+            words.find(|w| *w == "Size:")?;
+            let dev_size = words.next()?.parse().ok()?;
             let block_size = fs::read_to_string(dev.join("attrib/hw_block_size"))
                 .ok()?
                 .trim()
