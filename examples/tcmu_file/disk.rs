@@ -287,7 +287,7 @@ impl Disk {
             }
             Command::Verify { range, check } => self.verify(range, check, data, s).map(|()| None),
             Command::PreFetch { range } => {
-                // Nothing is fetched: GOOD is what SBC-4 5.11 asks when the
+                // Nothing is fetched: GOOD is what SBC-4 asks when the
                 // cache cannot take the blocks (CONDITION MET would claim
                 // they are cached).
                 self.span(self.to_end(range))?;
@@ -319,7 +319,7 @@ impl Disk {
         }
     }
 
-    /// VERIFY (SBC-4 5.34): BYTCHK 00b reads the range (the medium is
+    /// VERIFY (SBC-4): BYTCHK 00b reads the range (the medium is
     /// readable), 01b compares it with the data-out, 11b with one block of
     /// data-out repeated. MISCOMPARE carries the data-out offset of the
     /// first differing byte.
@@ -371,7 +371,7 @@ impl Disk {
         Ok(())
     }
 
-    /// WRITE SAME (SBC-4 5.45, 5.46): one block of data-out (zeros with
+    /// WRITE SAME (SBC-4): one block of data-out (zeros with
     /// NDOB) repeated over the range. Zeros become a zeroed range (a hole
     /// with UNMAP: LBPRZ says holes read as zeros); anything else is
     /// written in 1 MiB pieces.
@@ -417,7 +417,7 @@ impl Disk {
         Ok(())
     }
 
-    /// UNMAP (SBC-4 5.32): the parameter list is checked whole before any
+    /// UNMAP (SBC-4): the parameter list is checked whole before any
     /// descriptor is applied, so a bad list changes nothing.
     fn unmap(&self, param_len: usize, data: &mut dyn DataBuf, s: &mut Scratch) -> Result<(), Fail> {
         if param_len == 0 {

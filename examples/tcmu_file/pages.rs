@@ -40,7 +40,7 @@ fn vpd(page: u8, body: &[u8]) -> Vec<u8> {
     r
 }
 
-/// Standard INQUIRY data (SPC-5 6.7.2): 96 bytes, ADDITIONAL LENGTH 91.
+/// Standard INQUIRY data (SPC-5): 96 bytes, ADDITIONAL LENGTH 91.
 pub fn standard_inquiry() -> Vec<u8> {
     let mut r = vec![0u8; 96];
     // Direct access block device, connected; not removable.
@@ -76,7 +76,7 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
             d
         }
         0xb0 => {
-            // Block Limits (SBC-4 6.6.4), page length 0x3c; offsets below
+            // Block Limits (SBC-4), page length 0x3c; offsets below
             // are the page's minus 4.
             let mut d = vec![0u8; 0x3c];
             d[0] = 0x01; // WSNZ: a WRITE SAME of 0 blocks is refused
@@ -88,7 +88,7 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
             d
         }
         0xb1 => {
-            // Block Device Characteristics (SBC-4 6.6.2), page length 0x3c:
+            // Block Device Characteristics (SBC-4), page length 0x3c:
             // rotation rate and form factor not reported, not zoned; FUAB
             // (a FUA write is durable as after SYNCHRONIZE CACHE) and VBULS
             // (VERIFY compares unmapped blocks: they read as zeros).
@@ -96,7 +96,7 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
             d[4] = 0x02 | 0x01;
             d
         }
-        // Logical Block Provisioning (SBC-4 6.6.6): LBPU, LBPWS, LBPWS10,
+        // Logical Block Provisioning (SBC-4): LBPU, LBPWS, LBPWS10,
         // LBPRZ 001b; ANC_SUP 0, DP 0; provisioning type thin.
         0xb2 => vec![0x00, 0x80 | 0x40 | 0x20 | (0x1 << 2), 0x02, 0x00],
         _ => return Err(Sense::invalid_cdb_byte(2)),
@@ -104,7 +104,7 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
     Ok(vpd(page, &body))
 }
 
-/// READ CAPACITY(10) parameter data (SBC-4 5.20.2).
+/// READ CAPACITY(10) parameter data (SBC-4).
 pub fn read_capacity10(u: &Unit) -> Vec<u8> {
     let mut r = vec![0u8; 8];
     let last = (u.blocks - 1).min(0xffff_ffff) as u32;
@@ -113,7 +113,7 @@ pub fn read_capacity10(u: &Unit) -> Vec<u8> {
     r
 }
 
-/// READ CAPACITY(16) parameter data (SBC-4 5.21.2): RC BASIS 01b (the last
+/// READ CAPACITY(16) parameter data (SBC-4): RC BASIS 01b (the last
 /// LBA), no protection, LBPME (UNMAP deallocates) and LBPRZ (deallocated
 /// blocks read as zeros), as VPD 0xb2 says.
 pub fn read_capacity16(u: &Unit) -> Vec<u8> {
@@ -141,7 +141,7 @@ fn mode_page(u: &Unit, page: u8, pc: PageControl) -> Vec<u8> {
     let changeable = pc == PageControl::Changeable;
     match page {
         0x08 => {
-            // SBC-4 6.5.5: WCE (the page cache is a write-back cache: Linux
+            // SBC-4: WCE (the page cache is a write-back cache: Linux
             // sends SYNCHRONIZE CACHE, which becomes fdatasync). Nothing is
             // changeable (no MODE SELECT).
             let mut p = vec![0u8; 20];
@@ -153,7 +153,7 @@ fn mode_page(u: &Unit, page: u8, pc: PageControl) -> Vec<u8> {
             p
         }
         0x0a => {
-            // SPC-5 7.5.8: one task set, fixed-format sense (D_SENSE 0),
+            // SPC-5: one task set, fixed-format sense (D_SENSE 0),
             // GLTSD (no log parameters saved), restricted reordering, SWP
             // when write protected.
             let mut p = vec![0u8; 12];
@@ -171,7 +171,7 @@ fn mode_page(u: &Unit, page: u8, pc: PageControl) -> Vec<u8> {
     }
 }
 
-/// MODE SENSE(6) or (10) parameter data (SPC-5 6.13, 6.14, 7.5): header,
+/// MODE SENSE(6) or (10) parameter data (SPC-5): header,
 /// a block descriptor unless DBD (long with LLBAA), the pages asked for.
 /// Page 0x3f is every page; subpage 0xff every subpage (each page here has
 /// subpage 0 only).
@@ -195,7 +195,7 @@ pub fn mode_sense(u: &Unit, a: &ModeArgs) -> Result<Vec<u8>, Sense> {
             bd.extend_from_slice(&u.block_size.to_be_bytes()[1..]);
         }
     }
-    // Device-specific parameter (SBC-4 6.5.1): WP, DPOFUA.
+    // Device-specific parameter (SBC-4): WP, DPOFUA.
     let dsp = if u.read_only { 0x80 } else { 0 } | 0x10;
     let mut r = if a.ten {
         vec![
@@ -224,7 +224,7 @@ pub fn mode_sense(u: &Unit, a: &ModeArgs) -> Result<Vec<u8>, Sense> {
     Ok(r)
 }
 
-/// Command timeouts descriptor (SPC-5 6.35.4): nominal not given,
+/// Command timeouts descriptor (SPC-5): nominal not given,
 /// recommended the backstore's cmd_time_out.
 fn timeouts(u: &Unit) -> [u8; 12] {
     let mut t = [0u8; 12];
@@ -233,7 +233,7 @@ fn timeouts(u: &Unit) -> [u8; 12] {
     t
 }
 
-/// REPORT SUPPORTED OPERATION CODES parameter data (SPC-5 6.35).
+/// REPORT SUPPORTED OPERATION CODES parameter data (SPC-5).
 /// Options 0: all_commands; 1: one opcode without service actions; 2: one
 /// opcode and service action; 3: either (the service action ignored for an
 /// opcode that has none). RCTD adds the command timeouts descriptors.
@@ -284,7 +284,7 @@ pub fn report_opcodes(
     Ok(r)
 }
 
-/// REPORT LUNS parameter data (SPC-5 6.33): this target has LUN 0 only
+/// REPORT LUNS parameter data (SPC-5): this target has LUN 0 only
 /// (tcm_loop answers REPORT LUNS itself; this is for completeness).
 pub fn report_luns(select: u8) -> Result<Vec<u8>, Sense> {
     match select {
@@ -295,7 +295,7 @@ pub fn report_luns(select: u8) -> Result<Vec<u8>, Sense> {
     }
 }
 
-/// REQUEST SENSE parameter data (SPC-5 6.39): nothing pending (the kernel
+/// REQUEST SENSE parameter data (SPC-5): nothing pending (the kernel
 /// keeps unit attentions), NO SENSE, in the format asked for.
 pub fn request_sense(desc: bool) -> Vec<u8> {
     let none = Sense::new(crate::scsi::NO_SENSE, 0, 0);

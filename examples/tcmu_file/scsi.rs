@@ -1,4 +1,4 @@
-//! SCSI protocol pieces without I/O: status and sense data (SPC-5 4.4),
+//! SCSI protocol pieces without I/O: status and sense data (SPC-5),
 //! the command set with its CDB usage data (what REPORT SUPPORTED OPERATION
 //! CODES reports, and what every CDB is checked against), CDB decoding, and
 //! the errno → sense mapping of the backing store.
@@ -74,7 +74,7 @@ impl Sense {
         Sense::new(ILLEGAL_REQUEST, 0x26, 0).pointer(false, byte, None)
     }
 
-    /// With a FIELD POINTER sense-key-specific field (SPC-5 4.4.2.4.2):
+    /// With a FIELD POINTER sense-key-specific field (SPC-5):
     /// `cdb` is C/D, `bit` the bit pointer (BPV set when given).
     pub fn pointer(mut self, cdb: bool, byte: usize, bit: Option<u8>) -> Sense {
         let mut b = 0x80;
@@ -197,7 +197,7 @@ pub struct CmdInfo {
     /// Service action (byte 1, bits 4..0) for the opcodes that have them.
     pub sa: Option<u8>,
     pub name: &'static str,
-    /// CDB USAGE DATA (SPC-5 6.35.3): byte 0 the opcode, byte 1 the service
+    /// CDB USAGE DATA (SPC-5): byte 0 the opcode, byte 1 the service
     /// action where there is one, else a 1 for every bit the device server
     /// uses. Its length is the CDB's.
     pub usage: &'static [u8],
@@ -387,8 +387,8 @@ const PROTECT_OPS: &[u8] = &[
 
 /// Every bit set outside the usage data is a reserved or unsupported field:
 /// INVALID FIELD IN CDB at its byte and bit (the highest bit set; the
-/// PROTECT fields' bit 7, SPC-5 4.4.2.4.2: "the left-most bit of the
-/// field").
+/// PROTECT fields' bit 7: SPC-5 points a multi-bit field's refusal at its
+/// left-most bit).
 pub fn check_usage(cmd: &CmdInfo, cdb: &[u8]) -> Result<(), Sense> {
     for (i, (&b, &u)) in cdb.iter().zip(cmd.usage).enumerate().skip(1) {
         let allowed = if i == 1 && cmd.sa.is_some() { 0x1f } else { u };
@@ -424,7 +424,7 @@ pub struct Range {
     pub len_at: usize,
 }
 
-/// What VERIFY and WRITE AND VERIFY compare (SBC-4 5.34, 5.40).
+/// What VERIFY and WRITE AND VERIFY compare (SBC-4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ByteCheck {
     /// 00b: the medium only (blocks readable).
@@ -605,7 +605,7 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
         0x08 | 0x0a => {
             let range = Range {
                 lba: (((cdb[1] & 0x1f) as u64) << 16) | be16(&cdb[2..4]),
-                // SBC-4 5.10: a TRANSFER LENGTH of 0 means 256 blocks.
+                // SBC-4: a TRANSFER LENGTH of 0 means 256 blocks.
                 blocks: if cdb[4] == 0 { 256 } else { cdb[4] as u64 },
                 len_at: 4,
             };
