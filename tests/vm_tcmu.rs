@@ -1165,6 +1165,29 @@ fn tcmu_restart_after_sigkill_adopts_or_replaces_the_stale_objects() {
     let (mut rig, dev) = Rig::start(&backing, None, &flags, "/tmp/tcmu-restart1.log");
     let p1 = pattern(0x4e57, 4 << 20);
     dd_roundtrip(&dev, &p1, 8, "restart1");
+    // Killed in the middle of a 64 MiB O_DIRECT write: commands are in the
+    // ring (and more queue behind them) when the handler dies.
+    let big = pattern(0x4e5a, 64 << 20);
+    fs::write("/tmp/tcmu-inflight.in", &big).unwrap();
+    let mut dd = Command::new("dd")
+        .args([
+            "if=/tmp/tcmu-inflight.in",
+            &format!("of={dev}"),
+            "bs=1M",
+            "seek=64",
+            "oflag=direct",
+            "conv=notrunc",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create("/tmp/tcmu-inflight.err").unwrap())
+        .spawn()
+        .expect("dd");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        dd.try_wait().unwrap().is_none(),
+        "dd of 64 MiB finished within 0.5 s: nothing was in flight at the kill"
+    );
     rig.kill9();
     assert!(
         Path::new(&format!("{TARGET}/core/user_0/rs_restart")).is_dir(),
@@ -1181,6 +1204,26 @@ fn tcmu_restart_after_sigkill_adopts_or_replaces_the_stale_objects() {
     let (mut rig, dev2) = Rig::start(&backing, None, &flags, "/tmp/tcmu-restart2.log");
     assert!(rig.log().contains("adopting"), "{}", rig.log());
     assert_eq!(dev2, dev, "the adopted disk keeps its name");
+    // The reset ring completed the commands in flight with BUSY; the
+    // initiator retried them on the new instance and dd finished.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        if let Some(st) = dd.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dd still blocked 120 s after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let dd_err = fs::read_to_string("/tmp/tcmu-inflight.err").unwrap_or_default();
+    assert!(st.success(), "dd across the kill -9: {st}: {dd_err}");
+    assert!(
+        dd_read_direct(&dev2, 64, 64, "restart-inflight") == big,
+        "the write in flight at kill -9 did not land whole"
+    );
+    let _ = fs::remove_file("/tmp/tcmu-inflight.in");
     assert!(
         dd_read_direct(&dev2, 8, 4, "restart2") == p1,
         "data lost across kill -9"
