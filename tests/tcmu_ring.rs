@@ -1057,3 +1057,53 @@ fn eperm_of_a_device_made_read_only_underneath_is_write_protected() {
         "DATA PROTECT, WRITE PROTECTED"
     );
 }
+
+#[test]
+fn get_lba_status_reports_mapped_data_and_deallocated_holes() {
+    require_root();
+    let mut rig = Rig::new("lba-status");
+    // tmpfs tracks holes page by page.
+    let t = Tmpfs::new(&rig.dir, "4m");
+    rig.backing = t.0.join("disk");
+    rig.map[DATA..DATA + 4096].fill(0x11);
+    let w = rig.cmd(&cdb10(0x2a, 0, 16, 8), 0, 4096);
+    let u = rig.cmd(&cdb16(0x93, 0x08, 16, 2), 8192, 512); // zeros, UNMAP: LBA 16, 17
+    let st = rig.cmd(&cdb16(0x9e, 0x12, 0, 8 + 16 * 8), 16384, 8 + 16 * 8);
+    let one = rig.cmd(&cdb16(0x9e, 0x12, 20, 24), 20480, 24);
+    let oob = rig.cmd(&cdb16(0x9e, 0x12, BLOCKS, 24), 20480, 24);
+    let (map, _) = rig.serve();
+    assert_eq!((status(&map, w), status(&map, u)), (0, 0));
+    assert_eq!(status(&map, st), 0, "GET LBA STATUS");
+    let r = &map[DATA + 16384..DATA + 16384 + read_len(&map, st).unwrap()];
+    let descs: Vec<(u64, u32, u8)> = r[8..]
+        .chunks(16)
+        .map(|d| {
+            (
+                u64::from_be_bytes(d[..8].try_into().unwrap()),
+                u32::from_be_bytes(d[8..12].try_into().unwrap()),
+                d[12],
+            )
+        })
+        .collect();
+    assert_eq!(
+        u32::from_be_bytes(r[..4].try_into().unwrap()) as usize,
+        r.len() - 4
+    );
+    // 0..16 a hole, 16..24 the written page (its first two blocks zeroed but
+    // still in a page with data), 24..end a hole.
+    assert_eq!(
+        descs,
+        vec![(0, 16, 1), (16, 8, 0), (24, BLOCKS as u32 - 24, 1)]
+    );
+    assert_eq!(
+        read_len(&map, one),
+        Some(24),
+        "one descriptor fits 24 bytes"
+    );
+    assert_eq!(
+        &map[DATA + 20480 + 8..DATA + 20480 + 16],
+        &20u64.to_be_bytes()
+    );
+    assert_eq!(map[DATA + 20480 + 20], 0, "LBA 20: mapped");
+    assert_eq!(check(&map, oob), (0x05, 0x21, 0));
+}

@@ -795,6 +795,17 @@ fn tcmu_sg3_utils_see_an_sbc4_spc5_disk() {
     ));
     assert!(freed >= 4 << 20, "only {freed} bytes freed");
     assert!(read_at(&backing, 2 << 20, 4 << 20).iter().all(|&b| b == 0));
+    // GET LBA STATUS: the unmapped range is deallocated, the pattern mapped.
+    let st = out(60, "sg_get_lba_status", &["--lba=8192", &dev]).to_lowercase();
+    assert!(
+        st.contains("dealloc"),
+        "GET LBA STATUS of an unmapped range: {st}"
+    );
+    let st = out(60, "sg_get_lba_status", &["--lba=1000", &dev]).to_lowercase();
+    assert!(
+        st.contains("mapped") && !st.contains("dealloc"),
+        "GET LBA STATUS of data: {st}"
+    );
     must(60, "sg_sync", &[&dev]);
     must(60, "sg_sync", &["--16", "--lba=5", "--count=10", &dev]);
     must(60, "sg_verify", &["--lba=0", "--count=4096", &dev]);

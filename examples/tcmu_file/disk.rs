@@ -237,6 +237,10 @@ impl Disk {
             }
             Command::ReadCapacity10 => sent(Ok(pages::read_capacity10(u)), 8, data),
             Command::ReadCapacity16 { alloc } => sent(Ok(pages::read_capacity16(u)), alloc, data),
+            Command::GetLbaStatus { lba, alloc } => {
+                let extents = self.lba_status(lba, alloc)?;
+                sent(Ok(pages::lba_status(&extents)), alloc, data)
+            }
             Command::ReportLuns { select, alloc } => sent(pages::report_luns(select), alloc, data),
             Command::ReportOpcodes {
                 rctd,
@@ -305,6 +309,38 @@ impl Disk {
             }
             Command::Unmap { param_len } => self.unmap(param_len, data, s).map(|()| None),
         }
+    }
+
+    /// The extents from `lba` on, as many as `alloc` bytes hold (1 to
+    /// 64): mapped where the backing store has data, deallocated in its
+    /// holes (`SEEK_DATA`/`SEEK_HOLE`; a block device is all mapped). A
+    /// block holding any data is mapped.
+    fn lba_status(&self, lba: u64, alloc: usize) -> Result<Vec<(u64, u32, u8)>, Fail> {
+        if lba >= self.unit.blocks {
+            return Err(Sense::LBA_OUT_OF_RANGE.into());
+        }
+        let bs = self.bs();
+        let end = self.unit.blocks;
+        let max = (alloc.saturating_sub(8) / 16).clamp(1, 64);
+        let fail = |e: NoFsIoError| self.io_fail(e.into(), IoDir::Read, "get lba status");
+        let mut out = Vec::new();
+        let mut cur = lba;
+        while cur < end && out.len() < max {
+            let data = self.file.seek_data_nofs(cur * bs).map_err(fail)?;
+            let (status, next) = match data.map(|d| d / bs) {
+                Some(d) if d <= cur => {
+                    let hole = self.file.seek_hole_nofs(cur * bs).map_err(fail)?;
+                    let h = hole.map_or(end, |h| h.div_ceil(bs));
+                    (pages::MAPPED, h.max(cur + 1))
+                }
+                Some(d) => (pages::DEALLOCATED, d),
+                None => (pages::DEALLOCATED, end),
+            };
+            let next = next.min(end).min(cur + u32::MAX as u64);
+            out.push((cur, (next - cur) as u32, status));
+            cur = next;
+        }
+        Ok(out)
     }
 
     /// NUMBER OF LOGICAL BLOCKS 0: to the end of the medium.

@@ -125,6 +125,24 @@ pub fn read_capacity16(u: &Unit) -> Vec<u8> {
     r
 }
 
+/// Provisioning status of an extent (GET LBA STATUS descriptor).
+pub const MAPPED: u8 = 0;
+pub const DEALLOCATED: u8 = 1;
+
+/// GET LBA STATUS parameter data (SBC-4): header, then one 16-byte
+/// descriptor per extent (LBA, number of blocks, provisioning status).
+pub fn lba_status(extents: &[(u64, u32, u8)]) -> Vec<u8> {
+    let mut r = vec![0u8; 8];
+    for &(lba, n, status) in extents {
+        r.extend_from_slice(&lba.to_be_bytes());
+        r.extend_from_slice(&n.to_be_bytes());
+        r.extend_from_slice(&[status & 0x0f, 0, 0, 0]);
+    }
+    let n = (r.len() - 4) as u32;
+    r[..4].copy_from_slice(&n.to_be_bytes());
+    r
+}
+
 /// MODE SENSE(6/10) arguments after CDB decoding.
 #[derive(Clone, Copy, Debug)]
 pub struct ModeArgs {
@@ -509,5 +527,12 @@ mod tests {
         assert_eq!(request_sense(false)[..3], [0x70, 0, 0]);
         assert_eq!(request_sense(false).len(), 18);
         assert_eq!(request_sense(true), vec![0x72, 0, 0, 0, 0, 0, 0, 0]);
+        let st = lba_status(&[(0, 8, MAPPED), (8, 100, DEALLOCATED)]);
+        assert_eq!(st.len(), 8 + 32);
+        assert_eq!(&st[..4], &(36u32).to_be_bytes(), "PARAMETER DATA LENGTH");
+        assert_eq!(
+            &st[24..40],
+            &[0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 100, 1, 0, 0, 0]
+        );
     }
 }

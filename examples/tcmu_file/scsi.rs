@@ -275,6 +275,15 @@ pub const COMMANDS: &[CmdInfo] = &[
         ],
     ),
     c(
+        0x9e,
+        Some(0x12),
+        "GET LBA STATUS",
+        &[
+            0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    c(
         0xa0,
         None,
         "REPORT LUNS",
@@ -469,6 +478,10 @@ pub enum Command {
     ReadCapacity16 {
         alloc: usize,
     },
+    GetLbaStatus {
+        lba: u64,
+        alloc: usize,
+    },
     Read {
         range: Range,
         fua: bool,
@@ -599,6 +612,10 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
             }
         }
         0x25 => Command::ReadCapacity10,
+        0x9e if cdb[1] & 0x1f == 0x12 => Command::GetLbaStatus {
+            lba: be64(&cdb[2..10]),
+            alloc: be32(&cdb[10..14]) as usize,
+        },
         0x9e => Command::ReadCapacity16 {
             alloc: be32(&cdb[10..14]) as usize,
         },
