@@ -502,6 +502,44 @@ fn seed_scenario_tcmu_handler_never_reclaims_with_fs_or_io() {
     );
 }
 
+/// The host tools these tests drive, copied in by vm-test's `--host-bin`;
+/// missing ones fail the test with the flags to add.
+fn require_tools(tools: &[&str]) {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !path.split(':').any(|d| Path::new(d).join(t).is_file()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the VM: {missing:?}; run vm-test with {}",
+        missing
+            .iter()
+            .map(|t| format!("--host-bin {t}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+/// sg3-utils programs the tests run.
+const SG3: &[&str] = &[
+    "sg_inq",
+    "sg_vpd",
+    "sg_modes",
+    "sg_opcodes",
+    "sg_readcap",
+    "sg_write_same",
+    "sg_unmap",
+    "sg_sync",
+    "sg_raw",
+    "sg_verify",
+    "sg_requests",
+    "sg_turs",
+    "sg_luns",
+    "sg_get_lba_status",
+];
+
 /// Output (stdout and stderr) of a command, whether it succeeded or not.
 fn out(secs: u64, prog: &str, args: &[&str]) -> String {
     run_for(secs, prog, args).unwrap_or_else(|e| e)
@@ -590,6 +628,7 @@ fn hexes(s: &str) -> Vec<String> {
 fn tcmu_sg3_utils_see_an_sbc4_spc5_disk() {
     use std::os::unix::fs::MetadataExt;
     require_vm();
+    require_tools(SG3);
     setup_once();
     let backing = fresh_lower();
     let (mut rig, dev) = Rig::start(&backing, None, &["--name", "rs_sg3"], "/tmp/tcmu-sg3.log");
@@ -911,7 +950,9 @@ fn write_sense(dev: &str, lba: u32, blk: &str) -> String {
 #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
 fn tcmu_backing_store_errnos_become_sense_data() {
     require_vm();
+    require_tools(&["sg_raw", "losetup", "dmsetup", "mkfs.ext4"]);
     setup_once();
+    must(30, "modprobe", &["dm_mod"]); // vm-test --modules dm_mod
     let blk = "/tmp/tcmu-errblk";
     fs::write(blk, pattern(0xe220, 512)).unwrap();
 
@@ -1086,6 +1127,7 @@ fn tcmu_backing_store_errnos_become_sense_data() {
 #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
 fn tcmu_serves_a_block_device_and_a_read_only_one_write_protected() {
     require_vm();
+    require_tools(&["sg_raw", "sg_modes", "losetup"]);
     setup_once();
     let lo = Loop::new("bdev", 48);
     let (mut rig, dev) = Rig::start(&lo.dev, None, &["--name", "rs_bdev"], "/tmp/tcmu-bdev.log");
