@@ -414,8 +414,8 @@ fn option_haggling_answers_every_option() {
     send_option(&mut c, 4242, b"whatever");
     let (opt, kind, _) = option_reply(&mut c);
     assert_eq!((opt, kind), (4242, REP_ERR_UNSUP));
-    send_option(&mut c, OPT_STRUCTURED_REPLY, &[]);
-    assert_eq!(option_reply(&mut c).1, REP_ERR_UNSUP);
+    send_option(&mut c, OPT_STRUCTURED_REPLY, b"x");
+    assert_eq!(option_reply(&mut c).1, REP_ERR_INVALID);
     send_option(&mut c, OPT_STARTTLS, &[]);
     assert_eq!(option_reply(&mut c).1, REP_ERR_UNSUP);
     send_option(&mut c, OPT_INFO, &go_data(b"nope", &[]));
@@ -507,9 +507,9 @@ fn bad_requests_get_errors_and_nothing_outside_the_range_is_written() {
     request(&mut c, 0, CMD_WRITE, 4, SIZE - 4096, 8192);
     c.write_all(&vec![0xee; 8192]).unwrap();
     assert_eq!(simple_reply(&mut c), (ENOSPC, 4));
-    // Trim and write-zeroes past the end.
+    // Trim past the end is EINVAL, write-zeroes ENOSPC ("Error values").
     request(&mut c, 0, CMD_TRIM, 5, SIZE, 4096);
-    assert_eq!(simple_reply(&mut c), (ENOSPC, 5));
+    assert_eq!(simple_reply(&mut c), (EINVAL, 5));
     request(&mut c, 0, CMD_WRITE_ZEROES, 6, SIZE - 1, 2);
     assert_eq!(simple_reply(&mut c), (ENOSPC, 6));
     // Unknown command: EINVAL.

@@ -9,6 +9,13 @@
 //! cargo run --release --example nbd_server -- --unix /tmp/nbd.sock --listen none
 //! ```
 //!
+//! `--file` may be a block device (a disk, partition, LVM volume, loop
+//! device): its size is the device's, and `--read-only` serves it read-only.
+//! Clients must finish the handshake within `--handshake-timeout`; at most
+//! `--max-handshakes` negotiate at once and `--max-connections` are open in
+//! all. SIGTERM/SIGINT drain: requests in progress complete, later ones are
+//! answered NBD_ESHUTDOWN, the backing store is synced, exit 0.
+//!
 //! Without CAP_SYS_RESOURCE it serves anyway, after a one-line warning;
 //! `--strict` refuses instead. `--no-flusher` serves without the
 //! `IoFlusher` (each file I/O is still NOIO-scoped by `NoFsFile`);
@@ -20,17 +27,20 @@ mod server;
 
 use clap::Parser;
 use daemon::Protection;
-use server::{Export, Guarding};
+use server::{Export, Guarding, Limits};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(about = "NBD server on reclaim-scope's NoFsFile and IoFlusher")]
 struct Args {
-    /// Backing file; created (sparse, --size bytes) when missing or empty.
+    /// Backing file or block device; a file is created (sparse, --size
+    /// bytes) when missing or empty.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("reclaim-scope-nbd.img"))]
     file: PathBuf,
     /// Size of a newly created backing file (suffixes K, M, G, T).
@@ -48,6 +58,26 @@ struct Args {
     /// Serve read-only.
     #[arg(long)]
     read_only: bool,
+    /// Seconds a client has from connecting to the end of option haggling.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+    /// Connections negotiating at once; more are refused.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_handshakes: u32,
+    /// Connections open in all; more are refused.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a message or reply may stall half-way before the connection
+    /// is dropped.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    io_timeout: Duration,
+    /// Close established connections idle for this many seconds (0: never;
+    /// TCP keepalive finds dead peers).
+    #[arg(long, default_value = "0", value_parser = parse_secs)]
+    idle_timeout: Duration,
+    /// Seconds SIGTERM waits for connections to drain before exiting anyway.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    drain_timeout: Duration,
     #[command(flatten)]
     protection: daemon::ProtectionArgs,
     /// Do not log connections.
@@ -76,6 +106,13 @@ fn main() -> ExitCode {
     let mut export = Export::new(args.name.clone(), file, size, args.read_only, guarding);
     export.log = !args.quiet;
     export.plain_io = protection == Protection::Unprotected;
+    export.limits = Limits {
+        handshake_timeout: args.handshake_timeout,
+        max_handshakes: args.max_handshakes as usize,
+        max_connections: args.max_connections as usize,
+        io_timeout: args.io_timeout,
+        idle_timeout: Some(args.idle_timeout).filter(|d| !d.is_zero()),
+    };
     let export = Arc::new(export);
 
     let mut threads = Vec::new();
@@ -84,8 +121,9 @@ fn main() -> ExitCode {
         match UnixListener::bind(path) {
             Ok(l) => {
                 eprintln!(
-                    "nbd-server: serving {} ({size} bytes) as nbd+unix:///{}?socket={}",
+                    "nbd-server: serving {}{} ({size} bytes) as nbd+unix:///{}?socket={}",
                     args.file.display(),
+                    kind(&export),
                     args.name,
                     path.display()
                 );
@@ -102,8 +140,9 @@ fn main() -> ExitCode {
         match TcpListener::bind(&args.listen) {
             Ok(l) => {
                 eprintln!(
-                    "nbd-server: serving {} ({size} bytes) as nbd://{}/{}",
+                    "nbd-server: serving {}{} ({size} bytes) as nbd://{}/{}",
                     args.file.display(),
+                    kind(&export),
                     args.listen,
                     args.name
                 );
@@ -120,8 +159,73 @@ fn main() -> ExitCode {
         eprintln!("nbd-server: nothing to listen on (--listen none and no --unix)");
         return ExitCode::from(2);
     }
-    for t in threads {
-        let _ = t.join();
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]);
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nbd-server: no clean shutdown on SIGTERM: {e}");
+            for t in threads {
+                let _ = t.join();
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    let sig = signals
+        .forever()
+        .next()
+        .unwrap_or(signal_hook::consts::SIGTERM);
+    drain(&export, sig, args.drain_timeout)
+}
+
+fn kind(export: &Export) -> &'static str {
+    if export.file.is_block_device() {
+        " (block device)"
+    } else {
+        ""
     }
-    ExitCode::SUCCESS
+}
+
+/// A clean shutdown: the connections finish what they are doing (see
+/// `Export::begin_shutdown`), then the backing store is synced.
+fn drain(export: &Export, sig: i32, timeout: Duration) -> ExitCode {
+    export.begin_shutdown();
+    let open = export.active.load(Ordering::SeqCst);
+    eprintln!("nbd-server: signal {sig}: shutting down, draining {open} connections");
+    let until = Instant::now() + timeout;
+    while export.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = export.active.load(Ordering::SeqCst);
+    let synced = if export.read_only {
+        Ok(())
+    } else {
+        export.file.sync_all_nofs()
+    };
+    match (left, synced) {
+        (0, Ok(())) => {
+            eprintln!("nbd-server: drained, backing store synced, exiting");
+            ExitCode::SUCCESS
+        }
+        (n, Ok(())) => {
+            eprintln!("nbd-server: {n} connections still busy after {timeout:?}; exiting anyway");
+            ExitCode::from(1)
+        }
+        (_, Err(e)) => {
+            eprintln!("nbd-server: final sync failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86400.0 * 365.0).contains(&v) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
