@@ -47,22 +47,34 @@ impl Served {
     }
 }
 
-/// Starts the example server in this process on a fresh backing file,
-/// listening on a unix socket and on an ephemeral loopback TCP port.
-fn serve() -> Served {
+fn fresh_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::AtomicU32;
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "reclaim-scope-nbd-test-{}-{}",
+        "reclaim-scope-nbd-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the example server in this process on a fresh backing file,
+/// listening on a unix socket and on an ephemeral loopback TCP port.
+fn serve() -> Served {
+    let dir = fresh_dir("test");
     let backing = dir.join("disk.img");
-    let (file, size) = open_backing(&backing, SIZE, false).unwrap();
-    assert_eq!(size, SIZE);
-    let mut export = Export::new("disk".into(), file, size, false, Guarding::IoFlusher);
+    let s = serve_backing(dir, backing, SIZE, false);
+    assert_eq!(s.export.size, SIZE);
+    s
+}
+
+/// Starts the example server in this process on `backing` (a file, created
+/// with `size` bytes if missing, or a block device).
+fn serve_backing(dir: PathBuf, backing: PathBuf, size: u64, read_only: bool) -> Served {
+    let (file, size) = open_backing(&backing, size, read_only).unwrap();
+    let mut export = Export::new("disk".into(), file, size, read_only, Guarding::IoFlusher);
     export.log = std::env::var_os("NBD_TEST_LOG").is_some();
     let export = Arc::new(export);
     let sock = dir.join("nbd.sock");
@@ -85,19 +97,60 @@ fn tool(name: &str) -> Command {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
+    let package = match name {
+        "nbdinfo" | "nbdcopy" => "libnbd-bin",
+        "losetup" | "blockdev" => "util-linux",
+        "mount" | "umount" => "mount",
+        _ => "qemu-utils",
+    };
     assert!(
         found,
-        "{name} not found: install Debian's qemu-utils (`cargo xtask test` does) — these \
-         tests drive the example server with a real NBD client"
+        "{name} not found: install Debian's {package} (`cargo xtask test` does) — these \
+         tests drive the example server with real NBD clients and tools"
     );
     Command::new(name)
+}
+
+/// Runs a command, panics with its output unless it succeeds; stdout.
+fn run(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs qemu-io and returns (exit success, stdout + stderr) without
+/// judging either.
+fn qemu_io_raw(uri: &str, cmds: &[String]) -> (bool, String) {
+    let mut c = tool("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(uri);
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Runs qemu-io with the given commands; panics with its output on failure
 /// or when any command reports a pattern mismatch.
 fn qemu_io(uri: &str, cmds: &[String]) -> String {
+    qemu_io_with(&[], uri, cmds)
+}
+
+/// [`qemu_io`] with extra qemu-io options (`-r`: open read-only).
+fn qemu_io_with(opts: &[&str], uri: &str, cmds: &[String]) -> String {
     let mut c = tool("qemu-io");
-    c.args(["-f", "raw"]);
+    c.args(["-f", "raw"]).args(opts);
     for cmd in cmds {
         c.args(["-c", cmd]);
     }
@@ -618,4 +671,520 @@ fn read_only_export_refuses_writes() {
     assert_eq!(read_n(&mut c, 16), vec![0x42; 16]);
     assert_eq!(std::fs::read(&path).unwrap(), vec![0x42; 1 << 20]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- Structured replies, metadata contexts, block status, cache ----
+
+/// Sends one option and collects its replies up to the final one:
+/// (non-final replies as (type, data), final type).
+fn option_replies(c: &mut UnixStream, opt: u32, data: &[u8]) -> (Vec<(u32, Vec<u8>)>, u32) {
+    send_option(c, opt, data);
+    let mut v = Vec::new();
+    loop {
+        let (o, kind, d) = option_reply(c);
+        assert_eq!(o, opt);
+        if kind == REP_ACK || kind & (1 << 31) != 0 {
+            return (v, kind);
+        }
+        v.push((kind, d));
+    }
+}
+
+fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name);
+    d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        d.extend_from_slice(q);
+    }
+    d
+}
+
+/// Handshake with structured replies and, if `meta`, base:allocation
+/// selected; returns the transmission flags.
+fn go_structured(c: &mut UnixStream, meta: bool) -> u16 {
+    greet(c);
+    assert_eq!(
+        option_replies(c, OPT_STRUCTURED_REPLY, &[]),
+        (vec![], REP_ACK)
+    );
+    if meta {
+        let (ctx, last) = option_replies(
+            c,
+            OPT_SET_META_CONTEXT,
+            &meta_data(b"disk", &[b"base:allocation"]),
+        );
+        assert_eq!(last, REP_ACK);
+        assert_eq!(ctx.len(), 1);
+        assert_eq!(ctx[0].0, REP_META_CONTEXT);
+        assert_eq!(be32(&ctx[0].1[..4]), META_ID_BASE_ALLOCATION);
+        assert_eq!(&ctx[0].1[4..], b"base:allocation");
+    }
+    let (infos, last) = option_replies(c, OPT_GO, &go_data(b"disk", &[]));
+    assert_eq!(last, REP_ACK);
+    let export = infos
+        .iter()
+        .find(|(k, d)| *k == REP_INFO && u16::from_be_bytes([d[0], d[1]]) == INFO_EXPORT)
+        .expect("NBD_INFO_EXPORT");
+    u16::from_be_bytes([export.1[10], export.1[11]])
+}
+
+/// Reads one structured reply chunk: (flags, type, cookie, payload).
+fn chunk(c: &mut UnixStream) -> (u16, u16, u64, Vec<u8>) {
+    let h = read_n(c, 20);
+    assert_eq!(
+        be32(&h[..4]),
+        STRUCTURED_REPLY_MAGIC,
+        "not a structured reply"
+    );
+    let flags = u16::from_be_bytes([h[4], h[5]]);
+    let kind = u16::from_be_bytes([h[6], h[7]]);
+    let len = be32(&h[16..20]) as usize;
+    (flags, kind, be64(&h[8..16]), read_n(c, len))
+}
+
+/// An error chunk's (error, message).
+fn error_of(payload: &[u8]) -> (u32, String) {
+    let n = u16::from_be_bytes([payload[4], payload[5]]) as usize;
+    assert_eq!(payload.len(), 6 + n, "NBD_REPLY_TYPE_ERROR length");
+    (
+        be32(&payload[..4]),
+        String::from_utf8(payload[6..].to_vec()).unwrap(),
+    )
+}
+
+#[test]
+fn meta_context_options_follow_the_spec() {
+    let s = serve();
+    let mut c = connect(&s.sock);
+    greet(&mut c);
+    // Before NBD_OPT_STRUCTURED_REPLY: invalid.
+    let q: &[&[u8]] = &[b"base:allocation"];
+    assert_eq!(
+        option_replies(&mut c, OPT_SET_META_CONTEXT, &meta_data(b"disk", q)).1,
+        REP_ERR_INVALID
+    );
+    assert_eq!(option_replies(&mut c, OPT_STRUCTURED_REPLY, &[]).1, REP_ACK);
+    // LIST with no query: every context, ID 0.
+    let (ctx, last) = option_replies(&mut c, OPT_LIST_META_CONTEXT, &meta_data(b"", &[]));
+    assert_eq!(last, REP_ACK);
+    assert_eq!(
+        ctx,
+        vec![(
+            REP_META_CONTEXT,
+            [&[0u8; 4][..], b"base:allocation"].concat()
+        )]
+    );
+    // "base:" is the namespace's wildcard for LIST, and selects nothing for SET.
+    let (ctx, _) = option_replies(
+        &mut c,
+        OPT_LIST_META_CONTEXT,
+        &meta_data(b"disk", &[b"base:"]),
+    );
+    assert_eq!(ctx.len(), 1);
+    let (ctx, last) = option_replies(
+        &mut c,
+        OPT_SET_META_CONTEXT,
+        &meta_data(b"disk", &[b"base:"]),
+    );
+    assert_eq!((ctx.len(), last), (0, REP_ACK));
+    // Unknown namespaces and leaves are ignored, not errors.
+    let (ctx, last) = option_replies(
+        &mut c,
+        OPT_SET_META_CONTEXT,
+        &meta_data(b"disk", &[b"qemu:dirty-bitmap:x", b"base:nonesuch"]),
+    );
+    assert_eq!((ctx.len(), last), (0, REP_ACK));
+    // Unknown export; a query running past the option.
+    assert_eq!(
+        option_replies(&mut c, OPT_SET_META_CONTEXT, &meta_data(b"other", q)).1,
+        REP_ERR_UNKNOWN
+    );
+    let mut bad = meta_data(b"disk", q);
+    bad.pop();
+    assert_eq!(
+        option_replies(&mut c, OPT_SET_META_CONTEXT, &bad).1,
+        REP_ERR_INVALID
+    );
+    // The failed SET cleared the selection: block status is refused.
+    let (_, last) = option_replies(&mut c, OPT_GO, &go_data(b"disk", &[]));
+    assert_eq!(last, REP_ACK);
+    request(&mut c, 0, CMD_BLOCK_STATUS, 1, 0, 4096);
+    let (flags, kind, cookie, p) = chunk(&mut c);
+    assert_eq!(
+        (flags, kind, cookie),
+        (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 1)
+    );
+    assert_eq!(error_of(&p).0, EINVAL);
+}
+
+#[test]
+fn structured_replies_for_reads_errors_block_status_and_cache() {
+    let s = serve();
+    qemu_io(&s.unix_uri(), &["write -P 0x6d 1M 64k".into()]);
+    let mut c = connect(&s.sock);
+    let flags = go_structured(&mut c, true);
+    for want in [TFLAG_SEND_DF, TFLAG_SEND_CACHE] {
+        assert_ne!(flags & want, 0, "flag {want:#x} not advertised");
+    }
+    // A read: one data chunk, final, with the offset.
+    request(&mut c, CMD_FLAG_DF, CMD_READ, 1, 1 << 20, 4096);
+    let (flags, kind, cookie, p) = chunk(&mut c);
+    assert_eq!(
+        (flags, kind, cookie),
+        (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 1)
+    );
+    assert_eq!(be64(&p[..8]), 1 << 20);
+    assert_eq!(&p[8..], &[0x6d; 4096][..]);
+    // A read of 0 bytes: a NONE chunk, not a simple reply.
+    request(&mut c, 0, CMD_READ, 2, 0, 0);
+    assert_eq!(chunk(&mut c), (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 2, vec![]));
+    // Errors are error chunks with a message, also for a read.
+    request(&mut c, 0, CMD_READ, 3, SIZE, 512);
+    let (flags, kind, cookie, p) = chunk(&mut c);
+    assert_eq!(
+        (flags, kind, cookie),
+        (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 3)
+    );
+    let (err, msg) = error_of(&p);
+    assert_eq!(err, EINVAL);
+    assert!(!msg.is_empty());
+    // An undocumented flag: EINVAL.
+    request(&mut c, CMD_FLAG_REQ_ONE, CMD_READ, 4, 0, 512);
+    assert_eq!(error_of(&chunk(&mut c).3).0, EINVAL);
+    // Block status: hole, data, hole around the 64 KiB written.
+    request(&mut c, 0, CMD_BLOCK_STATUS, 5, 0, 2 << 20);
+    let (flags, kind, cookie, p) = chunk(&mut c);
+    assert_eq!(
+        (flags, kind, cookie),
+        (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 5)
+    );
+    assert_eq!(be32(&p[..4]), META_ID_BASE_ALLOCATION);
+    let ext: Vec<(u32, u32)> = p[4..]
+        .chunks_exact(8)
+        .map(|e| (be32(&e[..4]), be32(&e[4..])))
+        .collect();
+    let (hole, zero) = (STATE_HOLE | STATE_ZERO, 0);
+    assert_eq!(
+        ext,
+        vec![
+            (1 << 20, hole),
+            (64 << 10, zero),
+            ((1 << 20) - (64 << 10), hole)
+        ]
+    );
+    // REQ_ONE: exactly one extent, not beyond the request.
+    request(
+        &mut c,
+        CMD_FLAG_REQ_ONE,
+        CMD_BLOCK_STATUS,
+        6,
+        (1 << 20) + 4096,
+        8192,
+    );
+    let p = chunk(&mut c).3;
+    assert_eq!(p.len(), 4 + 8);
+    assert_eq!((be32(&p[4..8]), be32(&p[8..12])), (8192, zero));
+    // Beyond the end: EINVAL.
+    request(&mut c, 0, CMD_BLOCK_STATUS, 7, SIZE - 512, 1024);
+    assert_eq!(error_of(&chunk(&mut c).3).0, EINVAL);
+    // Cache: a simple reply (no payload) is allowed, and is what we send.
+    request(&mut c, 0, CMD_CACHE, 8, 0, 1 << 20);
+    assert_eq!(simple_reply(&mut c), (0, 8));
+    request(&mut c, 0, CMD_CACHE, 9, SIZE, 1);
+    assert_eq!(error_of(&chunk(&mut c).3).0, EINVAL);
+    // Writes still get simple replies on success.
+    request(&mut c, CMD_FLAG_FUA, CMD_WRITE, 10, 0, 512);
+    c.write_all(&[7; 512]).unwrap();
+    assert_eq!(simple_reply(&mut c), (0, 10));
+    request(&mut c, 0, CMD_DISC, 11, 0, 0);
+    assert_hung_up(&mut c);
+}
+
+/// `nbdinfo --map` extents: (offset, length, type).
+fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, u32)> {
+    let out = run(tool("nbdinfo").args(["--map", uri]));
+    out.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn nbdinfo_map_and_qemu_img_map_see_holes_and_data() {
+    let s = serve();
+    let (m, mib) = (8u64 << 20, 1u64 << 20);
+    qemu_io(&s.unix_uri(), &[format!("write -P 0x5c {m} 1M")]);
+    let map = nbdinfo_map(&s.unix_uri());
+    assert_eq!(
+        map,
+        vec![(0, m, 3), (m, mib, 0), (m + mib, SIZE - m - mib, 3)],
+        "{map:?}"
+    );
+    // qemu-img map over NBD agrees: data only in the written MiB.
+    let out = run(tool("qemu-img").args(["map", "--output=json", "-f", "raw", &s.unix_uri()]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut data = Vec::new();
+    for e in v.as_array().unwrap() {
+        let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        if e["data"].as_bool().unwrap() {
+            data.push((start, len));
+        } else {
+            assert!(e["zero"].as_bool().unwrap(), "a hole that is not zero: {e}");
+        }
+    }
+    assert_eq!(data, vec![(m, mib)], "{out}");
+    // A sparse copy: nbdcopy skips the holes, and the copy is right.
+    let dst = s.dir.join("copy.img");
+    std::fs::File::create(&dst).unwrap().set_len(SIZE).unwrap();
+    run(tool("nbdcopy").args([&s.unix_uri(), dst.to_str().unwrap()]));
+    let got = std::fs::read(&dst).unwrap();
+    assert_eq!(got.len() as u64, SIZE);
+    assert!(got[..m as usize].iter().all(|&b| b == 0));
+    assert!(got[m as usize..(m + mib) as usize]
+        .iter()
+        .all(|&b| b == 0x5c));
+    assert!(got[(m + mib) as usize..].iter().all(|&b| b == 0));
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&dst).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 2 * mib,
+        "copy allocated {allocated} bytes: holes were written"
+    );
+    // A trimmed range becomes a hole again.
+    qemu_io(&s.unix_uri(), &[format!("discard {m} 1M")]);
+    assert_eq!(nbdinfo_map(&s.unix_uri()), vec![(0, SIZE, 3)]);
+}
+
+// ---- Backing-store errors, block devices: root (tmpfs mounts, loop devices) ----
+
+fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().nth(1))
+        .unwrap();
+    assert_eq!(
+        euid, "0",
+        "this test mounts tmpfs or sets up loop devices: run the host tests as root \
+         (`cargo xtask test` in CI does)"
+    );
+}
+
+/// A tmpfs mounted for a test, lazily unmounted and removed on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(tag: &str, opts: &str) -> Mount {
+        let dir = fresh_dir(tag);
+        run(tool("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&dir));
+        Mount(dir)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn over(file: &Path) -> Loop {
+        let dev = run(tool("losetup").args(["--find", "--show"]).arg(file));
+        Loop(dev.trim().to_string())
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn full_file_system_answers_enospc() {
+    require_root();
+    let mnt = Mount::tmpfs("enospc", "size=8M");
+    let s = serve_backing(
+        fresh_dir("enospc-sock"),
+        mnt.0.join("disk.img"),
+        16 << 20,
+        false,
+    );
+    let (_, out) = qemu_io_raw(
+        &s.unix_uri(),
+        &[
+            "write -P 0x11 0 6M".into(),
+            "write -P 0x22 6M 4M".into(), // past 8 MiB of data
+            "read -P 0x11 0 6M".into(),
+        ],
+    );
+    assert!(
+        out.contains("wrote 6291456/6291456 bytes at offset 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("write failed: No space left on device"),
+        "{out}"
+    );
+    assert!(
+        out.contains("read 6291456/6291456 bytes at offset 0"),
+        "{out}"
+    );
+    // On the wire: NBD_ENOSPC in a simple reply ...
+    let mut c = connect(&s.sock);
+    go(&mut c);
+    request(&mut c, 0, CMD_WRITE, 1, 12 << 20, 1 << 20);
+    c.write_all(&vec![0x33; 1 << 20]).unwrap();
+    assert_eq!(simple_reply(&mut c), (ENOSPC, 1));
+    // ... and in a structured error chunk, with the syscall's context.
+    let mut c = connect(&s.sock);
+    go_structured(&mut c, false);
+    request(&mut c, CMD_FLAG_FUA, CMD_WRITE, 2, 13 << 20, 1 << 20);
+    c.write_all(&vec![0x44; 1 << 20]).unwrap();
+    let (flags, kind, cookie, p) = chunk(&mut c);
+    assert_eq!(
+        (flags, kind, cookie),
+        (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 2)
+    );
+    let (err, msg) = error_of(&p);
+    assert_eq!(err, ENOSPC);
+    assert!(msg.contains("No space left on device"), "{msg}");
+    // Zeroing needs no space when it may punch; NO_HOLE zeroing does.
+    qemu_io(
+        &s.unix_uri(),
+        &["write -z 0 1M".into(), "read -P 0 0 1M".into()],
+    );
+}
+
+#[test]
+fn read_only_device_answers_eperm() {
+    require_root();
+    let dir = fresh_dir("eperm");
+    let img = dir.join("lower.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let lo = Loop::over(&img);
+    let s = serve_backing(dir, lo.path(), 0, false);
+    assert_eq!(s.export.size, 8 << 20);
+    qemu_io(&s.unix_uri(), &["write -P 0x21 0 64k".into()]);
+    // The device turns read-only under the server: the kernel answers EPERM.
+    run(tool("blockdev").args(["--setro", &lo.0]));
+    let (_, out) = qemu_io_raw(&s.unix_uri(), &["write -P 0x22 64k 64k".into()]);
+    assert!(
+        out.contains("write failed: Operation not permitted"),
+        "{out}"
+    );
+    let mut c = connect(&s.sock);
+    go(&mut c);
+    request(&mut c, 0, CMD_WRITE, 1, 0, 4096);
+    c.write_all(&[0x23; 4096]).unwrap();
+    assert_eq!(simple_reply(&mut c), (EPERM, 1));
+    request(&mut c, 0, CMD_READ, 2, 0, 4096);
+    assert_eq!(simple_reply(&mut c), (0, 2));
+    assert_eq!(read_n(&mut c, 4096), vec![0x21; 4096]);
+    run(tool("blockdev").args(["--setrw", &lo.0]));
+}
+
+#[test]
+fn read_only_mount_is_served_read_only() {
+    require_root();
+    let mnt = Mount::tmpfs("rofs", "size=4M");
+    let path = mnt.0.join("ro.img");
+    std::fs::write(&path, vec![0x42; 1 << 20]).unwrap();
+    run(tool("mount").args(["-o", "remount,ro"]).arg(&mnt.0));
+    // Read-write: the open fails with the errno and the path.
+    let e = open_backing(&path, 0, false).err().expect("EROFS");
+    assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem, "{e}");
+    assert!(e.to_string().contains("ro.img"), "{e}");
+    let s = serve_backing(fresh_dir("rofs-sock"), path.clone(), 0, true);
+    // qemu-io honours NBD_FLAG_READ_ONLY: it will not open for writing ...
+    let (ok, out) = qemu_io_raw(&s.unix_uri(), &["write -P 1 0 4k".into()]);
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    // ... and a client that writes anyway gets NBD_EPERM.
+    let mut c = connect(&s.sock);
+    let (_, flags) = go(&mut c);
+    assert_ne!(flags & TFLAG_READ_ONLY, 0);
+    request(&mut c, 0, CMD_WRITE, 1, 0, 512);
+    c.write_all(&[1; 512]).unwrap();
+    assert_eq!(simple_reply(&mut c), (EPERM, 1));
+    request(&mut c, 0, CMD_WRITE_ZEROES, 2, 0, 512);
+    assert_eq!(simple_reply(&mut c), (EPERM, 2));
+    qemu_io_with(&["-r"], &s.unix_uri(), &["read -P 0x42 0 1M".into()]);
+}
+
+#[test]
+fn block_device_is_a_backing_store() {
+    require_root();
+    let dir = fresh_dir("blk");
+    let img = dir.join("lower.img");
+    let size: u64 = 32 << 20;
+    std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+    let lo = Loop::over(&img);
+    // --size is ignored for a device: it is never truncated.
+    let s = serve_backing(fresh_dir("blk-sock"), lo.path(), 1 << 20, false);
+    let info = run(tool("nbdinfo").args(["--json", &s.unix_uri()]));
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        v["exports"][0]["export-size"].as_u64(),
+        Some(size),
+        "{info}"
+    );
+    qemu_io(
+        &s.unix_uri(),
+        &[
+            "write -P 0xa5 1M 1M".into(),
+            "write -P 0x77 2M 1M".into(),
+            "write -z 2M 256k".into(), // may unmap
+            "write -z -u 2304k 256k".into(),
+            "discard 4M 64k".into(), // advisory on a loop device
+            "read -P 0 2M 512k".into(),
+            "read -P 0x77 2560k 512k".into(),
+            "flush".into(),
+        ],
+    );
+    // On the device itself ...
+    let dev = std::fs::File::open(lo.path()).unwrap();
+    let mut b = vec![0u8; 1 << 20];
+    dev.read_exact_at(&mut b, 1 << 20).unwrap();
+    assert!(b.iter().all(|&x| x == 0xa5), "device differs at 1M");
+    dev.read_exact_at(&mut b, 2 << 20).unwrap();
+    assert!(
+        b[..512 << 10].iter().all(|&x| x == 0),
+        "zeroed range on the device"
+    );
+    assert!(b[512 << 10..].iter().all(|&x| x == 0x77));
+    // ... and in the file under the loop device (the flush reached it).
+    let lower = std::fs::File::open(&img).unwrap();
+    lower.read_exact_at(&mut b, 1 << 20).unwrap();
+    assert!(b.iter().all(|&x| x == 0xa5), "loop's file differs at 1M");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), size);
+    // Block status: a device is all data.
+    assert_eq!(nbdinfo_map(&s.unix_uri()), vec![(0, size, 0)]);
+    // The same device, read-only.
+    let ro = serve_backing(fresh_dir("blk-ro"), lo.path(), 0, true);
+    let mut c = connect(&ro.sock);
+    let (sz, flags) = go(&mut c);
+    assert_eq!(sz, size);
+    assert_ne!(flags & TFLAG_READ_ONLY, 0);
+    qemu_io_with(&["-r"], &ro.unix_uri(), &["read -P 0xa5 1M 1M".into()]);
 }
