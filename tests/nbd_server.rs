@@ -1113,7 +1113,7 @@ fn read_only_mount_is_served_read_only() {
     std::fs::write(&path, vec![0x42; 1 << 20]).unwrap();
     run(tool("mount").args(["-o", "remount,ro"]).arg(&mnt.0));
     // Read-write: the open fails with the errno and the path.
-    let e = open_backing(&path, 0, false).err().expect("EROFS");
+    let e = open_backing(&path, 0, false).expect_err("EROFS");
     assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem, "{e}");
     assert!(e.to_string().contains("ro.img"), "{e}");
     let s = serve_backing(fresh_dir("rofs-sock"), path.clone(), 0, true);
@@ -1187,4 +1187,417 @@ fn block_device_is_a_backing_store() {
     assert_eq!(sz, size);
     assert_ne!(flags & TFLAG_READ_ONLY, 0);
     qemu_io_with(&["-r"], &ro.unix_uri(), &["read -P 0xa5 1M 1M".into()]);
+}
+
+// ---- The server as its own process: limits, kill -9, SIGTERM ----
+
+/// The example binary, built by cargo for this test run (same profile,
+/// features and target directory, so nothing is rebuilt needlessly).
+fn example_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args([
+            "build",
+            "--quiet",
+            "--example",
+            "nbd_server",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.ends_with("release") {
+            c.arg("--release");
+        }
+        let mut features = Vec::new();
+        for (on, f) in [
+            (cfg!(feature = "cli"), "cli"),
+            (cfg!(feature = "tokio"), "tokio"),
+            (cfg!(feature = "futures-core"), "futures-core"),
+        ] {
+            if on {
+                features.push(f);
+            }
+        }
+        if !features.is_empty() {
+            c.arg("--features").arg(features.join(","));
+        }
+        run(&mut c);
+        profile_dir.join("examples/nbd_server")
+    })
+    .clone()
+}
+
+/// `nbd_server` running as a child process on a unix socket; its stderr is
+/// collected line by line. Killed on drop.
+struct ChildServer {
+    child: std::process::Child,
+    sock: PathBuf,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChildServer {
+    fn start(dir: &Path, backing: &Path, extra: &[&str]) -> ChildServer {
+        use std::io::BufRead;
+        let sock = dir.join(format!("child-{}.sock", std::process::id()));
+        let mut child = Command::new(example_bin())
+            .arg("--file")
+            .arg(backing)
+            .arg("--unix")
+            .arg(&sock)
+            .args(["--listen", "none"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l, err) = (log.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let s = ChildServer { child, sock, log };
+        s.wait_log("serving", 1);
+        s
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///disk?socket={}", self.sock.display())
+    }
+
+    fn count(&self, pat: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pat))
+            .count()
+    }
+
+    fn text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits (up to 60 s) until `n` log lines contain `pat`.
+    fn wait_log(&self, pat: &str, n: usize) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.count(pat) < n {
+            assert!(
+                std::time::Instant::now() < until,
+                "no {n} lines {pat:?} in the server's log:\n{}",
+                self.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Threads of the server process.
+    fn tasks(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// Waits (up to 30 s) until the server has `n` threads.
+    fn wait_tasks(&self, n: usize) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.tasks() != n {
+            assert!(
+                std::time::Instant::now() < until,
+                "the server has {} threads, not {n}:\n{}",
+                self.tasks(),
+                self.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        run(Command::new("kill").args([sig, &self.child.id().to_string()]));
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects and reads the greeting: the server has a thread on it now.
+fn connect_greeted(sock: &Path) -> UnixStream {
+    let mut c = connect(sock);
+    let g = read_n(&mut c, 18);
+    assert_eq!(be64(&g[..8]), NBDMAGIC);
+    c
+}
+
+/// The server closes `c` (EOF or reset) before the socket's read timeout.
+fn assert_closed_by_server(c: &mut UnixStream) {
+    let mut b = [0u8; 64];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn idle_handshakes_are_dropped_at_the_deadline() {
+    let dir = fresh_dir("idle");
+    let srv = ChildServer::start(
+        &dir,
+        &dir.join("disk.img"),
+        &[
+            "--size",
+            "16M",
+            "--handshake-timeout",
+            "2",
+            "--max-handshakes",
+            "200",
+        ],
+    );
+    let baseline = srv.tasks();
+    let t0 = std::time::Instant::now();
+    let mut idle: Vec<UnixStream> = (0..100).map(|_| connect_greeted(&srv.sock)).collect();
+    // Each holds a thread now ...
+    assert!(srv.tasks() >= baseline + 100, "{} threads", srv.tasks());
+    // ... and a real client is served meanwhile.
+    qemu_io(
+        &srv.uri(),
+        &["write -P 0x3c 0 1M".into(), "read -P 0x3c 0 1M".into()],
+    );
+    for c in &mut idle {
+        // 2 s deadline; the test's read timeout (20 s) fails a server that
+        // keeps them.
+        assert_closed_by_server(c);
+    }
+    eprintln!("100 idle handshakes dropped after {:?}", t0.elapsed());
+    srv.wait_tasks(baseline);
+    assert_eq!(
+        srv.count("handshake not finished within 2s"),
+        100,
+        "{}",
+        srv.text()
+    );
+}
+
+#[test]
+fn limits_refuse_with_a_log_line_and_established_clients_are_served() {
+    let dir = fresh_dir("limits");
+    let srv = ChildServer::start(
+        &dir,
+        &dir.join("disk.img"),
+        &[
+            "--size",
+            "16M",
+            "--handshake-timeout",
+            "3",
+            "--max-handshakes",
+            "10",
+            "--max-connections",
+            "12",
+        ],
+    );
+    let mut est = connect(&srv.sock);
+    go(&mut est);
+    let mut idle: Vec<UnixStream> = (0..10).map(|_| connect_greeted(&srv.sock)).collect();
+    // Negotiation is full: the next 5 are refused at once, without greeting.
+    for _ in 0..5 {
+        let mut c = connect(&srv.sock);
+        let mut b = [0u8; 1];
+        assert_eq!(
+            c.read(&mut b).unwrap_or(0),
+            0,
+            "refused connection was greeted"
+        );
+    }
+    srv.wait_log("10 connections still negotiating (--max-handshakes 10)", 5);
+    // The established client is served whatever the limits do.
+    request(&mut est, 0, CMD_WRITE, 1, 4096, 4096);
+    est.write_all(&[0x5a; 4096]).unwrap();
+    assert_eq!(simple_reply(&mut est), (0, 1));
+    request(&mut est, 0, CMD_READ, 2, 4096, 4096);
+    assert_eq!(simple_reply(&mut est), (0, 2));
+    assert_eq!(read_n(&mut est, 4096), vec![0x5a; 4096]);
+    for c in &mut idle {
+        assert_closed_by_server(c);
+    }
+    // Slots free again: 11 established + est = 12 open, the 13th refused.
+    let mut more: Vec<UnixStream> = (0..11)
+        .map(|_| {
+            let mut c = connect(&srv.sock);
+            go(&mut c);
+            c
+        })
+        .collect();
+    let mut c = connect(&srv.sock);
+    let mut b = [0u8; 1];
+    assert_eq!(c.read(&mut b).unwrap_or(0), 0);
+    srv.wait_log("12 connections open (--max-connections 12)", 1);
+    for c in &mut more {
+        request(c, 0, CMD_DISC, 0, 0, 0);
+    }
+    drop(more);
+    // Once they are gone a real client gets in.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while qemu_io_raw(&srv.uri(), &["read -P 0x5a 4k 4k".into()])
+        .1
+        .contains("can't open")
+    {
+        assert!(std::time::Instant::now() < until, "{}", srv.text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    qemu_io(&srv.uri(), &["read -P 0x5a 4k 4k".into()]);
+}
+
+#[test]
+fn acknowledged_durable_writes_survive_kill_9() {
+    let dir = fresh_dir("kill9");
+    let backing = dir.join("disk.img");
+    let srv = ChildServer::start(&dir, &backing, &["--size", "64M"]);
+    // 4000 writes of 16 KiB; every 7th with FUA, a flush after every 10th.
+    #[derive(Clone, Copy)]
+    enum Cmd {
+        Write { offset: u64, pat: u8, fua: bool },
+        Flush,
+    }
+    let mut cmds = Vec::new();
+    for i in 0..4000u64 {
+        let pat = 1 + (i % 251) as u8;
+        cmds.push(Cmd::Write {
+            offset: i * 16384,
+            pat,
+            fua: i % 7 == 3,
+        });
+        if i % 10 == 9 {
+            cmds.push(Cmd::Flush);
+        }
+    }
+    let mut qio = tool("qemu-io");
+    qio.args(["-f", "raw"]);
+    for c in &cmds {
+        match *c {
+            Cmd::Write { offset, pat, fua } => {
+                let f = if fua { "-f " } else { "" };
+                qio.args(["-c", &format!("write {f}-P {pat} {offset} 16k")])
+            }
+            Cmd::Flush => qio.args(["-c", "flush"]),
+        };
+    }
+    let qio = qio
+        .arg(srv.uri())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once write 300 has reached the file.
+    let file = std::fs::File::open(&backing).unwrap();
+    let mut b = [0u8; 16384];
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        file.read_exact_at(&mut b, 300 * 16384).unwrap();
+        if b.iter().all(|&x| x == 1 + (300 % 251) as u8) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "write 300 never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(srv); // SIGKILL
+    let out = qio.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let acked: std::collections::HashSet<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("wrote 16384/16384 bytes at offset "))
+        .map(|o| o.trim().parse().unwrap())
+        .collect();
+    assert!(
+        acked.len() >= 300,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    assert!(
+        acked.len() < 4000,
+        "every write was acknowledged: the kill was not mid-stream"
+    );
+    // Durable: FUA writes acknowledged, and acknowledged writes before a
+    // flush that completed (a later command was acknowledged after it).
+    let mut durable = Vec::new();
+    let mut pending = Vec::new();
+    let mut flush_pending = Vec::new();
+    for c in &cmds {
+        match *c {
+            Cmd::Write { offset, pat, fua } => {
+                if !acked.contains(&offset) {
+                    continue;
+                }
+                // This acknowledgement proves every earlier flush finished.
+                durable.append(&mut flush_pending);
+                if fua {
+                    durable.push((offset, pat));
+                } else {
+                    pending.push((offset, pat));
+                }
+            }
+            Cmd::Flush => flush_pending.append(&mut pending),
+        }
+    }
+    assert!(durable.len() >= 250, "{} durable writes", durable.len());
+    // Restarted on the same backing file, every durable write reads back.
+    let srv = ChildServer::start(&dir, &backing, &[]);
+    let reads: Vec<String> = durable
+        .iter()
+        .map(|(o, p)| format!("read -P {p} {o} 16k"))
+        .collect();
+    for batch in reads.chunks(500) {
+        let out = qemu_io(&srv.uri(), batch);
+        assert_eq!(out.matches("read 16384/16384").count(), batch.len());
+    }
+    eprintln!(
+        "kill -9 after {} acknowledged writes; {} durable ones read back",
+        acked.len(),
+        durable.len()
+    );
+}
+
+#[test]
+fn sigterm_drains_the_request_in_flight() {
+    let dir = fresh_dir("drain");
+    let backing = dir.join("disk.img");
+    let srv = ChildServer::start(&dir, &backing, &["--size", "16M"]);
+    let mut busy = connect(&srv.sock);
+    go(&mut busy);
+    let mut idle = connect(&srv.sock);
+    go(&mut idle);
+    // Half a write is on its way when the signal comes.
+    request(&mut busy, 0, CMD_WRITE, 1, 1 << 20, 1 << 20);
+    busy.write_all(&vec![0x6b; 512 << 10]).unwrap();
+    srv.signal("-TERM");
+    srv.wait_log("shutting down, draining 2 connections", 1);
+    // The idle connection is closed; the busy one finishes its request.
+    assert_closed_by_server(&mut idle);
+    busy.write_all(&vec![0x6b; 512 << 10]).unwrap();
+    assert_eq!(simple_reply(&mut busy), (0, 1));
+    // What comes after is answered NBD_ESHUTDOWN; the client disconnects.
+    request(&mut busy, 0, CMD_READ, 2, 0, 4096);
+    assert_eq!(simple_reply(&mut busy), (ESHUTDOWN, 2));
+    request(&mut busy, 0, CMD_DISC, 3, 0, 0);
+    assert_hung_up(&mut busy);
+    let mut srv = srv;
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "exit {status}:\n{}", srv.text());
+    srv.wait_log("drained, backing store synced", 1);
+    let f = std::fs::File::open(&backing).unwrap();
+    let mut b = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut b, 1 << 20).unwrap();
+    assert!(b.iter().all(|&x| x == 0x6b));
 }
