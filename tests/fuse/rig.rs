@@ -40,6 +40,37 @@ pub fn is_mounted(mnt: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Aborts the FUSE connection of the mount at `mnt` through fusectl
+/// (`/sys/fs/fuse/connections/<minor of st_dev>/abort`), mounting fusectl if
+/// needed: every pending and later request fails with ENOTCONN.
+pub fn abort_connection(mnt: &Path) {
+    // From mountinfo, not stat(2): a stat of a hung mount would hang too.
+    let mnt = mnt.to_string_lossy();
+    let Some(minor) = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(&*mnt))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(2)?
+                .split(':')
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        })
+    else {
+        return;
+    };
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if fs::read_dir(ctl).map_or(true, |mut d| d.next().is_none()) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(ctl)
+            .status();
+    }
+    let _ = fs::write(ctl.join(minor.to_string()).join("abort"), "1");
+}
+
 /// A source directory, a mount point and the mounted passthrough; undone in
 /// reverse on drop.
 pub struct Rig {
@@ -89,6 +120,9 @@ impl Rig {
                 "fuse test hung for 120 s: unmounting {} and aborting",
                 m.display()
             );
+            // A request the dying process would never answer would keep
+            // it (and its mount's users) in D state: abort the connection.
+            abort_connection(&m);
             let _ = Command::new("umount").arg("-l").arg(&m).status();
             std::process::abort();
         });
