@@ -1371,6 +1371,25 @@ fn idle_handshakes_are_dropped_at_the_deadline() {
     let mut idle: Vec<UnixStream> = (0..100).map(|_| connect_greeted(&srv.sock)).collect();
     // Each holds a thread now ...
     assert!(srv.tasks() >= baseline + 100, "{} threads", srv.tasks());
+    // One more trickles a byte of an endless option every 100 ms: reads
+    // never time out, the deadline drops it all the same.
+    let mut slow = connect_greeted(&srv.sock);
+    slow.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+        .unwrap();
+    let mut w = slow.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let mut m = IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&OPT_GO.to_be_bytes());
+        m.extend_from_slice(&MAX_OPTION.to_be_bytes());
+        m.resize(MAX_OPTION as usize + 16, 0);
+        for b in m {
+            if w.write_all(&[b]).is_err() {
+                return; // dropped
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("a trickling client finished an option of 64 KiB");
+    });
     // ... and a real client is served meanwhile.
     qemu_io(
         &srv.uri(),
@@ -1381,11 +1400,13 @@ fn idle_handshakes_are_dropped_at_the_deadline() {
         // keeps them.
         assert_closed_by_server(c);
     }
-    eprintln!("100 idle handshakes dropped after {:?}", t0.elapsed());
+    assert_closed_by_server(&mut slow);
+    eprintln!("101 idle handshakes dropped after {:?}", t0.elapsed());
+    trickle.join().unwrap();
     srv.wait_tasks(baseline);
     assert_eq!(
         srv.count("handshake not finished within 2s"),
-        100,
+        101,
         "{}",
         srv.text()
     );

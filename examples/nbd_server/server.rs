@@ -958,18 +958,23 @@ impl Admission {
         self.established.load(Ordering::Relaxed)
     }
 
+    fn check_deadline(&self) -> io::Result<()> {
+        if Instant::now() >= self.deadline {
+            return Err(hangup(Hangup::Limit(format!(
+                "handshake not finished within {:?} (--handshake-timeout)",
+                self.export.limits.handshake_timeout
+            ))));
+        }
+        Ok(())
+    }
+
     /// A socket read or write timed out (one tick) `stalled` times in a
     /// row: whether to go on waiting.
     fn check(&self, boundary: bool, stalled: u32, reading: bool) -> io::Result<()> {
         let l = &self.export.limits;
         let waited = l.tick() * stalled;
         if !self.is_established() {
-            if Instant::now() >= self.deadline {
-                return Err(hangup(Hangup::Limit(format!(
-                    "handshake not finished within {:?} (--handshake-timeout)",
-                    l.handshake_timeout
-                ))));
-            }
+            self.check_deadline()?;
             if self.export.shutting_down() {
                 return Err(hangup(Hangup::Shutdown));
             }
@@ -1025,6 +1030,11 @@ impl<S: Read> Read for SockReader<S> {
             match self.s.read(buf) {
                 Ok(n) => {
                     self.stalled = 0;
+                    // A client trickling bytes never lets a read time out:
+                    // the handshake deadline is looked at on data too.
+                    if !self.adm.is_established() {
+                        self.adm.check_deadline()?;
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
