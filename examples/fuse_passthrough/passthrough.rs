@@ -1305,7 +1305,7 @@ impl Mounted {
 
     /// Whether the session has ended (the serving thread returned).
     pub fn ended(&self) -> bool {
-        self.serving.as_ref().is_none_or(|t| t.is_finished())
+        self.serving.as_ref().map_or(true, |t| t.is_finished())
     }
 
     /// What unmounts this mount, for a signal handler (once).
