@@ -395,3 +395,57 @@ fn fuse_forget_returns_the_inode_table_to_what_the_kernel_holds() {
     assert_eq!(inodes(), 2);
     mounted.unmount().expect("unmount");
 }
+
+/// SIGTERM while a file is open on the mount: the mount is detached lazily
+/// and gone at once, the daemon exits — after `--grace` with one signal, at
+/// the second signal with a grace too long to wait for — and the open file
+/// then answers ENOTCONN (issue 15).
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn fuse_sigterm_on_a_busy_mount_detaches_lazily_and_exits() {
+    use std::io::Read;
+    let src = fresh_source("busy");
+    for (grace, second_signal) in [("0", false), ("3600", true)] {
+        let mut d = Daemon::start(&src, &["--grace", grace], None);
+        let held_path = format!("{MNT}/held");
+        fs::write(&held_path, b"held open").unwrap();
+        let mut held = fs::File::open(&held_path).unwrap();
+        let pid = d.pid().to_string();
+        must(10, "kill", &["-TERM", &pid]);
+        wait_until("the lazy unmount", 20, || {
+            d.log_text().contains("detached lazily")
+        });
+        assert!(!is_mounted(MNT), "{MNT} still mounted after SIGTERM");
+        if second_signal {
+            must(10, "kill", &["-INT", &pid]);
+        }
+        let mut child = d.child.take().unwrap();
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon still running 30 s after SIGTERM: {}", d.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = d.log_text();
+        assert!(st.success(), "exit status {st}: {log}");
+        let why = if second_signal {
+            "again: exiting now"
+        } else {
+            "grace period over"
+        };
+        assert!(log.contains(why), "want {why:?} in the log: {log}");
+        let mut buf = Vec::new();
+        let e = held.read_to_end(&mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+        say(&format!(
+            "  fuse_passthrough --grace {grace}: busy mount detached, daemon exited ({why})"
+        ));
+    }
+    let _ = fs::remove_dir_all(&src);
+}

@@ -19,7 +19,7 @@
 //! permissions, `default_permissions`); what they create is theirs.
 //!
 //! The first SIGINT/SIGTERM unmounts; when the mount is busy it is detached
-//! lazily (`MNT_DETACH`) and the daemon exits after a short grace period, so
+//! lazily (`MNT_DETACH`) and the daemon exits after a grace period (`--grace`, 2 s), so
 //! no mount and no daemon stay behind (users of files still open there get
 //! `ENOTCONN`). A second signal exits at once.
 
@@ -36,10 +36,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// After a lazy unmount, how long open files on the detached mount are
-/// still served before the daemon exits.
-const GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
 #[command(about = "FUSE passthrough on reclaim-scope's NoFsFile and IoFlusher")]
@@ -59,6 +55,11 @@ struct Args {
     /// Plain READDIR only (no READDIRPLUS).
     #[arg(long)]
     no_readdirplus: bool,
+    /// After a lazy unmount of a busy mount, serve the files still open
+    /// there this many seconds before exiting (a second signal exits at
+    /// once).
+    #[arg(long, default_value_t = 2)]
+    grace: u64,
     #[command(flatten)]
     protection: daemon::ProtectionArgs,
 }
@@ -127,6 +128,7 @@ fn main() -> ExitCode {
     // An unmount from outside (umount, fusermount -u) ends it the same way.
     let mut unmounter = mounted.take_unmounter().expect("fresh mount");
     let handle = signals.handle();
+    let grace = Duration::from_secs(args.grace);
     let mountpoint = args
         .mountpoint
         .canonicalize()
@@ -144,15 +146,16 @@ fn main() -> ExitCode {
                     "fuse-passthrough: {} is busy: detached lazily; exiting in {} s \
                      (files still open there then get ENOTCONN)",
                     mountpoint.display(),
-                    GRACE.as_secs()
+                    grace.as_secs()
                 ),
                 Err(e) => eprintln!("fuse-passthrough: unmount: {e}; exiting"),
             }
             // Busy or failed: the session may never end by itself (an open
             // file, a working directory). Exit after the grace period, or at
             // a second signal; closing /dev/fuse ends the connection.
-            std::thread::spawn(|| {
-                std::thread::sleep(GRACE);
+            std::thread::spawn(move || {
+                std::thread::sleep(grace);
+                eprintln!("fuse-passthrough: grace period over: exiting");
                 std::process::exit(0);
             });
             if let Some(sig) = signals.next() {
