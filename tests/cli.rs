@@ -426,3 +426,461 @@ fn help_documents_exit_codes() {
     assert!(out.contains("--strict"), "{out}");
     assert!(out.contains("never adds or raises capabilities"), "{out}");
 }
+
+// ---------------------------------------------------------------------------
+// hostile environments (issue 18)
+// ---------------------------------------------------------------------------
+
+#[path = "support/seccomp.rs"]
+mod seccomp;
+
+/// The hex value of `field` (`SigIgn`, `SigBlk`, ...) in a `/proc/PID/status`
+/// text.
+fn status_field(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// Runs `launcher... cat /proc/self/status` (not through a shell: dash
+/// empties the signal mask) under a perl parent that
+/// ignores SIGPIPE and SIGHUP and blocks SIGUSR1 and SIGUSR2 before it execs
+/// (what systemd and nohup-style supervisors hand over; std's Command cannot
+/// hand over a mask or an ignored SIGPIPE, it resets both).
+fn status_under_hostile_parent(launcher: &[&str]) -> String {
+    let perl = r#"use POSIX; sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGUSR1, SIGUSR2)) or die;
+        $SIG{PIPE} = "IGNORE"; $SIG{HUP} = "IGNORE"; exec { $ARGV[0] } @ARGV or die "exec: $!";"#;
+    let o = Command::new("perl")
+        .args(["-e", perl])
+        .args(launcher)
+        .args(["cat", "/proc/self/status"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run perl (the test needs perl with POSIX to set a signal mask)");
+    no_panic(&o);
+    assert!(o.status.success(), "{launcher:?}: {o:?}");
+    text(&o.stdout)
+}
+
+#[test]
+fn exec_gives_the_command_the_ignored_signals_and_mask_it_inherited() {
+    let reference = status_under_hostile_parent(&["env"]);
+    let launched = status_under_hostile_parent(&[BIN, "exec", "--"]);
+    for field in ["SigIgn", "SigBlk"] {
+        assert_eq!(
+            status_field(&launched, field),
+            status_field(&reference, field),
+            "{field}: through env:\n{reference}\nthrough reclaim-scope exec:\n{launched}"
+        );
+    }
+    let ign = status_field(&launched, "SigIgn");
+    assert_eq!(
+        ign & (bit(libc::SIGPIPE) | bit(libc::SIGHUP)),
+        bit(libc::SIGPIPE) | bit(libc::SIGHUP)
+    );
+    let blk = status_field(&launched, "SigBlk");
+    assert_eq!(
+        blk & (bit(libc::SIGUSR1) | bit(libc::SIGUSR2)),
+        bit(libc::SIGUSR1) | bit(libc::SIGUSR2)
+    );
+
+    // And from a parent that ignores nothing (std's Command): nothing
+    // ignored, nothing blocked, although this launcher's own runtime
+    // ignores SIGPIPE.
+    let o = run(&["exec", "--", "cat", "/proc/self/status"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    assert_eq!(
+        status_field(&out, "SigIgn") & bit(libc::SIGPIPE),
+        0,
+        "{out}"
+    );
+    assert_eq!(status_field(&out, "SigBlk"), 0, "{out}");
+}
+
+/// `for fd in 0 1 2`: "open" or "closed" for the shell that runs it.
+const FD_REPORT: &str =
+    "for fd in 0 1 2; do if [ -e /proc/$$/fd/$fd ]; then echo $fd open; else echo $fd closed; fi; done";
+
+#[test]
+fn exec_keeps_standard_descriptors_the_parent_closed_closed() {
+    let closed = |launcher: &str| {
+        let script = format!("exec {launcher} sh -c '{FD_REPORT}' 0<&- 2>&-");
+        let o = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(o.status.success(), "{script}: {o:?}");
+        text(&o.stdout)
+    };
+    let reference = closed("env");
+    assert_eq!(reference, "0 closed\n1 open\n2 closed\n");
+    assert_eq!(closed(&format!("{BIN} exec --")), reference);
+}
+
+#[test]
+fn exec_runs_the_command_when_its_warning_cannot_be_written() {
+    let dir = tempdir("unwritable-stderr");
+    for (i, stderr) in ["/dev/full", "closed-pipe"].iter().enumerate() {
+        let marker = dir.join(format!("marker{i}"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["exec", "--", "touch"]).arg(&marker);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        let st = if *stderr == "/dev/full" {
+            cmd.stderr(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+            cmd.status().unwrap()
+        } else {
+            // The reader is gone before the launcher writes: EPIPE.
+            cmd.stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            drop(child.stderr.take());
+            child.wait().unwrap()
+        };
+        assert_eq!(st.code(), Some(0), "stderr {stderr}: {st}");
+        assert!(marker.exists(), "stderr {stderr}: the command did not run");
+    }
+    // --strict: still no panic (101), the refusal's own status.
+    if refused_here() {
+        let st = Command::new(BIN)
+            .args(["exec", "--strict", "--", "true"])
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), Some(125), "{st}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn probe_status_and_help_fail_cleanly_on_an_unwritable_stdout() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let pid = std::process::id().to_string();
+    for args in [
+        &["probe"][..],
+        &["status", &pid],
+        &["status", "--json", &pid],
+        &["--help"],
+    ] {
+        let o = Command::new(BIN)
+            .args(args)
+            .stdout(full())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        no_panic(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        if args[0] != "--help" {
+            let err = text(&o.stderr);
+            assert!(
+                err.contains("write error on standard output: No space left on device"),
+                "{args:?}: {err}"
+            );
+        }
+        // Both streams unwritable: the same status, no panic.
+        let o = Command::new(BIN)
+            .args(args)
+            .stdout(full())
+            .stderr(full())
+            .status()
+            .unwrap();
+        assert_eq!(o.code(), Some(1), "{args:?}: {o}");
+    }
+    // A reader that went away: status 1 without a message, not a panic.
+    let mut child = Command::new(BIN)
+        .args(["status", &pid])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+}
+
+#[test]
+fn status_of_a_thread_id_names_its_process() {
+    let (tid, stop, h) = parked_thread("cli-tid-arg");
+    let pid = std::process::id() as i32;
+    assert_ne!(tid, pid);
+    let o = run(&["status", &tid.to_string()]);
+    no_panic(&o);
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("tid {tid} is a thread of pid {pid} ")),
+        "{out}"
+    );
+    // The process's name (the main thread's), not the thread's.
+    assert!(!first.contains("cli-tid-arg"), "{first}");
+    assert!(out.contains(&format!("\"cli-tid-arg\"")), "{out}");
+    let o = run(&["status", "--json", &tid.to_string()]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["pid"], tid);
+    assert_eq!(v[0]["tgid"], pid);
+    assert!(v[0]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["tid"] == pid));
+    // A process's own pid: tgid is the pid.
+    let o = run(&["status", "--json", &pid.to_string()]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["tgid"], pid);
+    assert_eq!(v[0]["pid_namespace"], "own");
+    drop(stop);
+    h.join().unwrap();
+}
+
+fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("reclaim-scope-cli-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_executable(path: &std::path::Path, content: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn exec_of_a_script_or_program_with_a_missing_interpreter_says_so() {
+    let dir = tempdir("interp");
+    let missing = dir.join("missing-interp");
+    write_executable(&missing, b"#!/nonexistent/bin/python9 -u\nprint('ran')\n");
+    let crlf = dir.join("crlf");
+    write_executable(&crlf, b"#!/bin/sh\r\necho ran\r\n");
+    // A copy of a real program whose dynamic loader path points nowhere
+    // (same length, so the ELF stays valid).
+    let elf = dir.join("elf-no-loader");
+    let mut bytes = std::fs::read("/bin/true").unwrap();
+    let interp = b"/lib64/ld-linux-x86-64.so.2";
+    let pos = bytes.windows(interp.len()).position(|w| w == interp);
+    if let Some(pos) = pos {
+        bytes[pos..pos + interp.len()].copy_from_slice(b"/nonexistent/ld-linux.so.99");
+    }
+    write_executable(&elf, &bytes);
+
+    let mut cases = vec![
+        (
+            missing.clone(),
+            "its #! line names the interpreter `/nonexistent/bin/python9`, which does not exist",
+        ),
+        (
+            crlf.clone(),
+            "`/bin/sh\\r`, which does not exist: the script has CRLF (DOS) line ends",
+        ),
+    ];
+    if pos.is_some() {
+        cases.push((
+            elf.clone(),
+            "dynamic loader `/nonexistent/ld-linux.so.99` does not exist",
+        ));
+    } else {
+        assert!(
+            !cfg!(all(target_arch = "x86_64", target_env = "gnu")),
+            "/bin/true has no /lib64/ld-linux-x86-64.so.2 on an x86_64 glibc host?"
+        );
+    }
+    for (path, needle) in &cases {
+        for (args, env_path) in [
+            (vec![path.to_str().unwrap()], None),
+            // Found through PATH: still the interpreter, not "command not found".
+            (
+                vec![path.file_name().unwrap().to_str().unwrap()],
+                Some(&dir),
+            ),
+        ] {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("exec").arg("--").args(&args).stdin(Stdio::null());
+            if let Some(d) = env_path {
+                cmd.env("PATH", format!("{}:/usr/bin:/bin", d.display()));
+            }
+            let o = cmd.output().unwrap();
+            no_panic(&o);
+            assert_eq!(o.status.code(), Some(126), "{args:?}: {o:?}");
+            assert!(o.stdout.is_empty(), "{o:?}");
+            let err = text(&o.stderr);
+            let last = err.lines().last().unwrap();
+            assert!(
+                last.starts_with("reclaim-scope: cannot execute: `"),
+                "{last}"
+            );
+            assert!(last.contains("No such file or directory"), "{last}");
+            assert!(last.contains(needle), "{needle:?} missing: {last}");
+            assert!(!err.contains("command not found"), "{err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `reclaim-scope probe` started from a thread whose seccomp filter makes
+/// both io-flusher prctls answer `errno`.
+fn probe_under_filter(errno: i32) -> Output {
+    seccomp::with_refused_prctl(errno, || run(&["probe"]))
+}
+
+#[test]
+fn probe_names_seccomp_for_enosys_and_eacces_not_the_capability_or_the_kernel() {
+    for (errno, name) in [(libc::ENOSYS, "ENOSYS"), (libc::EACCES, "EACCES")] {
+        let o = probe_under_filter(errno);
+        no_panic(&o);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        let out = text(&o.stdout);
+        assert!(
+            out.contains(&format!("PR_SET_IO_FLUSHER:  refused with {name} (")),
+            "{out}"
+        );
+        assert!(
+            out.contains("seccomp:            a seccomp filter"),
+            "{out}"
+        );
+        let fix = out
+            .lines()
+            .find(|l| l.starts_with("fix:"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            fix.contains(name) && fix.contains("seccomp filter"),
+            "{fix}"
+        );
+        assert!(
+            !fix.contains("5.6 or newer") && !fix.contains("needs CAP_SYS_RESOURCE"),
+            "{fix}"
+        );
+        assert!(!out.contains("systemd: AmbientCapabilities"), "{out}");
+        println!("{name}:\n{out}");
+
+        // exec's warning says the same.
+        let o = seccomp::with_refused_prctl(errno, || run(&["exec", "--", "true"]));
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(&format!("{name} (")) && err.contains("seccomp filter"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn probe_under_an_eperm_filter_names_the_capability_or_the_filter() {
+    let o = probe_under_filter(libc::EPERM);
+    no_panic(&o);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        out.contains("PR_SET_IO_FLUSHER:  refused with EPERM ("),
+        "{out}"
+    );
+    let fix = out.lines().find(|l| l.starts_with("fix:")).unwrap();
+    assert!(fix.contains("seccomp filter"), "{fix}");
+    if out.contains("CAP_SYS_RESOURCE:   in the effective set") {
+        // Held (the VM): the filter is the cause, not the capability.
+        assert!(
+            fix.contains("although CAP_SYS_RESOURCE is in the effective set"),
+            "{fix}"
+        );
+    } else {
+        assert!(
+            fix.contains("CAP_SYS_RESOURCE, which this process lacks"),
+            "{fix}"
+        );
+    }
+}
+
+/// Set in the environment of this test binary when it runs inside a PID
+/// namespace as the helper of the test below.
+const PIDNS_HELPER: &str = "RECLAIM_SCOPE_PIDNS_HELPER";
+
+#[test]
+fn own_process_and_status_in_a_pid_namespace_without_its_own_proc() {
+    if let Some(mode) = std::env::var_os(PIDNS_HELPER) {
+        // In the namespace: pid 1 here, another pid in /proc.
+        let me = std::process::id() as i32;
+        let ns = reclaim_scope::proc_pid_namespace().unwrap();
+        let threads = reclaim_scope::threads_of(me).unwrap();
+        assert!(
+            threads.iter().any(|t| t.tid == current_tid()),
+            "{threads:?}"
+        );
+        let report = reclaim_scope::audit().unwrap();
+        assert!(report.verdict(current_tid()).is_some(), "{report:#}");
+        assert!(reclaim_scope::ThreadFlags::of_task(me, current_tid()).is_ok());
+        if mode == "outer-proc" {
+            assert_eq!(me, 1);
+            assert!(
+                matches!(ns, reclaim_scope::ProcPidNamespace::Ancestor { pid: 1, proc_pid } if proc_pid > 1),
+                "{ns:?}"
+            );
+            // /proc/1 is the outer namespace's init, not this process.
+            assert!(!threads
+                .iter()
+                .any(|t| t.name.starts_with("systemd") || t.name == "init"));
+        } else {
+            assert_eq!(ns, reclaim_scope::ProcPidNamespace::Own);
+        }
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    for (mode, extra) in [("outer-proc", None), ("own-proc", Some("--mount-proc"))] {
+        let o = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .args(extra)
+            .arg(&exe)
+            .args([
+                "own_process_and_status_in_a_pid_namespace_without_its_own_proc",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PIDNS_HELPER, mode)
+            .output()
+            .expect("run unshare (util-linux)");
+        assert!(o.status.success(), "{mode}: {o:?}");
+        assert!(text(&o.stdout).contains("1 passed"), "{mode}: {o:?}");
+
+        // The tool inside: which namespace's pid it read.
+        let o = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .args(extra)
+            .args([BIN, "status", "--json", "1"])
+            .output()
+            .unwrap();
+        no_panic(&o);
+        assert!(o.status.success(), "{mode}: {o:?}");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let err = text(&o.stderr);
+        if mode == "outer-proc" {
+            assert_eq!(v[0]["pid_namespace"], "ancestor", "{v}");
+            assert!(
+                err.contains("note: /proc belongs to an ancestor PID namespace, not this process's (this process is pid 1 here and "),
+                "{err}"
+            );
+        } else {
+            assert_eq!(v[0]["pid_namespace"], "own", "{v}");
+            // Pid 1 of the new namespace is the tool itself.
+            assert_eq!(v[0]["name"], "reclaim-scope", "{v}");
+            assert!(err.is_empty(), "{err}");
+        }
+    }
+}
