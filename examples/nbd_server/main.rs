@@ -115,11 +115,22 @@ fn main() -> ExitCode {
     };
     let export = Arc::new(export);
 
+    // Before any client is served: a SIGTERM from then on drains.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| eprintln!("nbd-server: no clean shutdown on SIGTERM: {e}"))
+    .ok();
     let mut threads = Vec::new();
     if let Some(path) = &args.unix {
         let _ = std::fs::remove_file(path);
         match UnixListener::bind(path) {
             Ok(l) => {
+                let e = export.clone();
+                threads.push(std::thread::spawn(move || server::run_unix(l, e)));
+                // Said once the accept thread exists: tests take the thread
+                // count from here.
                 eprintln!(
                     "nbd-server: serving {}{} ({size} bytes) as nbd+unix:///{}?socket={}",
                     args.file.display(),
@@ -127,8 +138,6 @@ fn main() -> ExitCode {
                     args.name,
                     path.display()
                 );
-                let e = export.clone();
-                threads.push(std::thread::spawn(move || server::run_unix(l, e)));
             }
             Err(e) => {
                 eprintln!("nbd-server: cannot listen on {}: {e}", path.display());
@@ -139,6 +148,8 @@ fn main() -> ExitCode {
     if args.listen != "none" {
         match TcpListener::bind(&args.listen) {
             Ok(l) => {
+                let e = export.clone();
+                threads.push(std::thread::spawn(move || server::run_tcp(l, e)));
                 eprintln!(
                     "nbd-server: serving {}{} ({size} bytes) as nbd://{}/{}",
                     args.file.display(),
@@ -146,8 +157,6 @@ fn main() -> ExitCode {
                     args.listen,
                     args.name
                 );
-                let e = export.clone();
-                threads.push(std::thread::spawn(move || server::run_tcp(l, e)));
             }
             Err(e) => {
                 eprintln!("nbd-server: cannot listen on {}: {e}", args.listen);
@@ -159,19 +168,11 @@ fn main() -> ExitCode {
         eprintln!("nbd-server: nothing to listen on (--listen none and no --unix)");
         return ExitCode::from(2);
     }
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]);
-    let mut signals = match signals {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("nbd-server: no clean shutdown on SIGTERM: {e}");
-            for t in threads {
-                let _ = t.join();
-            }
-            return ExitCode::SUCCESS;
+    let Some(mut signals) = signals else {
+        for t in threads {
+            let _ = t.join();
         }
+        return ExitCode::SUCCESS;
     };
     let sig = signals
         .forever()
