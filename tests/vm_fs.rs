@@ -197,3 +197,91 @@ fn calls_inside_an_io_flusher_keep_the_flag() {
         assert_all_noio("pwrite_nofs inside IoFlusher", &page_allocs(ev), PAGES);
     });
 }
+
+/// EIO, the errno no host can produce on demand: a device-mapper `error`
+/// target fails every bio. Each reading and writing method must hand the
+/// daemon EIO (NBD_EIO, SCSI MEDIUM ERROR) with its context, strict (so the
+/// scope is really in effect) and through `io::Error`.
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn eio_from_a_device_mapper_error_target_reaches_the_caller() {
+    require_vm();
+    use std::fs::OpenOptions;
+    let _ = sh("modprobe", &["dm_mod"]);
+    sh("dmsetup", &["create", "rs-eio", "--table", "0 8192 error"])
+        .unwrap_or_else(|e| panic!("{e} (vm-test adds --modules dm_mod --host-bin dmsetup)"));
+    let _ = sh("dmsetup", &["mknodes", "rs-eio"]);
+    let dev = "/dev/mapper/rs-eio";
+    let eio = |e: NoFsIoError, op: &str, offset: u64, len: u64| {
+        let what = format!("{op}: {e}");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}");
+        assert_eq!(
+            (e.operation(), e.offset(), e.len()),
+            (op, offset, len),
+            "{what}"
+        );
+        assert!(e.to_string().contains("Input/output error"), "{what}");
+        let io_err: std::io::Error = e.into();
+        assert_eq!(io_err.raw_os_error(), Some(libc::EIO), "{what}");
+        println!("EIO from {op} at {offset}+{len}: ok");
+    };
+    let f = NoFsFile::open(dev, OpenOptions::new().read(true).write(true))
+        .unwrap()
+        .with_policy(NoFsPolicy::Strict);
+    assert!(f.is_block_device());
+    assert_eq!(f.size_nofs().unwrap(), 8192 * 512);
+    let mut buf = vec![0u8; 4096];
+    eio(f.pread_nofs(&mut buf, 0).unwrap_err(), "pread64", 0, 4096);
+    eio(
+        f.read_exact_at_nofs(&mut buf, 8192).unwrap_err(),
+        "pread64",
+        8192,
+        4096,
+    );
+    eio(
+        f.preadv2_nofs(
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            0,
+            RwFlags::empty(),
+        )
+        .unwrap_err(),
+        "preadv2",
+        0,
+        4096,
+    );
+    // A buffered write of whole pages lands in the page cache; the EIO
+    // comes with the flush, as for any disk.
+    f.write_all_at_nofs(&buf, 0).unwrap();
+    eio(f.sync_data_nofs().unwrap_err(), "fdatasync", 0, 0);
+    // A synchronous write reports it at once.
+    eio(
+        f.pwritev2_nofs(&[IoSlice::new(&buf)], 4096, RwFlags::DSYNC)
+            .unwrap_err(),
+        "pwritev2",
+        4096,
+        4096,
+    );
+    // Zeroing: the kernel's zero-out (which writes zeros itself where the
+    // device has no WRITE ZEROES) fails the same way.
+    eio(
+        f.zero_range_nofs(0, 65536).unwrap_err(),
+        "fallocate(FALLOC_FL_ZERO_RANGE)",
+        0,
+        65536,
+    );
+    // Direct I/O: every transfer fails with EIO.
+    let d = NoFsFile::open_direct(dev, OpenOptions::new().read(true).write(true)).unwrap();
+    let mut storage = vec![0u8; 8192];
+    let start = storage.as_ptr().align_offset(4096);
+    let aligned = &mut storage[start..start + 4096];
+    eio(d.pwrite_nofs(aligned, 0).unwrap_err(), "pwrite64", 0, 4096);
+    eio(
+        d.write_all_at_nofs(aligned, 4096).unwrap_err(),
+        "pwrite64",
+        4096,
+        4096,
+    );
+    eio(d.pread_nofs(aligned, 0).unwrap_err(), "pread64", 0, 4096);
+    drop((f, d));
+    sh("dmsetup", &["remove", "rs-eio"]).unwrap();
+}

@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::{Poll, Wake, Waker};
-use std::time::Duration;
 
 const BITS: u32 = common::IO_FLUSHER_BITS;
 
@@ -390,249 +389,257 @@ fn future_dropped_midway_is_dropped_flagged() {
 }
 
 // ---------------------------------------------------------------------------
-// Tokio
+// Tokio (the `tokio` feature)
 // ---------------------------------------------------------------------------
 
-/// Thread ids of this process whose `comm` starts with `prefix`.
-fn threads_named(prefix: &str) -> Vec<i32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc/self/task").unwrap() {
-        let e = e.unwrap();
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim_end().starts_with(prefix) {
-            v.push(e.file_name().to_string_lossy().parse().unwrap());
+#[cfg(feature = "tokio")]
+mod with_tokio {
+    use super::*;
+    use std::time::Duration;
+
+    /// Thread ids of this process whose `comm` starts with `prefix`.
+    fn threads_named(prefix: &str) -> Vec<i32> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/proc/self/task").unwrap() {
+            let e = e.unwrap();
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.trim_end().starts_with(prefix) {
+                v.push(e.file_name().to_string_lossy().parse().unwrap());
+            }
         }
+        v
     }
-    v
-}
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn tokio_io_flusher_runtime_every_thread_and_task() {
-    require_vm();
-    on_fresh_thread(|| {
-        let rt = reclaim_scope::tokio::io_flusher_threads(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("rs-flush-rt"),
-        )
-        .build()
-        .unwrap();
-        let (tasks, blocking) = rt.block_on(async {
-            let mut hs = Vec::new();
-            for _ in 0..8 {
-                hs.push(tokio::spawn(async {
-                    let a = thread_flags();
-                    tokio::task::yield_now().await;
-                    (a, thread_flags())
-                }));
-            }
-            let mut v = Vec::new();
-            for h in hs {
-                v.push(h.await.unwrap());
-            }
-            let b = tokio::task::spawn_blocking(thread_flags).await.unwrap();
-            (v, b)
-        });
-        for (a, b) in tasks {
-            assert_flagged(a, "task on a flusher runtime, first poll");
-            assert_flagged(b, "task on a flusher runtime, after a yield");
-        }
-        assert_flagged(blocking, "spawn_blocking on a flusher runtime");
-        let tids = threads_named("rs-flush-rt");
-        assert!(tids.len() >= 3, "workers + blocking thread: {tids:?}");
-        for tid in tids {
-            assert_flagged(flags_of(tid), &format!("runtime thread {tid}, idle"));
-        }
-        assert_clear(thread_flags(), "the thread that built the runtime");
-        drop(rt);
-    });
-}
-
-/// Runs a `spawn_blocking` job created inside a scope on `rt` (whose pool
-/// has no idle thread yet, so the call creates one); returns the flags in
-/// the job and the flags of its pool thread after it, read from outside.
-fn blocking_job_from_a_scope(rt: &tokio::runtime::Runtime) -> (u32, u32) {
-    let (inside, tid) = rt.block_on(async {
-        let h = {
-            let _s = NoFsScope::try_enter().unwrap();
-            reclaim_scope::tokio::spawn_blocking(|| (thread_flags(), common::gettid()))
-        };
-        h.await.unwrap()
-    });
-    // The blocking thread idles in the pool (keep-alive): read it.
-    (inside, flags_of(tid))
-}
-
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn tokio_spawn_blocking_carries_context_and_clear_threads_pins_the_pool() {
-    require_vm();
-    on_fresh_thread(|| {
-        let rt = reclaim_scope::tokio::clear_threads(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("rs-clear-rt"),
-        )
-        .build()
-        .unwrap();
-        let (inside, after) = blocking_job_from_a_scope(&rt);
-        assert_flagged(inside, "spawn_blocking job spawned in a scope");
-        assert_clear(after, "clear_threads blocking thread after the job");
-        let plain = rt.block_on(async { tokio::task::spawn_blocking(thread_flags).await.unwrap() });
-        assert_clear(plain, "a plain spawn_blocking job afterwards");
-        // Built inside an IoFlusher, a clear_threads runtime is still clear.
-        let rt = {
-            let _f = IoFlusher::try_enter().unwrap();
-            reclaim_scope::tokio::clear_threads(
+    #[test]
+    #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+    fn tokio_io_flusher_runtime_every_thread_and_task() {
+        require_vm();
+        on_fresh_thread(|| {
+            let rt = reclaim_scope::tokio::io_flusher_threads(
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
-                    .thread_name("rs-clear2-rt"),
+                    .thread_name("rs-flush-rt"),
             )
             .build()
-            .unwrap()
-        };
-        let in_task = rt.block_on(async { tokio::spawn(async { thread_flags() }).await.unwrap() });
-        assert_clear(
-            in_task,
-            "task on a clear_threads runtime built by a flusher",
-        );
-        // Workers name themselves when they start: wait (bounded) for both.
-        let mut tids = threads_named("rs-clear2-rt");
-        for _ in 0..500 {
-            if tids.len() >= 2 {
-                break;
+            .unwrap();
+            let (tasks, blocking) = rt.block_on(async {
+                let mut hs = Vec::new();
+                for _ in 0..8 {
+                    hs.push(tokio::spawn(async {
+                        let a = thread_flags();
+                        tokio::task::yield_now().await;
+                        (a, thread_flags())
+                    }));
+                }
+                let mut v = Vec::new();
+                for h in hs {
+                    v.push(h.await.unwrap());
+                }
+                let b = tokio::task::spawn_blocking(thread_flags).await.unwrap();
+                (v, b)
+            });
+            for (a, b) in tasks {
+                assert_flagged(a, "task on a flusher runtime, first poll");
+                assert_flagged(b, "task on a flusher runtime, after a yield");
             }
-            std::thread::sleep(Duration::from_millis(10));
-            tids = threads_named("rs-clear2-rt");
-        }
-        assert!(tids.len() >= 2, "workers never started: {tids:?}");
-        // A worker has its name from clone(), i.e. before tokio runs its
-        // on_thread_start hook, which is where clear_threads clears the flag
-        // the worker inherited from this flusher: sampled in that window it
-        // still shows it. What must hold is that every worker is clear once
-        // started (tasks, checked above, only ever run after the hook).
-        for tid in tids {
-            let mut flags = flags_of(tid);
+            assert_flagged(blocking, "spawn_blocking on a flusher runtime");
+            let tids = threads_named("rs-flush-rt");
+            assert!(tids.len() >= 3, "workers + blocking thread: {tids:?}");
+            for tid in tids {
+                assert_flagged(flags_of(tid), &format!("runtime thread {tid}, idle"));
+            }
+            assert_clear(thread_flags(), "the thread that built the runtime");
+            drop(rt);
+        });
+    }
+
+    /// Runs a `spawn_blocking` job created inside a scope on `rt` (whose pool
+    /// has no idle thread yet, so the call creates one); returns the flags in
+    /// the job and the flags of its pool thread after it, read from outside.
+    fn blocking_job_from_a_scope(rt: &tokio::runtime::Runtime) -> (u32, u32) {
+        let (inside, tid) = rt.block_on(async {
+            let h = {
+                let _s = NoFsScope::try_enter().unwrap();
+                reclaim_scope::tokio::spawn_blocking(|| (thread_flags(), common::gettid()))
+            };
+            h.await.unwrap()
+        });
+        // The blocking thread idles in the pool (keep-alive): read it.
+        (inside, flags_of(tid))
+    }
+
+    #[test]
+    #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+    fn tokio_spawn_blocking_carries_context_and_clear_threads_pins_the_pool() {
+        require_vm();
+        on_fresh_thread(|| {
+            let rt = reclaim_scope::tokio::clear_threads(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("rs-clear-rt"),
+            )
+            .build()
+            .unwrap();
+            let (inside, after) = blocking_job_from_a_scope(&rt);
+            assert_flagged(inside, "spawn_blocking job spawned in a scope");
+            assert_clear(after, "clear_threads blocking thread after the job");
+            let plain =
+                rt.block_on(async { tokio::task::spawn_blocking(thread_flags).await.unwrap() });
+            assert_clear(plain, "a plain spawn_blocking job afterwards");
+            // Built inside an IoFlusher, a clear_threads runtime is still clear.
+            let rt = {
+                let _f = IoFlusher::try_enter().unwrap();
+                reclaim_scope::tokio::clear_threads(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .thread_name("rs-clear2-rt"),
+                )
+                .build()
+                .unwrap()
+            };
+            let in_task =
+                rt.block_on(async { tokio::spawn(async { thread_flags() }).await.unwrap() });
+            assert_clear(
+                in_task,
+                "task on a clear_threads runtime built by a flusher",
+            );
+            // Workers name themselves when they start: wait (bounded) for both.
+            let mut tids = threads_named("rs-clear2-rt");
             for _ in 0..500 {
-                if clear(flags) {
+                if tids.len() >= 2 {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
-                flags = flags_of(tid);
+                tids = threads_named("rs-clear2-rt");
             }
-            assert_clear(
-                flags,
-                "clear_threads worker built by a flusher, once started",
-            );
-        }
-    });
-}
-
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn tokio_without_thread_policy_a_lazily_created_thread_inherits_the_flag() {
-    require_vm();
-    on_fresh_thread(|| {
-        // The hazard `clear_threads` exists for: tokio creates the blocking
-        // thread from the thread that calls spawn_blocking, inside the scope.
-        // Look at a job that landed on a thread this call created (a fresh
-        // runtime has none idle; retried in case tokio reused one).
-        let all_tids = || -> Vec<i32> {
-            std::fs::read_dir("/proc/self/task")
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
-                .collect()
-        };
-        let mut newborn = None;
-        for _ in 0..5 {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .build()
-                .unwrap();
-            let before = all_tids();
-            let (inside, tid) = rt.block_on(async {
-                let h = {
-                    let _s = NoFsScope::try_enter().unwrap();
-                    reclaim_scope::tokio::spawn_blocking(|| (thread_flags(), common::gettid()))
-                };
-                h.await.unwrap()
-            });
-            assert_flagged(inside, "spawn_blocking job spawned in a scope");
-            if !before.contains(&tid) {
-                newborn = Some(flags_of(tid));
-                break;
-            }
-        }
-        let after = newborn.expect("tokio never created a blocking thread for the job");
-        assert_flagged(
-            after,
-            "policy-less blocking thread, born in a scope, after the job",
-        );
-    });
-}
-
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn tokio_task_migrating_between_workers_is_flagged_on_every_poll() {
-    require_vm();
-    on_fresh_thread(|| {
-        let rt = reclaim_scope::tokio::clear_threads(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("rs-migrate-rt"),
-        )
-        .build()
-        .unwrap();
-        let (polls, hogs) = rt.block_on(async {
-            let task = {
-                let _s = NoFsScope::try_enter().unwrap();
-                reclaim_scope::tokio::spawn(async {
-                    let mut polls = Vec::new();
-                    let mut hogs = Vec::new();
-                    for _ in 0..12 {
-                        polls.push((common::gettid(), thread_flags()));
-                        // Occupy this worker with a plain task (it lands in
-                        // this worker's LIFO slot and records the worker's
-                        // own state), and be woken from the blocking pool,
-                        // so the other worker picks this task up.
-                        hogs.push(tokio::spawn(async {
-                            let f = (common::gettid(), thread_flags());
-                            std::thread::sleep(Duration::from_millis(30));
-                            f
-                        }));
-                        tokio::task::spawn_blocking(|| ()).await.unwrap();
+            assert!(tids.len() >= 2, "workers never started: {tids:?}");
+            // A worker has its name from clone(), i.e. before tokio runs its
+            // on_thread_start hook, which is where clear_threads clears the flag
+            // the worker inherited from this flusher: sampled in that window it
+            // still shows it. What must hold is that every worker is clear once
+            // started (tasks, checked above, only ever run after the hook).
+            for tid in tids {
+                let mut flags = flags_of(tid);
+                for _ in 0..500 {
+                    if clear(flags) {
+                        break;
                     }
-                    polls.push((common::gettid(), thread_flags()));
-                    (polls, hogs)
-                })
-            };
-            let (polls, hogs) = task.await.unwrap();
-            let mut seen = Vec::new();
-            for h in hogs {
-                seen.push(h.await.unwrap());
+                    std::thread::sleep(Duration::from_millis(10));
+                    flags = flags_of(tid);
+                }
+                assert_clear(
+                    flags,
+                    "clear_threads worker built by a flusher, once started",
+                );
             }
-            (polls, seen)
         });
-        for (i, &(tid, f)) in polls.iter().enumerate() {
-            assert_flagged(f, &format!("poll {i} of the wrapped task, on worker {tid}"));
-        }
-        for &(tid, f) in &hogs {
-            assert_clear(
-                f,
-                &format!("plain task between the wrapped task's polls, worker {tid}"),
+    }
+
+    #[test]
+    #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+    fn tokio_without_thread_policy_a_lazily_created_thread_inherits_the_flag() {
+        require_vm();
+        on_fresh_thread(|| {
+            // The hazard `clear_threads` exists for: tokio creates the blocking
+            // thread from the thread that calls spawn_blocking, inside the scope.
+            // Look at a job that landed on a thread this call created (a fresh
+            // runtime has none idle; retried in case tokio reused one).
+            let all_tids = || -> Vec<i32> {
+                std::fs::read_dir("/proc/self/task")
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+                    .collect()
+            };
+            let mut newborn = None;
+            for _ in 0..5 {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .build()
+                    .unwrap();
+                let before = all_tids();
+                let (inside, tid) = rt.block_on(async {
+                    let h = {
+                        let _s = NoFsScope::try_enter().unwrap();
+                        reclaim_scope::tokio::spawn_blocking(|| (thread_flags(), common::gettid()))
+                    };
+                    h.await.unwrap()
+                });
+                assert_flagged(inside, "spawn_blocking job spawned in a scope");
+                if !before.contains(&tid) {
+                    newborn = Some(flags_of(tid));
+                    break;
+                }
+            }
+            let after = newborn.expect("tokio never created a blocking thread for the job");
+            assert_flagged(
+                after,
+                "policy-less blocking thread, born in a scope, after the job",
             );
-        }
-        let mut workers: Vec<i32> = polls.iter().map(|p| p.0).collect();
-        workers.sort_unstable();
-        workers.dedup();
-        println!("wrapped task polled on workers {workers:?}");
-        assert!(
-            workers.len() >= 2,
-            "the task never migrated ({workers:?}): the test did not test migration"
-        );
-        for tid in threads_named("rs-migrate-rt") {
-            assert_clear(flags_of(tid), &format!("worker {tid} after the task"));
-        }
-    });
+        });
+    }
+
+    #[test]
+    #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+    fn tokio_task_migrating_between_workers_is_flagged_on_every_poll() {
+        require_vm();
+        on_fresh_thread(|| {
+            let rt = reclaim_scope::tokio::clear_threads(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("rs-migrate-rt"),
+            )
+            .build()
+            .unwrap();
+            let (polls, hogs) = rt.block_on(async {
+                let task = {
+                    let _s = NoFsScope::try_enter().unwrap();
+                    reclaim_scope::tokio::spawn(async {
+                        let mut polls = Vec::new();
+                        let mut hogs = Vec::new();
+                        for _ in 0..12 {
+                            polls.push((common::gettid(), thread_flags()));
+                            // Occupy this worker with a plain task (it lands in
+                            // this worker's LIFO slot and records the worker's
+                            // own state), and be woken from the blocking pool,
+                            // so the other worker picks this task up.
+                            hogs.push(tokio::spawn(async {
+                                let f = (common::gettid(), thread_flags());
+                                std::thread::sleep(Duration::from_millis(30));
+                                f
+                            }));
+                            tokio::task::spawn_blocking(|| ()).await.unwrap();
+                        }
+                        polls.push((common::gettid(), thread_flags()));
+                        (polls, hogs)
+                    })
+                };
+                let (polls, hogs) = task.await.unwrap();
+                let mut seen = Vec::new();
+                for h in hogs {
+                    seen.push(h.await.unwrap());
+                }
+                (polls, seen)
+            });
+            for (i, &(tid, f)) in polls.iter().enumerate() {
+                assert_flagged(f, &format!("poll {i} of the wrapped task, on worker {tid}"));
+            }
+            for &(tid, f) in &hogs {
+                assert_clear(
+                    f,
+                    &format!("plain task between the wrapped task's polls, worker {tid}"),
+                );
+            }
+            let mut workers: Vec<i32> = polls.iter().map(|p| p.0).collect();
+            workers.sort_unstable();
+            workers.dedup();
+            println!("wrapped task polled on workers {workers:?}");
+            assert!(
+                workers.len() >= 2,
+                "the task never migrated ({workers:?}): the test did not test migration"
+            );
+            for tid in threads_named("rs-migrate-rt") {
+                assert_clear(flags_of(tid), &format!("worker {tid} after the task"));
+            }
+        });
+    }
 }

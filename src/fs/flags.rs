@@ -1,9 +1,9 @@
 //! [`RwFlags`]: the typed `RWF_*` flags of `preadv2(2)` / `pwritev2(2)`.
 
-use std::fmt;
-use std::ops::{BitAnd, BitOr, BitOrAssign};
 #[cfg(doc)]
 use super::NoFsFile;
+use std::fmt;
+use std::ops::{BitAnd, BitOr, BitOrAssign};
 
 /// Per-call `RWF_*` flags of `preadv2(2)` / `pwritev2(2)`, typed.
 ///
@@ -235,4 +235,3 @@ impl fmt::Debug for RwFlags {
         write!(f, "RwFlags({self})")
     }
 }
-

@@ -29,8 +29,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-
-
 const OFF_MAX: u64 = i64::MAX as u64;
 
 /// Checks that `offset..offset + len` is a valid file range (`loff_t`):
@@ -51,8 +49,7 @@ fn bad_range(op: Op, offset: u64, len: u64, flags: RwFlags) -> NoFsIoError {
     } else {
         "offset + length is beyond i64::MAX, the largest file offset"
     };
-    NoFsIoError::new(op, offset, len, Cause::Invalid(why))
-        .with_flags(flags)
+    NoFsIoError::new(op, offset, len, Cause::Invalid(why)).with_flags(flags)
 }
 
 /// The error of a failed syscall (kept out of line: the fast path only
@@ -60,22 +57,19 @@ fn bad_range(op: Op, offset: u64, len: u64, flags: RwFlags) -> NoFsIoError {
 #[cold]
 #[inline(never)]
 fn os_error(op: Op, offset: u64, len: u64, flags: RwFlags, errno: i32) -> NoFsIoError {
-    NoFsIoError::new(op, offset, len, Cause::Os(errno))
-        .with_flags(flags)
+    NoFsIoError::new(op, offset, len, Cause::Os(errno)).with_flags(flags)
 }
 
 #[cold]
 #[inline(never)]
 fn refused(op: Op, offset: u64, len: u64, flags: RwFlags, e: Error) -> NoFsIoError {
-    NoFsIoError::new(op, offset, len, Cause::Refused(e))
-        .with_flags(flags)
+    NoFsIoError::new(op, offset, len, Cause::Refused(e)).with_flags(flags)
 }
 
 #[cold]
 #[inline(never)]
 fn loop_error(op: Op, offset: u64, len: u64, done: usize, cause: Cause) -> NoFsIoError {
-    NoFsIoError::new(op, offset, len, cause)
-        .done(done as u64)
+    NoFsIoError::new(op, offset, len, cause).done(done as u64)
 }
 
 #[cold]
@@ -974,8 +968,7 @@ impl NoFsFile {
         if len == 0 {
             return Ok(());
         }
-        let unaligned_block =
-            self.is_block_device() && (offset % 512 != 0 || len % 512 != 0);
+        let unaligned_block = self.is_block_device() && (offset % 512 != 0 || len % 512 != 0);
         let mut mode = self.zero_mode.load(Ordering::Relaxed);
         if unaligned_block {
             mode = ZERO_WRITE;
@@ -1025,15 +1018,22 @@ impl NoFsFile {
         };
         match fail {
             None => Ok(()),
-            Some(cause) => Err(loop_error(Op::WriteZeros, offset, len, done as usize, cause)),
+            Some(cause) => Err(loop_error(
+                Op::WriteZeros,
+                offset,
+                len,
+                done as usize,
+                cause,
+            )),
         }
     }
 
     /// `lseek(2)` with `SEEK_DATA` inside the scope: the start of the first
     /// data region at or after `offset`, or `None` when only a hole follows
     /// up to the end of the file (the kernel's `ENXIO`), or `offset` is at
-    /// or beyond the end. File systems without hole tracking, and block
-    /// devices, report the whole file as data. The file position is
+    /// or beyond the end. File systems without hole tracking report the
+    /// whole file as data, and so does this method for a block device
+    /// (whose `lseek` has no `SEEK_DATA`: it asks the device's size). The file position is
     /// changed (every `NoFsFile` transfer is positional).
     ///
     /// With [`seek_hole_nofs`](Self::seek_hole_nofs) this maps a sparse
@@ -1090,6 +1090,13 @@ impl NoFsFile {
 
     fn seek(&self, op: Op, offset: u64, data: bool) -> Result<Option<u64>, NoFsIoError> {
         check_range(op, offset, 0, RwFlags::empty())?;
+        if self.is_block_device() {
+            // Block devices' llseek knows no SEEK_DATA/SEEK_HOLE (EINVAL):
+            // a device is data from start to end, as SEEK_DATA's generic
+            // form says of any file without hole tracking.
+            let size = self.size_nofs()?;
+            return Ok((offset < size).then_some(if data { offset } else { size }));
+        }
         let r = {
             let _scope = self.enter(op, offset, 0, RwFlags::empty())?;
             sio::seek_data_hole(&self.file, offset, data)

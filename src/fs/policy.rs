@@ -1,9 +1,9 @@
 //! [`NoFsPolicy`]: what a [`NoFsFile`](super::NoFsFile) call does when the
 //! I/O-flusher context cannot be entered, and the process default.
 
-use std::sync::atomic::AtomicU8;
 #[cfg(doc)]
 use super::NoFsFile;
+use std::sync::atomic::AtomicU8;
 
 /// What a [`NoFsFile`] call does when the I/O-flusher context cannot be
 /// entered (no `CAP_SYS_RESOURCE`, kernel < 5.6, not Linux).
@@ -66,4 +66,3 @@ pub(super) fn policy_from_u8(v: u8) -> NoFsPolicy {
         NoFsPolicy::BestEffort
     }
 }
-

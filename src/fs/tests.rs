@@ -1,8 +1,8 @@
 //! Tests of `NoFsFile` on the fake backend and on this host's kernel.
 
 use super::*;
-use crate::sys;
 use crate::scope::tests::on_fake;
+use crate::sys;
 use crate::sys::fake::{self, FakeThread, IoScript, Mode};
 use crate::IoFlusher;
 use std::path::PathBuf;
@@ -36,7 +36,6 @@ impl Drop for Temp {
         let _ = std::fs::remove_file(&self.path);
     }
 }
-
 
 fn sets() -> u32 {
     fake::state().unwrap().set_calls
@@ -412,7 +411,10 @@ fn zero_range_falls_back_to_punch_and_allocate() {
         assert_eq!(e.operation(), "pwrite64");
         assert_eq!((e.offset(), e.len(), e.bytes_done()), (0, 65536, 4096));
         assert!(e.to_string().contains("of zeros"), "{e}");
-        assert!(e.to_string().contains("4096 of 65536 bytes were written"), "{e}");
+        assert!(
+            e.to_string().contains("4096 of 65536 bytes were written"),
+            "{e}"
+        );
     });
 }
 
@@ -625,8 +627,7 @@ fn rwf_atomic_is_rejected_where_unsupported_naming_the_flag() {
     ));
     // O_DIRECT, aligned buffer, offset and power-of-two length: either
     // the device offers atomic writes, or the error names the flag.
-    let direct = match NoFsFile::open_direct(&t.path, OpenOptions::new().read(true).write(true))
-    {
+    let direct = match NoFsFile::open_direct(&t.path, OpenOptions::new().read(true).write(true)) {
         Ok(f) => f,
         Err(e) => panic!("O_DIRECT on the temp dir's file system: {e}"),
     };

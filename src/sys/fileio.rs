@@ -477,7 +477,11 @@ mod linux {
     }
 
     pub(super) fn seek_data_hole(f: &File, offset: u64, data: bool) -> Result<u64, Errno> {
-        let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+        let whence = if data {
+            libc::SEEK_DATA
+        } else {
+            libc::SEEK_HOLE
+        };
         // SAFETY: lseek(2) takes integers only and touches no user memory;
         // the descriptor is owned by `f`, which outlives the call. Offsets
         // above i64::MAX are rejected by the caller.

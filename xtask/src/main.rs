@@ -20,7 +20,8 @@ cargo xtask COMMAND [OPTIONS]
 Commands:
   test [VM-OPTIONS] [-- TEST-ARGS]
         The project's single test command: `cargo test --workspace --all-features`
-        on the host, then `vm-test`. Fails if either fails.
+        on the host, then the feature matrix (no features, and each feature
+        alone), then `vm-test`. Fails if any fails.
   vm-test [VM-OPTIONS] [-- TEST-ARGS]
         Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
         kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
@@ -29,8 +30,9 @@ Commands:
         sd_mod (tests/vm_tcmu.rs), --host-bin for qemu-nbd, qemu-io, qemu-img,
         mkfs.ext4, mkfs.xfs and nbd-client (tests/vm_nbd_seed.rs: the seed's
         brd/ext4/NBD/XFS stack under a 32M memcg), blkdiscard (util-linux's,
-        with -z, for tests/vm_tcmu.rs) and dmsetup with dm_mod (tests/vm_fs.rs:
-        EIO from a device-mapper error target).
+        with -z, for tests/vm_tcmu.rs), dmsetup with dm_mod (tests/vm_fs.rs,
+        tests/vm_tcmu.rs: EIO from a device-mapper error target), sg3-utils'
+        sg_* and losetup (tests/vm_tcmu.rs).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -71,6 +73,10 @@ Inside the guest: RECLAIM_SCOPE_VM=1; proc, sysfs, devtmpfs, tracefs
 (/sys/kernel/tracing), cgroup2 (/sys/fs/cgroup) and tmpfs /tmp are mounted;
 /var/lock exists. Caches and console logs live in target/vm/.
 ";
+
+/// The feature sets `xtask test` runs the host tests with, besides
+/// `--all-features`: none, and each feature of Cargo.toml alone.
+const FEATURE_MATRIX: &[&str] = &["", "cli", "tokio", "futures-core", "log"];
 
 fn main() -> ExitCode {
     match real_main() {
@@ -125,6 +131,29 @@ fn real_main() -> Result<ExitCode> {
                     "--workspace",
                     "--all-features",
                 ]))
+            });
+            // Every feature combination a user can pick must build and pass:
+            // no features (`default` is empty, so this is also
+            // `--no-default-features`) and each feature alone; all features ran
+            // above.
+            let host = host.and_then(|()| {
+                phases.time("feature matrix", || {
+                    for features in FEATURE_MATRIX {
+                        println!("xtask: host tests with features [{features}]");
+                        let mut c = Command::new(&ws.cargo);
+                        c.current_dir(&ws.root).args([
+                            "test",
+                            "--package",
+                            "reclaim-scope",
+                            "--no-default-features",
+                        ]);
+                        if !features.is_empty() {
+                            c.args(["--features", features]);
+                        }
+                        run(&mut c).map_err(|e| format!("features [{features}]: {e}"))?;
+                    }
+                    Ok(())
+                })
             });
             if let Err(e) = &host {
                 eprintln!("xtask: host tests failed: {e}; running the VM tests anyway");
@@ -182,6 +211,28 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         // tests/vm_fs.rs: EIO from a device-mapper `error` target.
         o.modules.push("dm_mod".into());
         o.host_bins.push("dmsetup".into());
+        // tests/vm_tcmu.rs: sg3-utils against the disk, a loop device as the
+        // backing store.
+        o.host_bins.extend(
+            [
+                "sg_inq",
+                "sg_vpd",
+                "sg_modes",
+                "sg_opcodes",
+                "sg_readcap",
+                "sg_write_same",
+                "sg_unmap",
+                "sg_sync",
+                "sg_raw",
+                "sg_verify",
+                "sg_requests",
+                "sg_turs",
+                "sg_luns",
+                "sg_get_lba_status",
+                "losetup",
+            ]
+            .map(String::from),
+        );
         o.mem = "1G".into();
     }
     let mut it = args.iter();
@@ -254,6 +305,7 @@ fn parse_num(flag: &str, v: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::parse_vm_opts;
+    use std::collections::BTreeSet;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -290,5 +342,50 @@ mod tests {
         assert!(parse_vm_opts(&s(&["--timeout"]), false).is_err());
         let (t, _) = parse_vm_opts(&[], true).unwrap();
         assert!(t.modules.contains(&"brd".to_owned()));
+    }
+
+    /// The matrix names every feature of the library's Cargo.toml: the
+    /// `[features]` table (but `default`) and every optional dependency.
+    #[test]
+    fn feature_matrix_covers_every_feature() {
+        let toml =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml")).unwrap();
+        let mut section = "";
+        let (mut want, mut optional) = (BTreeSet::new(), BTreeSet::new());
+        for line in toml.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim().to_owned();
+            if section == "[features]" && key != "default" {
+                want.insert(key);
+            } else if section == "[dependencies]" && value.contains("optional = true") {
+                optional.insert(key);
+            }
+        }
+        // An optional dependency is a feature of its own unless some feature
+        // names it as `dep:NAME`.
+        for dep in optional {
+            if !toml.contains(&format!("\"dep:{dep}\"")) {
+                want.insert(dep);
+            }
+        }
+        let have: BTreeSet<String> = super::FEATURE_MATRIX
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(
+            have, want,
+            "FEATURE_MATRIX must list every feature of Cargo.toml"
+        );
+        assert!(
+            super::FEATURE_MATRIX.contains(&""),
+            "the matrix starts with no features"
+        );
     }
 }
