@@ -19,124 +19,15 @@
 //! (the project's machines and CI are root); without it they fail naming
 //! the reason instead of passing as skipped.
 
+mod common;
+
+use common::scratch::{run, scratch, Loop, Mount};
 use reclaim_scope::{NoFsFile, NoFsIoError, RwFlags};
 use std::fs::{self, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-fn require_root() {
-    let root = fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    assert!(
-        root,
-        "these tests mount tmpfs/ramfs and attach loop devices: run them as root (the \
-         project's test machines and CI are root)"
-    );
-}
-
-fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "rs-errno-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir_all(&p).unwrap();
-    p
-}
-
-/// A file system mounted on a fresh directory; unmounted (lazily) on drop.
-struct Mount {
-    dir: PathBuf,
-}
-
-impl Mount {
-    fn new(fstype: &str, opts: &str) -> Mount {
-        require_root();
-        let dir = scratch(fstype);
-        run(
-            "mount",
-            &["-t", fstype, "-o", opts, fstype, dir.to_str().unwrap()],
-        );
-        Mount { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn remount(&self, opts: &str) {
-        run(
-            "mount",
-            &["-o", &format!("remount,{opts}"), self.dir.to_str().unwrap()],
-        );
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
-/// A loop device over a fresh file of `size` bytes; detached on drop.
-struct Loop {
-    dev: String,
-    file: PathBuf,
-}
-
-impl Loop {
-    fn new(size: u64) -> Loop {
-        require_root();
-        let file = scratch("loop").join("backing");
-        let f = fs::File::create(&file).unwrap();
-        f.set_len(size).unwrap();
-        drop(f);
-        let dev = run("losetup", &["-f", "--show", file.to_str().unwrap()]);
-        assert!(dev.starts_with("/dev/loop"), "losetup said {dev:?}");
-        Loop { dev, file }
-    }
-
-    fn open(&self, write: bool) -> NoFsFile {
-        NoFsFile::open(&self.dev, OpenOptions::new().read(true).write(write))
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("blockdev")
-            .args(["--setrw", &self.dev])
-            .status();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        let _ = fs::remove_file(&self.file);
-        if let Some(d) = self.file.parent() {
-            let _ = fs::remove_dir(d);
-        }
-    }
-}
 
 /// What [`check`] saw of an error before converting it.
 struct Seen {

@@ -16,6 +16,7 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub mod scratch;
 pub mod seed;
 
 use std::fmt;
