@@ -725,6 +725,22 @@ fn compare_trees(a: &Path, b: &Path, ctx: &str) {
 
 #[test]
 fn random_operations_match_a_local_file_system() {
+    differential(|fs| fs.allow_other = true, 2);
+}
+
+/// The same with plain READDIR and one serving thread.
+#[test]
+fn random_operations_match_a_local_file_system_plain_readdir_one_thread() {
+    differential(
+        |fs| {
+            fs.allow_other = true;
+            fs.readdirplus = false;
+        },
+        1,
+    );
+}
+
+fn differential(configure: impl FnOnce(&mut passthrough::Passthrough), threads: usize) {
     require_mount();
     let seed = std::env::var("FUSE_DIFF_SEED")
         .ok()
@@ -740,7 +756,7 @@ fn random_operations_match_a_local_file_system() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     eprintln!("fuse differential: seed {seed} (FUSE_DIFF_SEED={seed} replays), {ops} operations");
-    let mut rig = Rig::with(2, |fs| fs.allow_other = true);
+    let mut rig = Rig::with(threads, configure);
     let plain = rig.dir.join("plain");
     fs::create_dir(&plain).unwrap();
     fs::create_dir(rig.m("t")).unwrap();
@@ -818,7 +834,6 @@ fn random_operations_match_a_local_file_system() {
         "Fallocate",
         "Truncate",
         "Symlink",
-        "Readlink",
         "Utimens",
     ] {
         let (n, err) = counts.get(op).copied().unwrap_or_default();
