@@ -6,7 +6,8 @@
 //! years. Here the first degradation is reported once — through the
 //! [`log`](https://docs.rs/log) crate when the `log` feature is on, else on
 //! standard error, or through a hook you install — and stays queryable with
-//! [`degradation`].
+//! [`degradation`]. The report never panics: a standard error that is full,
+//! a broken pipe or closed loses the line, nothing else.
 
 use crate::Error;
 use std::sync::OnceLock;

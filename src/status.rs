@@ -164,6 +164,12 @@ pub struct ThreadInfo {
 /// does not exist (or exits before its first thread is read) gives
 /// `NotFound` with a message naming the pid. Needs no capability.
 ///
+/// `pid` is looked up as `/proc` numbers processes (see
+/// [`proc_pid_namespace`]); the calling process's own pid
+/// (`std::process::id()`) is always read through `/proc/self`, with the
+/// thread ids [`current_tid`] gives, even when `/proc` belongs to an outer
+/// PID namespace.
+///
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// let me = std::process::id() as i32;

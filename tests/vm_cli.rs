@@ -501,3 +501,153 @@ fn audit_finds_a_thread_spawned_inside_a_scope() {
         child.join().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------
+// hostile environments (issue 18): a seccomp refusal with the capability
+// held, and PID namespaces
+// ---------------------------------------------------------------------------
+
+#[path = "support/seccomp.rs"]
+mod seccomp;
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn probe_and_exec_blame_seccomp_when_eperm_comes_with_the_capability() {
+    require_vm();
+    for (errno, name) in [(libc::EPERM, "EPERM"), (libc::EACCES, "EACCES")] {
+        let (probe, strict) = seccomp::with_refused_prctl(errno, || {
+            let probe = tool().arg("probe").output().unwrap();
+            let strict = tool()
+                .args(["exec", "--strict", "--", "true"])
+                .output()
+                .unwrap();
+            (probe, strict)
+        });
+        let out = String::from_utf8_lossy(&probe.stdout);
+        println!("{name}:\n{out}");
+        assert_eq!(probe.status.code(), Some(1), "{probe:?}");
+        assert!(
+            out.contains("CAP_SYS_RESOURCE:   in the effective set"),
+            "{out}"
+        );
+        assert!(out.contains("user namespace:     initial"), "{out}");
+        assert!(
+            out.contains(&format!("PR_SET_IO_FLUSHER:  refused with {name} (")),
+            "{out}"
+        );
+        let fix = out.lines().find(|l| l.starts_with("fix:")).unwrap();
+        assert!(fix.contains("seccomp filter"), "{fix}");
+        assert!(
+            !fix.contains("needs CAP_SYS_RESOURCE in the initial user namespace; run"),
+            "{fix}"
+        );
+        if errno == libc::EPERM {
+            assert!(
+                fix.contains("although CAP_SYS_RESOURCE is in the effective set"),
+                "{fix}"
+            );
+        }
+        assert_eq!(strict.status.code(), Some(125), "{strict:?}");
+        let err = String::from_utf8_lossy(&strict.stderr);
+        assert!(
+            err.contains(&format!("{name} (")) && err.contains("seccomp filter"),
+            "{err}"
+        );
+    }
+    // Without the filter the same probe succeeds: the filter was the cause.
+    let o = tool().arg("probe").output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// Set when this test binary runs inside a PID namespace as the helper of
+/// the test below; the value says whether /proc is the namespace's own.
+const PIDNS_HELPER: &str = "RECLAIM_SCOPE_VM_PIDNS_HELPER";
+const PIDNS_TEST: &str = "exec_and_audit_in_a_pid_namespace_with_and_without_its_own_proc";
+
+fn pidns_helper(mode: &str) {
+    let me = std::process::id() as i32;
+    assert_eq!(me, 1, "not the first process of a new PID namespace");
+    let ns = reclaim_scope::proc_pid_namespace().unwrap();
+    println!("{mode}: {ns:?}");
+    if mode == "outer-proc" {
+        assert!(
+            matches!(ns, reclaim_scope::ProcPidNamespace::Ancestor { pid: 1, .. }),
+            "{ns:?}"
+        );
+    } else {
+        assert_eq!(ns, reclaim_scope::ProcPidNamespace::Own);
+    }
+    // Started by `reclaim-scope exec`: every own thread flagged, read
+    // through /proc/self with this namespace's tids.
+    let threads = reclaim_scope::threads_of(me).unwrap();
+    assert!(
+        threads.iter().any(|t| t.tid == current_tid()),
+        "{threads:?}"
+    );
+    for t in &threads {
+        assert!(t.flags.is_io_flusher(), "{t:?}");
+    }
+    on_fresh_thread(|| {
+        let tid = current_tid();
+        // The registry's tid (gettid) and the audit's must match: an
+        // inherited flag is unaccounted, a claiming IoFlusher accounts for it.
+        let a = audit().unwrap();
+        assert_eq!(a.verdict(tid), Some(Verdict::Unaccounted), "{a:#}");
+        let flusher = IoFlusher::try_enter().expect("the VM has CAP_SYS_RESOURCE");
+        let a = audit().unwrap();
+        assert_eq!(a.verdict(tid), Some(Verdict::Flusher), "{a:#}");
+        assert_eq!(a.pid(), 1);
+        set_thread_io_flusher(false).unwrap();
+        let a = audit().unwrap();
+        assert_eq!(a.verdict(tid), Some(Verdict::Missing), "{a:#}");
+        set_thread_io_flusher(true).unwrap();
+        drop(flusher);
+    });
+}
+
+#[test]
+#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+fn exec_and_audit_in_a_pid_namespace_with_and_without_its_own_proc() {
+    if let Some(mode) = std::env::var_os(PIDNS_HELPER) {
+        return pidns_helper(mode.to_str().unwrap());
+    }
+    require_vm();
+    let exe = std::env::current_exe().unwrap();
+    for (mode, extra) in [("outer-proc", None), ("own-proc", Some("--mount-proc"))] {
+        let o = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .args(extra)
+            .args(["reclaim-scope", "exec", "--strict", "--"])
+            .arg(&exe)
+            .args([
+                PIDNS_TEST,
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PIDNS_HELPER, mode)
+            .output()
+            .expect("run unshare");
+        let out = String::from_utf8_lossy(&o.stdout);
+        println!("{mode}:\n{out}");
+        assert!(o.status.success(), "{mode}: {o:?}");
+        assert!(out.contains("1 passed"), "{mode}: {out}");
+
+        // `status` inside the namespace says which namespace's pid it read.
+        let o = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .args(extra)
+            .args(["reclaim-scope", "status", "--json", "1"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{mode}: {o:?}");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let want = if mode == "outer-proc" {
+            "ancestor"
+        } else {
+            "own"
+        };
+        assert_eq!(v[0]["pid_namespace"], want, "{mode}: {v}");
+    }
+}
