@@ -846,6 +846,50 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn here(cap: bool, user_ns: u64, kernel: (u32, u32), seccomp: u32) -> Here {
+        Here {
+            release: format!("{}.{}.0", kernel.0, kernel.1),
+            kernel: Some(kernel),
+            cap_eff: Ok(if cap { 1 << CAP_SYS_RESOURCE } else { 0 }),
+            user_ns: Ok(user_ns),
+            seccomp: Some((seccomp, Some(u32::from(seccomp == 2)))),
+            lsm: None,
+        }
+    }
+
+    #[test]
+    fn refusals_are_diagnosed_by_errno_and_context() {
+        let init = PROC_USER_INIT_INO;
+        // The library's messages are right: no capability, old kernel.
+        assert_eq!(diagnose(libc::EPERM, &here(false, init, (6, 1), 0)), None);
+        assert_eq!(diagnose(libc::EINVAL, &here(true, init, (5, 4), 0)), None);
+        // No capability, but a filter too: both named.
+        let d = diagnose(libc::EPERM, &here(false, init, (6, 1), 2)).unwrap();
+        assert!(
+            d.contains("lacks") && d.contains("seccomp filter (1 installed"),
+            "{d}"
+        );
+        // Capability only in a user namespace (an identity uid_map or not).
+        let d = diagnose(libc::EPERM, &here(true, 4026532000, (6, 1), 0)).unwrap();
+        assert!(d.contains("only inside its own user namespace"), "{d}");
+        // Capability held where it counts: a filter or an LSM.
+        let d = diagnose(libc::EPERM, &here(true, init, (6, 1), 0)).unwrap();
+        assert!(
+            d.contains("although CAP_SYS_RESOURCE") && d.contains("an LSM"),
+            "{d}"
+        );
+        let d = diagnose(libc::ENOSYS, &here(false, init, (6, 1), 2)).unwrap();
+        assert!(d.contains("ENOSYS") && d.contains("seccomp filter"), "{d}");
+        let d = diagnose(libc::EACCES, &here(true, init, (6, 1), 0)).unwrap();
+        assert!(d.contains("EACCES") && d.contains("LSM"), "{d}");
+        let d = diagnose(libc::EINVAL, &here(true, init, (6, 1), 2)).unwrap();
+        assert!(d.contains("EINVAL although Linux 6.1.0 has it"), "{d}");
+        assert_eq!(
+            errno_text(libc::ENOSYS),
+            "ENOSYS (Function not implemented)"
+        );
+    }
+
     #[test]
     fn kernel_versions() {
         assert_eq!(kernel_version("6.1.0-13-cloud-amd64"), Some((6, 1)));
