@@ -49,7 +49,7 @@ impl RwFlags {
     /// `RWF_SYNC` (Linux 4.7): per-call `O_SYNC`.
     pub const SYNC: RwFlags = RwFlags(0x04);
     /// `RWF_NOWAIT` (Linux 4.14): do not block; a buffered read that would
-    /// wait for the disk fails with [`io::ErrorKind::WouldBlock`] (`EAGAIN`;
+    /// wait for the disk fails with [`io::ErrorKind::WouldBlock`](std::io::ErrorKind::WouldBlock) (`EAGAIN`;
     /// recent kernels start readahead first, and serve holes).
     pub const NOWAIT: RwFlags = RwFlags(0x08);
     /// `RWF_APPEND` (Linux 4.16): per-call `O_APPEND` (the offset is

@@ -38,10 +38,10 @@ use std::sync::atomic::AtomicU8;
 #[non_exhaustive]
 pub enum NoFsPolicy {
     /// Do the I/O anyway, unprotected; the first refusal is reported once
-    /// per process (like [`NoFsScope::enter`]).
+    /// per process (like [`NoFsScope::enter`](crate::NoFsScope::enter)).
     #[default]
     BestEffort,
-    /// Fail the call without doing any I/O (like [`NoFsScope::try_enter`]):
+    /// Fail the call without doing any I/O (like [`NoFsScope::try_enter`](crate::NoFsScope::try_enter)):
     /// the error has kind `PermissionDenied` or `Unsupported` and names the
     /// fix.
     Strict,
