@@ -100,12 +100,25 @@ impl fmt::Display for Error {
                 "{} is not supported: PR_SET_IO_FLUSHER exists only on Linux 5.6 or newer",
                 self.op
             ),
-            ErrorKind::Os => write!(
-                f,
-                "{} failed: {}",
-                self.op,
-                io::Error::from_raw_os_error(self.errno.unwrap_or(0))
-            ),
+            ErrorKind::Os => {
+                let errno = self.errno.unwrap_or(0);
+                write!(
+                    f,
+                    "{} failed: {}",
+                    self.op,
+                    io::Error::from_raw_os_error(errno)
+                )?;
+                if self.op.starts_with("prctl") {
+                    // PR_SET/GET_IO_FLUSHER answer only EPERM and EINVAL.
+                    write!(
+                        f,
+                        " (an errno the prctl itself never answers: a seccomp filter or a \
+                         Linux security module refused the call; allow prctl(57/58) in the \
+                         daemon's seccomp profile, e.g. systemd's SystemCallFilter=)"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -650,6 +650,13 @@ pub enum Support {
     NotPermitted,
     /// Linux older than 5.6, or not Linux.
     Unsupported,
+    /// The call was refused with another errno, which `PR_SET_IO_FLUSHER`
+    /// itself never answers: a seccomp filter (`ENOSYS`, `EACCES`, …) or a
+    /// Linux security module (`EACCES`) stands between the caller and the
+    /// prctl. (A seccomp filter or LSM answering `EPERM` looks like
+    /// [`NotPermitted`](Support::NotPermitted) here; `reclaim-scope probe`
+    /// tells the two apart from the capability set.)
+    Refused(i32),
 }
 
 impl Support {
@@ -670,6 +677,7 @@ impl Support {
             Support::Available => None,
             Support::NotPermitted => Some(Error::from_errno(OP_SET, sys::EPERM)),
             Support::Unsupported => Some(Error::from_errno(OP_SET, sys::EINVAL)),
+            Support::Refused(errno) => Some(Error::from_errno(OP_SET, errno)),
         }
     }
 }
@@ -680,6 +688,7 @@ impl fmt::Display for Support {
             Support::Available => "available",
             Support::NotPermitted => "not permitted (needs CAP_SYS_RESOURCE)",
             Support::Unsupported => "unsupported (needs Linux 5.6 or newer)",
+            Support::Refused(_) => "refused by a seccomp filter or a security module",
         })
     }
 }
@@ -710,7 +719,8 @@ pub fn support() -> Support {
             Support::Available
         }
         Err(e) if e == sys::EPERM && cfg!(target_os = "linux") => Support::NotPermitted,
-        Err(_) => Support::Unsupported,
+        Err(e) if e == sys::EINVAL || !cfg!(target_os = "linux") => Support::Unsupported,
+        Err(e) => Support::Refused(e),
     }
 }
 
@@ -967,6 +977,30 @@ pub(crate) mod tests {
                 .to_string()
                 .contains("CAP_SYS_RESOURCE"));
         });
+    }
+
+    /// A seccomp filter or LSM answering another errno is neither a missing
+    /// capability nor an old kernel, and the strict error says so.
+    #[test]
+    fn an_errno_the_prctl_never_answers_is_a_filter_not_an_old_kernel() {
+        for errno in [libc::ENOSYS, libc::EACCES] {
+            on_fake(FakeThread::new(Mode::Filtered(errno)), move || {
+                assert_eq!(support(), Support::Refused(errno));
+                assert!(!support().is_available());
+                let e = support().error().unwrap();
+                assert_eq!(
+                    (e.kind(), e.raw_os_error()),
+                    (crate::ErrorKind::Os, Some(errno))
+                );
+                let msg = e.to_string();
+                assert!(msg.contains("seccomp") && !msg.contains("5.6"), "{msg}");
+                assert!(!msg.contains("CAP_SYS_RESOURCE"), "{msg}");
+                let strict = NoFsScope::try_enter().unwrap_err();
+                assert_eq!(strict.raw_os_error(), Some(errno));
+                assert!(strict.to_string().contains("seccomp"), "{strict}");
+                assert!(!NoFsScope::enter().is_effective());
+            });
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub(crate) enum Mode {
     NotPermitted,
     /// Kernel < 5.6: SET and GET answer EINVAL.
     Old,
+    /// A seccomp filter or an LSM: SET and GET answer this errno.
+    Filtered(Errno),
 }
 
 /// The fake state of one thread.
@@ -81,6 +83,7 @@ fn refusal(mode: Mode) -> Option<Errno> {
         Mode::Permitted => None,
         Mode::NotPermitted => Some(EPERM),
         Mode::Old => Some(EINVAL),
+        Mode::Filtered(e) => Some(e),
     }
 }
 
