@@ -5,8 +5,9 @@
 //! FILE` and `qemu-nbd -k SOCK -f raw -t FILE`, each on a unix socket.
 //! Client: `qemu-img bench` (4 KiB requests, `-t none`, `-d 1` and `-d 16`,
 //! read and `-w` write). Every cell is measured `--rounds` times, rounds
-//! interleaved across servers so a load spike on this shared machine hits
-//! all servers alike; the table shows the median IOPS and the ratios.
+//! interleaved across servers (in an order rotating per round and cell) so
+//! a load spike on this shared machine hits all servers alike; the table
+//! shows the median IOPS and the ratios.
 //! Servers are killed and sockets removed when the command ends, also on
 //! error. No assertion: the numbers are for the README and the lead.
 
@@ -323,7 +324,13 @@ pub fn main(ws: &Workspace, args: &[String]) -> Result<()> {
     let mut results = vec![vec![Vec::new(); servers.len()]; cells.len()];
     for round in 1..=o.rounds {
         for (ci, &cell) in cells.iter().enumerate() {
-            for (si, s) in servers.iter().enumerate() {
+            // The order rotates per round and cell: whoever runs first in
+            // a cell (cold caches, a CPU still ramping up) is not always
+            // the same server.
+            let n = servers.len();
+            for k in 0..n {
+                let si = (k + round + ci) % n;
+                let s = &servers[si];
                 let iops = bench(s, cell, o.count)?;
                 println!(
                     "nbd-bench: round {round} {:<9} {:<26} {:>9.0} IOPS",
