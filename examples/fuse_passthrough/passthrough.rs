@@ -5,8 +5,9 @@
 //! the `*at()` calls relative to descriptors (or `/proc/self/fd/N`), each
 //! OPENDIR handle owns one directory stream ([`dirstream`]), and each
 //! creating request runs with the caller's fsuid/fsgid ([`creds`]). Every
-//! read, write, truncate, sync and allocation of file data goes through
-//! `NoFsFile`.
+//! read, write, truncate, sync, allocation, hole punch and SEEK_DATA/HOLE of
+//! file data goes through `NoFsFile`; the other fallocate modes,
+//! copy_file_range and fsyncdir run inside a `with_nofs` scope.
 //!
 //! The threads that read `/dev/fuse` and run these methods are the ones the
 //! kernel may wait on while it reclaims memory (dirty pages of this mount are
