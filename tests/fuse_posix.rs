@@ -457,3 +457,43 @@ fn a_busy_mount_is_detached_lazily() {
     wait_for("the session to end", || mounted.ended());
     mounted.join().unwrap();
 }
+
+/// Locks are kept by the kernel for the mount's users (FUSE_POSIX_LOCKS and
+/// FUSE_FLOCK_LOCKS are not requested): `flock` conflicts between two open
+/// files of the mount, is free again once released, and `/proc/locks`
+/// records it on the FUSE inode (not on the source file).
+#[test]
+fn locks_are_the_mounts_own() {
+    use nix::fcntl::{Flock, FlockArg};
+    require_mount();
+    let mut rig = Rig::new(2);
+    fs::write(rig.m("locked"), b"x").unwrap();
+    let a = Flock::lock(
+        fs::File::open(rig.m("locked")).unwrap(),
+        FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|(_, e)| e)
+    .unwrap();
+    let b = fs::File::open(rig.m("locked")).unwrap();
+    match Flock::lock(b, FlockArg::LockExclusiveNonblock) {
+        Err((_, e)) => assert_eq!(e, nix::errno::Errno::EWOULDBLOCK),
+        Ok(_) => panic!("a second exclusive flock on the mount was granted"),
+    }
+    drop(a);
+    let b = Flock::lock(
+        fs::File::open(rig.m("locked")).unwrap(),
+        FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|(_, e)| e)
+    .expect("free again after the first was dropped");
+    let ino = fs::metadata(rig.m("locked")).unwrap().ino();
+    let locks = fs::read_to_string("/proc/locks").unwrap();
+    assert!(
+        locks
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&format!(":{ino} "))),
+        "the kernel records the flock on the FUSE inode {ino}: {locks}"
+    );
+    drop(b);
+    rig.unmount();
+}
