@@ -103,6 +103,7 @@ pub use context::{Context, ContextGuard};
 pub use error::{Error, ErrorKind};
 pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
 pub use report::{degradation, set_degradation_hook};
+#[cfg(feature = "unstable-bench")]
 #[doc(hidden)]
 pub use scope::__bench;
 pub use scope::{

@@ -833,7 +833,11 @@ pub(crate) mod propagation {
     }
 }
 
-/// Hooks for the crate's own benchmarks; not part of the API.
+/// Hooks for the crate's own benchmarks, behind the explicitly unstable
+/// `unstable-bench` feature (as tokio's `test-util`): never enable it in a
+/// daemon — `assume_thread_flag(true)` makes guards report effective on a
+/// thread the kernel does not protect.
+#[cfg(feature = "unstable-bench")]
 #[doc(hidden)]
 pub mod __bench {
     use super::*;

@@ -76,7 +76,7 @@ Inside the guest: RECLAIM_SCOPE_VM=1; proc, sysfs, devtmpfs, tracefs
 
 /// The feature sets `xtask test` runs the host tests with, besides
 /// `--all-features`: none, and each feature of Cargo.toml alone.
-const FEATURE_MATRIX: &[&str] = &["", "cli", "tokio", "futures-core", "log"];
+const FEATURE_MATRIX: &[&str] = &["", "cli", "tokio", "futures-core", "log", "unstable-bench"];
 
 fn main() -> ExitCode {
     match real_main() {
