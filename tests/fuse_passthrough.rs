@@ -4,11 +4,11 @@
 //! mount, compared with the source directory; a `cp -a` of a small tree and
 //! `diff -r`. The file system runs in this process (best-effort guards: no
 //! capability needed) and is mounted with mount(2) on /dev/fuse, which needs
-//! root; without root or /dev/fuse the tests say so and pass vacuously.
+//! root; without root or /dev/fuse the tests fail with that reason.
 //!
 //! Every mount is undone by a drop guard (`umount -l` if the session did not
-//! unmount), also when a test panics; a watchdog unmounts and aborts the run
-//! if the workload hangs.
+//! unmount), also when a test panics; a watchdog aborts the FUSE connection,
+//! unmounts and aborts the run if the workload hangs (`fuse/rig.rs`).
 
 #[path = "../examples/fuse_passthrough/passthrough.rs"]
 mod passthrough;
