@@ -99,7 +99,7 @@ fn tool(name: &str) -> Command {
         .unwrap_or(false);
     let package = match name {
         "nbdinfo" | "nbdcopy" => "libnbd-bin",
-        "losetup" | "blockdev" => "util-linux",
+        "losetup" | "blockdev" | "prlimit" => "util-linux",
         "mount" | "umount" => "mount",
         _ => "qemu-utils",
     };
@@ -1242,9 +1242,23 @@ struct ChildServer {
 
 impl ChildServer {
     fn start(dir: &Path, backing: &Path, extra: &[&str]) -> ChildServer {
+        let bin = example_bin();
+        Self::start_with(bin.to_str().unwrap(), &[], dir, backing, extra)
+    }
+
+    /// The server run as `prog pre... nbd_server-args` (a wrapper such as
+    /// prlimit whose last argument is the server binary).
+    fn start_with(
+        prog: &str,
+        pre: &[&str],
+        dir: &Path,
+        backing: &Path,
+        extra: &[&str],
+    ) -> ChildServer {
         use std::io::BufRead;
         let sock = dir.join(format!("child-{}.sock", std::process::id()));
-        let mut child = Command::new(example_bin())
+        let mut child = Command::new(prog)
+            .args(pre)
             .arg("--file")
             .arg(backing)
             .arg("--unix")
@@ -1588,6 +1602,48 @@ fn acknowledged_durable_writes_survive_kill_9() {
         acked.len(),
         durable.len()
     );
+}
+
+#[test]
+fn file_size_limit_answers_enospc() {
+    // EFBIG from RLIMIT_FSIZE (util-linux's prlimit on the server): the
+    // write fails, the server lives on (SIGXFSZ caught) and says ENOSPC.
+    let dir = fresh_dir("efbig");
+    let backing = dir.join("disk.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let bin = example_bin();
+    let _ = tool("prlimit"); // says which package when it is missing
+    let srv = ChildServer::start_with(
+        "prlimit",
+        &["--fsize=8388608", bin.to_str().unwrap()],
+        &dir,
+        &backing,
+        &[],
+    );
+    let (_, out) = qemu_io_raw(
+        &srv.uri(),
+        &[
+            "write -P 0x31 0 1M".into(),
+            "write -P 0x32 10M 1M".into(), // beyond 8 MiB
+            "read -P 0x31 0 1M".into(),
+        ],
+    );
+    assert!(
+        out.contains("wrote 1048576/1048576 bytes at offset 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("write failed: No space left on device"),
+        "{out}"
+    );
+    assert!(
+        out.contains("read 1048576/1048576 bytes at offset 0"),
+        "{out}"
+    );
+    srv.wait_log("File too large", 1);
 }
 
 #[test]

@@ -115,6 +115,11 @@ fn main() -> ExitCode {
     };
     let export = Arc::new(export);
 
+    // A write beyond RLIMIT_FSIZE must fail with EFBIG (answered
+    // NBD_ENOSPC), not kill the server with SIGXFSZ's default action.
+    if let Err(e) = signal_hook::flag::register(libc::SIGXFSZ, Arc::default()) {
+        eprintln!("nbd-server: cannot catch SIGXFSZ: {e}");
+    }
     // Before any client is served: a SIGTERM from then on drains.
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
