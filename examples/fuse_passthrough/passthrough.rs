@@ -8,6 +8,9 @@
 //! read, write, truncate, sync, allocation, hole punch and SEEK_DATA/HOLE of
 //! file data goes through `NoFsFile`; the other fallocate modes,
 //! copy_file_range and fsyncdir run inside a `with_nofs` scope.
+//! Extended attributes go to the source through `/proc/self/fd/N` with the
+//! xattr crate (rustix for SETXATTR's flags); SETXATTR and REMOVEXATTR run
+//! with the caller's fsuid/fsgid.
 //!
 //! The threads that read `/dev/fuse` and run these methods are the ones the
 //! kernel may wait on while it reclaims memory (dirty pages of this mount are
@@ -59,6 +62,7 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
+use rustix::fs::XattrFlags;
 use reclaim_scope::{with_nofs, IoFlusher, NoFsFile, NoFsIoError};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -269,6 +273,33 @@ fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
 }
 
 /// Whether a directory entry name is `.` or `..`.
+/// The path the xattr calls take to an inode: `/proc/self/fd/N` of its
+/// `O_PATH` descriptor, *followed* (getxattr(2), the `_deref` calls of the
+/// xattr crate), as virtiofsd does. `f*xattr` on an `O_PATH` descriptor
+/// answers EBADF, and opening the file for them would block on a FIFO and
+/// fail on a symlink. Following the magic link lands on the file the
+/// descriptor holds and stops there, so for a symlink the calls act on the
+/// symlink itself, which is what the kernel asks (it follows a symlink
+/// itself before it sends a request for the target). The `l*xattr` calls
+/// (the crate's `get`/`set`/...) would act on the magic link, a procfs
+/// file (EOPNOTSUPP). The source's own rules then apply as on a local
+/// file system: `user.*` on a symlink or device is EPERM to set and
+/// ENODATA to read (the kernel already refuses both on the mount before
+/// it sends the request), `trusted.*` and `security.*` work.
+fn xattr_path(inode: &Inode) -> String {
+    inode.proc_path()
+}
+
+/// A GETXATTR/LISTXATTR answer: the size if the kernel asked with size 0,
+/// the bytes if they fit, else ERANGE.
+fn sized_reply(reply: ReplyXattr, data: &[u8], size: u32) {
+    match u32::try_from(data.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(data),
+        _ => reply.error(Errno::ERANGE),
+    }
+}
+
 fn is_dot(name: &OsStr) -> bool {
     name == "." || name == ".."
 }
@@ -1081,44 +1112,87 @@ impl Filesystem for Passthrough {
         }
     }
 
-    // Extended attributes need getxattr(2) and friends, for which nix 0.31
-    // has no wrapper, and the examples contain no `unsafe`. ENOSYS tells
-    // the kernel once; it then answers EOPNOTSUPP itself, as a local file
-    // system without xattr support does.
+    /// SETXATTR as the caller (like the creating requests), with the
+    /// kernel's `XATTR_CREATE`/`XATTR_REPLACE` passed to the source so it
+    /// answers EEXIST/ENODATA itself, atomically. Through the inode's
+    /// `/proc/self/fd/N` path, following it (see [`xattr_path`]).
     fn setxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
         self.serve_guard();
-        reply.error(Errno::ENOSYS);
+        let r = self.inode(ino).and_then(|i| {
+            // `position` is macOS's resource-fork offset; Linux sends 0.
+            if position != 0 {
+                return Err(Errno::EINVAL);
+            }
+            // Unknown bits go to the source, which answers EINVAL itself.
+            let flags = XattrFlags::from_bits_retain(flags as u32);
+            let _as = AsCaller::switch(req.uid(), req.gid())?;
+            rustix::fs::setxattr(xattr_path(&i).as_str(), name, value, flags)
+                .map_err(|e| Errno::from_i32(e.raw_os_error()))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    /// GETXATTR: `size` 0 asks for the value's size, a value longer than
+    /// `size` is ERANGE (the FUSE protocol, as getxattr(2) itself); a
+    /// missing attribute is the source's ENODATA.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.serve_guard();
-        reply.error(Errno::ENOSYS);
+        let r = self.inode(ino).and_then(|i| {
+            xattr::get_deref(xattr_path(&i), name)
+                .map_err(|e| io_errno(&e))?
+                .ok_or(Errno::ENODATA)
+        });
+        match r {
+            Ok(v) => sized_reply(reply, &v, size),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+    /// LISTXATTR: the names, each ended by a NUL, with GETXATTR's size
+    /// rules. The source lists only what the daemon may see (`trusted.*`
+    /// needs `CAP_SYS_ADMIN`, which the daemon has as root); the kernel
+    /// passes the list on unfiltered.
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.serve_guard();
-        reply.error(Errno::ENOSYS);
+        let r = self.inode(ino).and_then(|i| {
+            let names = xattr::list_deref(xattr_path(&i)).map_err(|e| io_errno(&e))?;
+            let mut list = Vec::new();
+            for n in names {
+                list.extend_from_slice(n.as_bytes());
+                list.push(0);
+            }
+            Ok(list)
+        });
+        match r {
+            Ok(list) => sized_reply(reply, &list, size),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    /// REMOVEXATTR as the caller, like SETXATTR; a missing attribute is
+    /// the source's ENODATA.
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
-        reply.error(Errno::ENOSYS);
+        let r = self.inode(ino).and_then(|i| {
+            let _as = AsCaller::switch(req.uid(), req.gid())?;
+            xattr::remove_deref(xattr_path(&i), name).map_err(|e| io_errno(&e))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     /// Only without `default_permissions` does the kernel send ACCESS; the
