@@ -3,7 +3,8 @@
 //! cases of the issue with their exact expected results, and the operations
 //! a file-handle passthrough adds (mknod/mkfifo, renameat2 flags, fallocate,
 //! SEEK_DATA/SEEK_HOLE, copy_file_range, READDIRPLUS, requests as the
-//! caller, lazy unmount of a busy mount). Needs root and /dev/fuse.
+//! caller, extended attributes, lazy unmount of a busy mount). Needs root
+//! and /dev/fuse.
 
 #[path = "../examples/fuse_passthrough/passthrough.rs"]
 mod passthrough;
@@ -495,5 +496,244 @@ fn locks_are_the_mounts_own() {
         "the kernel records the flock on the FUSE inode {ino}: {locks}"
     );
     drop(b);
+    rig.unmount();
+}
+
+/// The errno of a rustix call.
+fn rx<T>(r: rustix::io::Result<T>) -> Result<T, i32> {
+    r.map_err(|e| e.raw_os_error())
+}
+
+/// The errno of a std/xattr call.
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("must fail")
+        .raw_os_error()
+        .expect("an OS error")
+}
+
+/// The `user.*` names of a listing, sorted.
+fn user_names(names: xattr::XAttrs) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("user."))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn extended_attributes_pass_through_to_the_source() {
+    use rustix::fs::XattrFlags;
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.allow_other = true);
+    fs::write(rig.m("f"), b"x").unwrap();
+    fs::create_dir(rig.m("d")).unwrap();
+
+    // A source without user xattrs (tmpfs before 6.6, some mount options)
+    // must answer ENOTSUP through the mount too, both ways.
+    fs::write(rig.s("probe"), b"").unwrap();
+    if let Err(e) = xattr::set(rig.s("probe"), "user.probe", b"1") {
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{e}");
+        eprintln!("the source has no user xattrs: checking ENOTSUP through the mount");
+        assert_eq!(errno(xattr::set(rig.m("f"), "user.a", b"v")), libc::ENOTSUP);
+        assert_eq!(errno(xattr::get(rig.m("f"), "user.a")), libc::ENOTSUP);
+        rig.unmount();
+        return;
+    }
+
+    // Set through the mount, seen in the source; an empty value is a value.
+    xattr::set(rig.m("f"), "user.a", b"alpha").unwrap();
+    xattr::set(rig.m("f"), "user.empty", b"").unwrap();
+    xattr::set(rig.m("d"), "user.dir", b"D").unwrap();
+    assert_eq!(
+        xattr::get(rig.s("f"), "user.a").unwrap().as_deref(),
+        Some(&b"alpha"[..])
+    );
+    assert_eq!(
+        xattr::get(rig.s("f"), "user.empty").unwrap().as_deref(),
+        Some(&b""[..])
+    );
+    assert_eq!(
+        xattr::get(rig.s("d"), "user.dir").unwrap().as_deref(),
+        Some(&b"D"[..])
+    );
+    // Set in the source, seen through the mount.
+    xattr::set(rig.s("f"), "user.src", b"from the source").unwrap();
+    assert_eq!(
+        xattr::get(rig.m("f"), "user.src").unwrap().as_deref(),
+        Some(&b"from the source"[..])
+    );
+
+    // GETXATTR: size 0 asks the size, a short buffer is ERANGE, an exact
+    // one gets the bytes, a missing name is ENODATA.
+    let f = rig.m("f");
+    assert_eq!(rx(rustix::fs::getxattr_query(&f, "user.a")), Ok(5));
+    assert_eq!(rx(rustix::fs::getxattr_query(&f, "user.empty")), Ok(0));
+    let mut buf = [0u8; 5];
+    assert_eq!(
+        rx(rustix::fs::getxattr(&f, "user.a", &mut buf[..4])),
+        Err(libc::ERANGE)
+    );
+    assert_eq!(rx(rustix::fs::getxattr(&f, "user.a", &mut buf)), Ok(5));
+    assert_eq!(&buf, b"alpha");
+    assert_eq!(
+        rx(rustix::fs::getxattr(&f, "user.none", &mut buf)),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(xattr::get(&f, "user.none").unwrap(), None);
+
+    // LISTXATTR: the same names as the source, with the same size rules.
+    assert_eq!(
+        user_names(xattr::list(&f).unwrap()),
+        ["user.a", "user.empty", "user.src"]
+    );
+    assert_eq!(
+        user_names(xattr::list(&f).unwrap()),
+        user_names(xattr::list(rig.s("f")).unwrap())
+    );
+    assert_eq!(user_names(xattr::list(rig.m("d")).unwrap()), ["user.dir"]);
+    let full = rx(rustix::fs::listxattr_query(rig.s("f"))).unwrap();
+    assert_eq!(rx(rustix::fs::listxattr_query(&f)), Ok(full));
+    let mut list = vec![0u8; full];
+    assert_eq!(
+        rx(rustix::fs::listxattr(&f, &mut list[..full - 1])),
+        Err(libc::ERANGE)
+    );
+    assert_eq!(rx(rustix::fs::listxattr(&f, &mut list)), Ok(full));
+    let mut src_list = vec![0u8; full];
+    rustix::fs::listxattr(rig.s("f"), &mut src_list).unwrap();
+    assert_eq!(list, src_list, "the list is the source's, byte for byte");
+
+    // XATTR_CREATE / XATTR_REPLACE, answered by the source.
+    assert_eq!(
+        rx(rustix::fs::setxattr(
+            &f,
+            "user.a",
+            b"again",
+            XattrFlags::CREATE
+        )),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        rx(rustix::fs::setxattr(
+            &f,
+            "user.new",
+            b"n",
+            XattrFlags::REPLACE
+        )),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(xattr::get(rig.s("f"), "user.new").unwrap(), None);
+    rx(rustix::fs::setxattr(
+        &f,
+        "user.a",
+        b"replaced",
+        XattrFlags::REPLACE,
+    ))
+    .unwrap();
+    rx(rustix::fs::setxattr(
+        &f,
+        "user.new",
+        b"created",
+        XattrFlags::CREATE,
+    ))
+    .unwrap();
+    assert_eq!(
+        xattr::get(rig.s("f"), "user.a").unwrap().as_deref(),
+        Some(&b"replaced"[..])
+    );
+    assert_eq!(
+        xattr::get(rig.s("f"), "user.new").unwrap().as_deref(),
+        Some(&b"created"[..])
+    );
+
+    // A value the source cannot store gets the source's own errno.
+    let big = vec![b'v'; 60_000];
+    let src_err = errno(xattr::set(rig.s("probe"), "user.big", &big));
+    assert_eq!(errno(xattr::set(&f, "user.big", &big)), src_err);
+
+    // REMOVEXATTR: gone in the source; again is ENODATA.
+    xattr::remove(&f, "user.a").unwrap();
+    assert_eq!(xattr::get(rig.s("f"), "user.a").unwrap(), None);
+    assert_eq!(errno(xattr::remove(&f, "user.a")), libc::ENODATA);
+    assert_eq!(
+        user_names(xattr::list(&f).unwrap()),
+        ["user.empty", "user.new", "user.src"]
+    );
+
+    // An open file whose name is gone keeps its attributes (the inode's
+    // descriptor, not a path).
+    let open = fs::File::open(rig.m("d")).unwrap();
+    fs::remove_dir(rig.m("d")).unwrap();
+    use xattr::FileExt as _;
+    assert_eq!(
+        open.get_xattr("user.dir").unwrap().as_deref(),
+        Some(&b"D"[..])
+    );
+    open.set_xattr("user.late", b"L").unwrap();
+    assert_eq!(
+        open.get_xattr("user.late").unwrap().as_deref(),
+        Some(&b"L"[..])
+    );
+    drop(open);
+
+    // A symlink: the l*xattr calls act on the link itself. user.* is
+    // EPERM to set and ENODATA to read (as on any local file system);
+    // trusted.* (root) is stored on the link in the source, not on its
+    // target; the following calls reach the target.
+    std::os::unix::fs::symlink("f", rig.m("l")).unwrap();
+    assert_eq!(errno(xattr::set(rig.m("l"), "user.x", b"1")), libc::EPERM);
+    assert_eq!(
+        rx(rustix::fs::lgetxattr(
+            rig.m("l"),
+            "user.x",
+            &mut [0u8; 0][..]
+        )),
+        Err(libc::ENODATA)
+    );
+    xattr::set(rig.m("l"), "trusted.t", b"on the link").unwrap();
+    assert_eq!(
+        xattr::get(rig.s("l"), "trusted.t").unwrap().as_deref(),
+        Some(&b"on the link"[..])
+    );
+    assert_eq!(xattr::get(rig.s("f"), "trusted.t").unwrap(), None);
+    assert_eq!(
+        xattr::get(rig.m("l"), "trusted.t").unwrap().as_deref(),
+        Some(&b"on the link"[..])
+    );
+    assert_eq!(
+        xattr::get_deref(rig.m("l"), "user.src").unwrap().as_deref(),
+        Some(&b"from the source"[..])
+    );
+    xattr::set_deref(rig.m("l"), "user.via_link", b"t").unwrap();
+    assert_eq!(
+        xattr::get(rig.s("f"), "user.via_link").unwrap().as_deref(),
+        Some(&b"t"[..])
+    );
+    xattr::remove(rig.m("l"), "trusted.t").unwrap();
+    assert_eq!(xattr::get(rig.s("l"), "trusted.t").unwrap(), None);
+
+    // As another user: the kernel's and the source's permission checks.
+    fs::write(rig.m("theirs"), b"").unwrap();
+    xattr::set(rig.m("theirs"), "user.r", b"r").unwrap();
+    fs::set_permissions(rig.m("theirs"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(rig.m("mine"), b"").unwrap();
+    std::os::unix::fs::chown(rig.m("mine"), Some(4242), Some(4343)).unwrap();
+    fs::set_permissions(rig.m("mine"), fs::Permissions::from_mode(0o600)).unwrap();
+    {
+        let _as = As::user(4242, 4343);
+        assert_eq!(
+            errno(xattr::set(rig.m("theirs"), "user.u", b"1")),
+            libc::EACCES
+        );
+        xattr::set(rig.m("mine"), "user.u", b"mine").unwrap();
+        assert_eq!(errno(xattr::get(rig.m("theirs"), "user.r")), libc::EACCES);
+        xattr::remove(rig.m("mine"), "user.u").unwrap();
+        xattr::set(rig.m("mine"), "user.u", b"kept").unwrap();
+    }
+    assert_eq!(
+        xattr::get(rig.s("mine"), "user.u").unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
     rig.unmount();
 }
