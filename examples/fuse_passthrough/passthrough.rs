@@ -62,8 +62,8 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
-use rustix::fs::XattrFlags;
 use reclaim_scope::{with_nofs, IoFlusher, NoFsFile, NoFsIoError};
+use rustix::fs::XattrFlags;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
