@@ -60,6 +60,15 @@ fn fresh_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Removes a test's directory when the test ends (also on a panic).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Starts the example server in this process on a fresh backing file,
 /// listening on a unix socket and on an ephemeral loopback TCP port.
 fn serve() -> Served {
@@ -1078,6 +1087,7 @@ fn full_file_system_answers_enospc() {
 fn read_only_device_answers_eperm() {
     require_root();
     let dir = fresh_dir("eperm");
+    let _cleanup = Cleanup(dir.clone());
     let img = dir.join("lower.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -1136,6 +1146,7 @@ fn read_only_mount_is_served_read_only() {
 fn block_device_is_a_backing_store() {
     require_root();
     let dir = fresh_dir("blk");
+    let _cleanup = Cleanup(dir.clone());
     let img = dir.join("lower.img");
     let size: u64 = 32 << 20;
     std::fs::File::create(&img).unwrap().set_len(size).unwrap();
@@ -1368,6 +1379,7 @@ fn assert_closed_by_server(c: &mut UnixStream) {
 #[test]
 fn idle_handshakes_are_dropped_at_the_deadline() {
     let dir = fresh_dir("idle");
+    let _cleanup = Cleanup(dir.clone());
     let srv = ChildServer::start(
         &dir,
         &dir.join("disk.img"),
@@ -1429,6 +1441,7 @@ fn idle_handshakes_are_dropped_at_the_deadline() {
 #[test]
 fn limits_refuse_with_a_log_line_and_established_clients_are_served() {
     let dir = fresh_dir("limits");
+    let _cleanup = Cleanup(dir.clone());
     let srv = ChildServer::start(
         &dir,
         &dir.join("disk.img"),
@@ -1498,6 +1511,7 @@ fn limits_refuse_with_a_log_line_and_established_clients_are_served() {
 #[test]
 fn acknowledged_durable_writes_survive_kill_9() {
     let dir = fresh_dir("kill9");
+    let _cleanup = Cleanup(dir.clone());
     let backing = dir.join("disk.img");
     let srv = ChildServer::start(&dir, &backing, &["--size", "64M"]);
     // 4000 writes of 16 KiB; every 7th with FUA, a flush after every 10th.
@@ -1609,6 +1623,7 @@ fn file_size_limit_answers_enospc() {
     // EFBIG from RLIMIT_FSIZE (util-linux's prlimit on the server): the
     // write fails, the server lives on (SIGXFSZ caught) and says ENOSPC.
     let dir = fresh_dir("efbig");
+    let _cleanup = Cleanup(dir.clone());
     let backing = dir.join("disk.img");
     std::fs::File::create(&backing)
         .unwrap()
@@ -1649,6 +1664,7 @@ fn file_size_limit_answers_enospc() {
 #[test]
 fn sigterm_drains_the_request_in_flight() {
     let dir = fresh_dir("drain");
+    let _cleanup = Cleanup(dir.clone());
     let backing = dir.join("disk.img");
     let srv = ChildServer::start(&dir, &backing, &["--size", "16M"]);
     let mut busy = connect(&srv.sock);
