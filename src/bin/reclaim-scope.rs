@@ -15,11 +15,19 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[path = "reclaim-scope/watch.rs"]
+mod watch;
+
 /// Success: `status` read every pid, `probe` found the flag available.
 const EXIT_OK: u8 = 0;
 /// `status`: a pid does not exist or exited while it was read (the others
 /// are still reported). `probe`: the flag cannot be set here.
 const EXIT_FAILURE: u8 = 1;
+/// `watch`: tracefs is not mounted or not permitted (the message names the
+/// fix); nothing was watched.
+const EXIT_NO_TRACEFS: u8 = 3;
+/// `watch`: a pid does not exist, or tracefs failed in another way.
+const EXIT_WATCH_FAILED: u8 = 4;
 /// `exec --strict`: the kernel refused `PR_SET_IO_FLUSHER`; nothing was run.
 const EXIT_REFUSED: u8 = 125;
 /// `exec`: the command was found but could not be executed (not
@@ -36,6 +44,10 @@ Exit status:
        are still reported); probe: the flag cannot be set here; status, probe,
        --help: standard output could not be written
   2    usage error
+  watch: 0 nothing unsafe seen, 1 FS/IO-capable reclaim or a dirty-throttle
+       pause of a watched thread seen, 3 tracefs not mounted or not permitted,
+       4 a pid does not exist, tracefs failed otherwise, or standard output
+       could not be written
   125  exec --strict: the kernel refused PR_SET_IO_FLUSHER; nothing was run
   126  exec: the command was found but cannot be executed (not executable, a
        directory, or its #! interpreter or ELF dynamic loader is missing)
@@ -45,7 +57,8 @@ Exit status:
 Examples:
   reclaim-scope exec -- qemu-nbd -k /run/nbd.sock -f raw /srv/disk.img
   reclaim-scope status $(pidof qemu-nbd) --json
-  reclaim-scope probe";
+  reclaim-scope probe
+  reclaim-scope watch $(pidof qemu-nbd) --duration 60";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -122,6 +135,34 @@ enum Cmd {
     /// Show the kernel version, CAP_SYS_RESOURCE, whether the flag can be set here, and the fix
     #[command(after_help = EXIT_STATUS_HELP)]
     Probe,
+    /// Watch live processes: FS/IO-capable reclaim, page allocations, dirty-throttle pauses
+    #[command(
+        long_about = "Watch the threads of live processes through tracefs, read-only: reclaim \
+                      entries (vmscan direct and memcg reclaim) and how many could recurse into \
+                      FS/IO by their gfp flags, page allocations with __GFP_FS/__GFP_IO, \
+                      dirty-throttle pauses in balance_dirty_pages and their total, \
+                      vmscan throttling, and each thread's current NOIO/LOCAL_THROTTLE bits \
+                      from /proc. Threads created while watching are followed (set_event_pid \
+                      with event-fork). Uses its own trace instance \
+                      (<tracefs>/instances/reclaim-scope-watch-<pid>), never the global buffer, \
+                      and removes it on exit, SIGINT, SIGTERM and SIGHUP. Needs root. \
+                      Lost events are reported; with lost events the counts are a lower bound.\n\n\
+                      Ends after --duration, when every pid has exited, or on SIGINT/SIGTERM; \
+                      then prints a table (or one JSON object with --json). On a terminal a \
+                      progress line is updated every second on stderr (not with --json).",
+        after_help = EXIT_STATUS_HELP
+    )]
+    Watch {
+        /// Process ids
+        #[arg(value_name = "PID", required = true, value_parser = clap::value_parser!(i32).range(1..))]
+        pids: Vec<i32>,
+        /// Stop after this many seconds (default: until interrupted or every pid exits)
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        duration: Option<u64>,
+        /// Print the summary as JSON ({"seconds", "lost_events", "unsafe", "total", "threads": [...]})
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +185,11 @@ fn main() -> ExitCode {
         Cmd::Exec { strict, command } => exec(strict, command),
         Cmd::Status { pids, json } => status(&pids, json),
         Cmd::Probe => probe(),
+        Cmd::Watch {
+            pids,
+            duration,
+            json,
+        } => watch_cmd(pids, duration, json),
     };
     ExitCode::from(code)
 }
@@ -182,6 +228,66 @@ fn emit(out: &str) -> Result<(), u8> {
             }
             Err(EXIT_FAILURE)
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// watch
+// ---------------------------------------------------------------------------
+
+fn watch_cmd(pids: Vec<i32>, duration: Option<u64>, json: bool) -> u8 {
+    use std::io::IsTerminal as _;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            say!("reclaim-scope: cannot handle signal {sig}: {e}");
+            return EXIT_WATCH_FAILED;
+        }
+    }
+    let opts = watch::Options {
+        pids,
+        duration: duration.map(std::time::Duration::from_secs),
+        progress: !json && io::stderr().is_terminal(),
+    };
+    let outcome = match watch::watch(&opts, &stop) {
+        Ok(o) => o,
+        Err(watch::Failure::Tracefs(m)) => {
+            say!("reclaim-scope: {m}");
+            return EXIT_NO_TRACEFS;
+        }
+        Err(watch::Failure::Pid(m) | watch::Failure::Other(m)) => {
+            say!("reclaim-scope: {m}");
+            return EXIT_WATCH_FAILED;
+        }
+    };
+    for p in &outcome.notes.exited_pids {
+        say!("reclaim-scope: pid {p} exited while watched");
+    }
+    if outcome.tally.lost > 0 {
+        say!(
+            "reclaim-scope: {} trace events were lost: the counts are a lower bound",
+            outcome.tally.lost
+        );
+    }
+    let out = if json {
+        watch::json(&outcome.tally, &outcome.notes)
+    } else {
+        watch::table(&outcome.tally, &outcome.notes)
+    };
+    // Status 1 means "unsafe seen" here: a write error is a failure of its own.
+    if emit(&out).is_err() {
+        return EXIT_WATCH_FAILED;
+    }
+    if outcome.tally.unsafe_seen() {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
     }
 }
 
