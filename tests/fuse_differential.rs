@@ -10,10 +10,13 @@
 //! unlink (also of open files), mkdir/rmdir, readdir while the directory
 //! changes, chmod, chown and creation as another user, utimensat,
 //! fallocate (four modes), SEEK_DATA/SEEK_HOLE, symlink/readlink, mkfifo,
-//! fsync. Not compared: times other than those set explicitly, inode
-//! numbers, directory sizes and seek offsets in directories (each file
-//! system's own), and extended attributes (the passthrough has none: see
-//! its README section).
+//! fsync, extended attributes (set with `XATTR_CREATE`/`XATTR_REPLACE`, get
+//! and list with size queries and short buffers, remove; on links and
+//! through them, as another user). Not compared: times other than those set
+//! explicitly, inode numbers, directory sizes and seek offsets in
+//! directories (each file system's own), and the order of a listxattr
+//! answer (sorted before comparing). The final trees include every file's
+//! extended attributes.
 //!
 //! `FUSE_DIFF_SEED=<n>` replays a run, `FUSE_DIFF_OPS=<n>` sets its length
 //! (default 10000), `FUSE_DIFF_TRACE=1` prints each step; every failure
@@ -29,6 +32,7 @@ use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{lseek, setfsgid, setfsuid, Gid, Uid, Whence};
 use rig::{require_mount, Rig};
+use rustix::fs::XattrFlags;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
@@ -70,6 +74,36 @@ fn os<T>(r: std::io::Result<T>) -> Result<T, i32> {
 
 fn nx<T>(r: nix::Result<T>) -> Result<T, i32> {
     r.map_err(|e| e as i32)
+}
+
+fn rx<T>(r: rustix::io::Result<T>) -> Result<T, i32> {
+    r.map_err(|e| e.raw_os_error())
+}
+
+/// A listxattr(2) answer, its names sorted (each file system lists in its
+/// own order).
+fn xattr_list(buf: &[u8]) -> String {
+    let mut v: Vec<String> = buf
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    v.sort();
+    v.join(" ")
+}
+
+/// The extended attributes of a file itself (not a symlink's target):
+/// sorted names with a digest of each value.
+fn xattrs(p: &Path) -> String {
+    let names = xattr::list(p).unwrap();
+    let mut v: Vec<String> = names
+        .map(|n| {
+            let value = xattr::get(p, &n).unwrap().unwrap_or_default();
+            format!("{}={}", n.to_string_lossy(), digest(&value))
+        })
+        .collect();
+    v.sort();
+    v.join(",")
 }
 
 /// The calling thread as another user for file-system access (FUSE
@@ -216,9 +250,45 @@ enum Op {
     List {
         dir: String,
     },
+    /// `follow`: setxattr(2), else lsetxattr(2). `flags`: 0,
+    /// `XATTR_CREATE` or `XATTR_REPLACE`.
+    Setxattr {
+        path: String,
+        name: &'static str,
+        len: usize,
+        seed: u64,
+        flags: u32,
+        follow: bool,
+        as_user: bool,
+    },
+    /// `size` 0 asks the size; a short buffer is ERANGE.
+    Getxattr {
+        path: String,
+        name: &'static str,
+        size: usize,
+        follow: bool,
+        as_user: bool,
+    },
+    Listxattr {
+        path: String,
+        size: usize,
+        follow: bool,
+    },
+    Removexattr {
+        path: String,
+        name: &'static str,
+        follow: bool,
+        as_user: bool,
+    },
 }
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+/// Extended attribute names: `user.*` (regular files and directories
+/// only, write permission) and `trusted.*` (any file type, CAP_SYS_ADMIN).
+const XNAMES: [&str; 3] = ["user.a", "user.b", "trusted.t"];
+/// Buffer sizes: the size query, short ones, and exact fits of values (5,
+/// 40) and of lists (7: one `user.*` name, 14: two).
+const XSIZES: [usize; 8] = [0, 3, 5, 7, 14, 40, 64, 4096];
 const MODES: [u32; 8] = [0o644, 0o600, 0o755, 0o777, 0o2777, 0o1777, 0o4755, 0o000];
 const DIR_MODES: [u32; 5] = [0o755, 0o777, 0o700, 0o2777, 0o1777];
 
@@ -250,7 +320,7 @@ fn dir_path(rng: &mut Rng) -> String {
 fn draw(rng: &mut Rng, existing: &[String]) -> Op {
     let path = |rng: &mut Rng| path(rng, existing);
     let slot = rng.below(SLOTS as u64) as usize;
-    match rng.below(26) {
+    match rng.below(28) {
         0..=3 => Op::Open {
             path: path(rng),
             slot,
@@ -360,6 +430,39 @@ fn draw(rng: &mut Rng, existing: &[String]) -> Op {
             },
             _ => Op::List { dir: dir_path(rng) },
         },
+        25..=26 => {
+            let (path, name) = (path(rng), *rng.pick(&XNAMES));
+            let (follow, as_user) = (rng.chance(50), rng.chance(15));
+            match rng.below(7) {
+                0..=2 => Op::Setxattr {
+                    path,
+                    name,
+                    len: *rng.pick(&[0, 5, 40, 3000]),
+                    seed: rng.next(),
+                    flags: *rng.pick(&[0, libc::XATTR_CREATE as u32, libc::XATTR_REPLACE as u32]),
+                    follow,
+                    as_user,
+                },
+                3..=4 => Op::Getxattr {
+                    path,
+                    name,
+                    size: *rng.pick(&XSIZES),
+                    follow,
+                    as_user,
+                },
+                5 => Op::Listxattr {
+                    path,
+                    size: *rng.pick(&XSIZES),
+                    follow,
+                },
+                _ => Op::Removexattr {
+                    path,
+                    name,
+                    follow,
+                    as_user,
+                },
+            }
+        }
         _ => Op::ReaddirMutating {
             dir: dir_path(rng),
             after: rng.below(4) as usize,
@@ -616,6 +719,75 @@ impl Side {
             Op::ReaddirMutating { dir, after, create } => {
                 self.readdir_mutating(dir, *after, create)
             }
+            Op::Setxattr {
+                path,
+                name,
+                len,
+                seed,
+                flags,
+                follow,
+                as_user,
+            } => {
+                let _as = as_user.then(|| As::user(USER));
+                let (p, v) = (self.p(path), pattern(*seed, *len));
+                let flags = XattrFlags::from_bits_retain(*flags);
+                rx(if *follow {
+                    rustix::fs::setxattr(&p, *name, &v, flags)
+                } else {
+                    rustix::fs::lsetxattr(&p, *name, &v, flags)
+                })
+                .map(|_| String::new())
+            }
+            Op::Getxattr {
+                path,
+                name,
+                size,
+                follow,
+                as_user,
+            } => {
+                let _as = as_user.then(|| As::user(USER));
+                let p = self.p(path);
+                let mut buf = vec![0; *size];
+                let n = rx(match (*follow, *size) {
+                    (true, 0) => rustix::fs::getxattr_query(&p, *name),
+                    (false, 0) => rustix::fs::lgetxattr_query(&p, *name),
+                    (true, _) => rustix::fs::getxattr(&p, *name, &mut buf[..]),
+                    (false, _) => rustix::fs::lgetxattr(&p, *name, &mut buf[..]),
+                })?;
+                Ok(match size {
+                    0 => format!("size {n}"),
+                    _ => digest(&buf[..n]),
+                })
+            }
+            Op::Listxattr { path, size, follow } => {
+                let p = self.p(path);
+                let mut buf = vec![0; *size];
+                let n = rx(match (*follow, *size) {
+                    (true, 0) => rustix::fs::listxattr_query(&p),
+                    (false, 0) => rustix::fs::llistxattr_query(&p),
+                    (true, _) => rustix::fs::listxattr(&p, &mut buf[..]),
+                    (false, _) => rustix::fs::llistxattr(&p, &mut buf[..]),
+                })?;
+                Ok(match size {
+                    0 => format!("size {n}"),
+                    _ => xattr_list(&buf[..n]),
+                })
+            }
+            Op::Removexattr {
+                path,
+                name,
+                follow,
+                as_user,
+            } => {
+                let _as = as_user.then(|| As::user(USER));
+                let p = self.p(path);
+                os(if *follow {
+                    xattr::remove_deref(&p, name)
+                } else {
+                    xattr::remove(&p, name)
+                })
+                .map(|_| String::new())
+            }
         }
     }
 
@@ -706,7 +878,7 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
             }
             out.insert(
                 r.display().to_string(),
-                format!("{} {content}", describe(&m)),
+                format!("{} {content} xattrs [{}]", describe(&m), xattrs(&e.path())),
             );
         }
     }
@@ -835,6 +1007,10 @@ fn differential(configure: impl FnOnce(&mut passthrough::Passthrough), threads: 
         "Truncate",
         "Symlink",
         "Utimens",
+        "Setxattr",
+        "Getxattr",
+        "Listxattr",
+        "Removexattr",
     ] {
         let (n, err) = counts.get(op).copied().unwrap_or_default();
         assert!(
