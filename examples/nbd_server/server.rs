@@ -515,9 +515,7 @@ fn handshake<R: Read, W: Write>(
             w.flush()?;
             return protocol(format!("option {opt} of {len} bytes"));
         }
-        data.clear();
-        data.resize(len as usize, 0);
-        r.read_exact(&mut data)?;
+        r.read_exact(sized(&mut data, len as usize))?;
         if export.shutting_down() && opt != OPT_ABORT {
             option_reply(w, opt, REP_ERR_SHUTDOWN, b"server shutting down")?;
             w.flush()?;
@@ -779,8 +777,7 @@ fn transmission<R: Wire, W: Write>(
         let fua = req.flags & CMD_FLAG_FUA != 0;
         let res: Result<(), IoFail> = match req.cmd {
             CMD_READ => {
-                buf.resize(req.len as usize, 0);
-                match export.read_at(&mut buf, offset) {
+                match export.read_at(sized(&mut buf, req.len as usize), offset) {
                     Ok(()) if neg.structured && req.len == 0 => {
                         w.write_all(&chunk_header(
                             REPLY_FLAG_DONE,
@@ -810,8 +807,7 @@ fn transmission<R: Wire, W: Write>(
                 }
             }
             CMD_WRITE => {
-                buf.resize(req.len as usize, 0);
-                r.read_exact(&mut buf)?;
+                r.read_exact(sized(&mut buf, req.len as usize))?;
                 export.write_at(&buf, offset)
             }
             CMD_FLUSH => export.sync(),
@@ -862,6 +858,18 @@ fn transmission<R: Wire, W: Write>(
             }
         }
     }
+}
+
+/// `buf` as `len` bytes. Grown to exactly `len` when too small, the old
+/// allocation freed first: a doubling `Vec` would hold up to twice the
+/// largest payload, and old + new at once (found by fuzz/).
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.capacity() < len {
+        drop(std::mem::take(buf));
+        buf.reserve_exact(len);
+    }
+    buf.resize(len, 0);
+    buf
 }
 
 /// Reads and drops `len` bytes (a payload the server will not use).
