@@ -776,36 +776,34 @@ fn transmission<R: Wire, W: Write>(
         let (offset, len) = (req.offset, u64::from(req.len));
         let fua = req.flags & CMD_FLAG_FUA != 0;
         let res: Result<(), IoFail> = match req.cmd {
-            CMD_READ => {
-                match export.read_at(sized(&mut buf, req.len as usize), offset) {
-                    Ok(()) if neg.structured && req.len == 0 => {
-                        w.write_all(&chunk_header(
-                            REPLY_FLAG_DONE,
-                            REPLY_TYPE_NONE,
-                            req.cookie,
-                            0,
-                        ))?;
-                        continue;
-                    }
-                    Ok(()) if neg.structured => {
-                        w.write_all(&chunk_header(
-                            REPLY_FLAG_DONE,
-                            REPLY_TYPE_OFFSET_DATA,
-                            req.cookie,
-                            8 + req.len,
-                        ))?;
-                        w.write_all(&offset.to_be_bytes())?;
-                        w.write_all(&buf)?;
-                        continue;
-                    }
-                    Ok(()) => {
-                        w.write_all(&simple_reply(req.cookie, 0))?;
-                        w.write_all(&buf)?;
-                        continue;
-                    }
-                    Err(e) => Err(e),
+            CMD_READ => match export.read_at(sized(&mut buf, req.len as usize), offset) {
+                Ok(()) if neg.structured && req.len == 0 => {
+                    w.write_all(&chunk_header(
+                        REPLY_FLAG_DONE,
+                        REPLY_TYPE_NONE,
+                        req.cookie,
+                        0,
+                    ))?;
+                    continue;
                 }
-            }
+                Ok(()) if neg.structured => {
+                    w.write_all(&chunk_header(
+                        REPLY_FLAG_DONE,
+                        REPLY_TYPE_OFFSET_DATA,
+                        req.cookie,
+                        8 + req.len,
+                    ))?;
+                    w.write_all(&offset.to_be_bytes())?;
+                    w.write_all(&buf)?;
+                    continue;
+                }
+                Ok(()) => {
+                    w.write_all(&simple_reply(req.cookie, 0))?;
+                    w.write_all(&buf)?;
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
             CMD_WRITE => {
                 r.read_exact(sized(&mut buf, req.len as usize))?;
                 export.write_at(&buf, offset)
