@@ -47,6 +47,32 @@
 //!   feature gives every runtime thread a policy. [`audit`] finds the
 //!   threads whose kernel flag disagrees with the guards.
 //!
+//! # The two bits
+//!
+//! `PR_SET_IO_FLUSHER` sets two bits of the thread's `task_struct::flags`,
+//! and a daemon needs both:
+//!
+//! - `PF_MEMALLOC_NOIO` (0x0008_0000): every allocation of the thread is
+//!   `GFP_NOIO`, so reclaim it enters never writes back file systems or
+//!   issues block I/O — which could be I/O to the device the daemon serves
+//!   (the 2019 reclaim deadlock).
+//! - `PF_LOCAL_THROTTLE` (0x0010_0000, Linux 5.8): `balance_dirty_pages()`
+//!   measures the thread against the dirty pages of the device it writes
+//!   to, not the system's. Without it a daemon that writes into a backing
+//!   file is paused, up to 200 ms a call and again and again, for dirty
+//!   pages of the device it serves, which only it can clean: a throughput
+//!   collapse, or a hang. In the VM suite (`tests/vm_throttle.rs`, Debian
+//!   6.1) the single-threaded example NBD server without the flag sits in
+//!   `balance_dirty_pages` until the deadline; with [`IoFlusher`] it is
+//!   never throttled at all.
+//!
+//! [`NoFsScope`] and [`NoFsFile`] set both bits for the duration of a
+//! call: the `pwrite` that dirties page cache is covered, including its
+//! throttling. Between calls only a whole-thread guard ([`IoFlusher`], or
+//! `reclaim-scope exec`) covers the thread. [`ThreadFlags`] reads both
+//! bits of any thread; `reclaim-scope watch` shows, live, whether a
+//! daemon's threads enter FS/IO-capable reclaim or dirty-throttle pauses.
+//!
 //! # The capability
 //!
 //! Both `PR_SET_IO_FLUSHER` and `PR_GET_IO_FLUSHER` need `CAP_SYS_RESOURCE`
