@@ -737,3 +737,31 @@ fn extended_attributes_pass_through_to_the_source() {
     );
     rig.unmount();
 }
+
+/// `--no-xattr`: every xattr call answers EOPNOTSUPP, as on a file system
+/// without xattrs (the daemon's ENOSYS makes the kernel stop asking).
+#[test]
+fn without_xattrs_callers_get_eopnotsupp() {
+    require_mount();
+    let mut rig = Rig::with(1, |fs| fs.xattr = false);
+    fs::write(rig.m("f"), b"x").unwrap();
+    xattr::set(rig.s("f"), "user.src", b"1").unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            errno(xattr::set(rig.m("f"), "user.a", b"v")),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(errno(xattr::get(rig.m("f"), "user.src")), libc::EOPNOTSUPP);
+        assert_eq!(errno(xattr::list(rig.m("f"))), libc::EOPNOTSUPP);
+        assert_eq!(
+            errno(xattr::remove(rig.m("f"), "user.src")),
+            libc::EOPNOTSUPP
+        );
+    }
+    assert_eq!(xattr::get(rig.s("f"), "user.a").unwrap(), None);
+    assert_eq!(
+        xattr::get(rig.s("f"), "user.src").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    rig.unmount();
+}

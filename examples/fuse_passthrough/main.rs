@@ -55,6 +55,10 @@ struct Args {
     /// Plain READDIR only (no READDIRPLUS).
     #[arg(long)]
     no_readdirplus: bool,
+    /// No extended attributes (EOPNOTSUPP to callers): spares the
+    /// GETXATTR round trip the kernel makes before every cached write.
+    #[arg(long)]
+    no_xattr: bool,
     /// After a lazy unmount of a busy mount, serve the files still open
     /// there this many seconds before exiting (a second signal exits at
     /// once).
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
     fs.plain_io = protection == Protection::Unprotected;
     fs.allow_other = args.allow_other;
     fs.readdirplus = !args.no_readdirplus;
+    fs.xattr = !args.no_xattr;
     let stats = fs.stats();
     let mut mounted = match passthrough::mount(fs, &args.mountpoint, args.threads) {
         Ok(m) => m,

@@ -113,6 +113,15 @@ pub struct Passthrough {
     /// Mount with `allow_other`: other users may use the mount (their
     /// permissions are checked by the kernel, `default_permissions`).
     pub allow_other: bool,
+    /// Serve extended attributes (`--no-xattr` turns them off). With them
+    /// the kernel asks GETXATTR `security.capability` before every cached
+    /// write(2) (`file_remove_privs`: FUSE never marks an inode `S_NOSEC`),
+    /// one more round trip per write; without them the first xattr request
+    /// answers ENOSYS, the kernel stops asking and callers get
+    /// `EOPNOTSUPP`, as on a file system without xattrs. libfuse's
+    /// `passthrough_ll` (`-o xattr`) and virtiofsd (`--xattr`) make them
+    /// opt-in for this reason; here they are on, as issue 15 asks.
+    pub xattr: bool,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<NoFsFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirStream>>>>,
@@ -323,6 +332,7 @@ impl Passthrough {
             plain_io: false,
             readdirplus: true,
             allow_other: false,
+            xattr: true,
             inodes: Mutex::new(Inodes::new(root, &st, stats.clone())),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -544,6 +554,16 @@ impl Passthrough {
             op(&parent).map_err(sys)?;
         }
         self.lookup_child(&parent, name)
+    }
+
+    /// ENOSYS for every xattr request under `--no-xattr` (see
+    /// [`Passthrough::xattr`]).
+    fn xattrs_on(&self) -> Result<(), Errno> {
+        if self.xattr {
+            Ok(())
+        } else {
+            Err(Errno::ENOSYS)
+        }
     }
 
     /// `d_ino` for a READDIR entry: the ino of a file the kernel knows, else
@@ -1127,17 +1147,20 @@ impl Filesystem for Passthrough {
         reply: ReplyEmpty,
     ) {
         self.serve_guard();
-        let r = self.inode(ino).and_then(|i| {
-            // `position` is macOS's resource-fork offset; Linux sends 0.
-            if position != 0 {
-                return Err(Errno::EINVAL);
-            }
-            // Unknown bits go to the source, which answers EINVAL itself.
-            let flags = XattrFlags::from_bits_retain(flags as u32);
-            let _as = AsCaller::switch(req.uid(), req.gid())?;
-            rustix::fs::setxattr(xattr_path(&i).as_str(), name, value, flags)
-                .map_err(|e| Errno::from_i32(e.raw_os_error()))
-        });
+        let r = self
+            .xattrs_on()
+            .and_then(|()| self.inode(ino))
+            .and_then(|i| {
+                // `position` is macOS's resource-fork offset; Linux sends 0.
+                if position != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                // Unknown bits go to the source, which answers EINVAL itself.
+                let flags = XattrFlags::from_bits_retain(flags as u32);
+                let _as = AsCaller::switch(req.uid(), req.gid())?;
+                rustix::fs::setxattr(xattr_path(&i).as_str(), name, value, flags)
+                    .map_err(|e| Errno::from_i32(e.raw_os_error()))
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1149,11 +1172,14 @@ impl Filesystem for Passthrough {
     /// missing attribute is the source's ENODATA.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.serve_guard();
-        let r = self.inode(ino).and_then(|i| {
-            xattr::get_deref(xattr_path(&i), name)
-                .map_err(|e| io_errno(&e))?
-                .ok_or(Errno::ENODATA)
-        });
+        let r = self
+            .xattrs_on()
+            .and_then(|()| self.inode(ino))
+            .and_then(|i| {
+                xattr::get_deref(xattr_path(&i), name)
+                    .map_err(|e| io_errno(&e))?
+                    .ok_or(Errno::ENODATA)
+            });
         match r {
             Ok(v) => sized_reply(reply, &v, size),
             Err(e) => reply.error(e),
@@ -1166,15 +1192,18 @@ impl Filesystem for Passthrough {
     /// passes the list on unfiltered.
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.serve_guard();
-        let r = self.inode(ino).and_then(|i| {
-            let names = xattr::list_deref(xattr_path(&i)).map_err(|e| io_errno(&e))?;
-            let mut list = Vec::new();
-            for n in names {
-                list.extend_from_slice(n.as_bytes());
-                list.push(0);
-            }
-            Ok(list)
-        });
+        let r = self
+            .xattrs_on()
+            .and_then(|()| self.inode(ino))
+            .and_then(|i| {
+                let names = xattr::list_deref(xattr_path(&i)).map_err(|e| io_errno(&e))?;
+                let mut list = Vec::new();
+                for n in names {
+                    list.extend_from_slice(n.as_bytes());
+                    list.push(0);
+                }
+                Ok(list)
+            });
         match r {
             Ok(list) => sized_reply(reply, &list, size),
             Err(e) => reply.error(e),
@@ -1185,10 +1214,13 @@ impl Filesystem for Passthrough {
     /// the source's ENODATA.
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve_guard();
-        let r = self.inode(ino).and_then(|i| {
-            let _as = AsCaller::switch(req.uid(), req.gid())?;
-            xattr::remove_deref(xattr_path(&i), name).map_err(|e| io_errno(&e))
-        });
+        let r = self
+            .xattrs_on()
+            .and_then(|()| self.inode(ino))
+            .and_then(|i| {
+                let _as = AsCaller::switch(req.uid(), req.gid())?;
+                xattr::remove_deref(xattr_path(&i), name).map_err(|e| io_errno(&e))
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
