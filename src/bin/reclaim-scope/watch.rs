@@ -297,7 +297,8 @@ impl Tally {
             Some(Line::Lost(n)) => self.lost += n,
             Some(Line::Event { tid, comm, kind }) => {
                 let row = self.threads.entry(tid).or_default();
-                if row.comm.is_empty() {
+                // The latest name: a forked task execs and renames itself.
+                if row.comm != comm {
                     row.comm = comm;
                 }
                 let c = &mut row.counts;
@@ -696,8 +697,20 @@ pub fn parse_stats_lost(stats: &str) -> u64 {
         .sum()
 }
 
-/// Thread ids of a process; `None` when it is gone.
+/// Whether a `/proc/.../stat` line says the task is dead: a zombie
+/// (exited, not yet reaped by its parent) or dead.
+fn stat_is_dead(stat: &str) -> bool {
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|st| st == "Z" || st == "X")
+}
+
+/// Thread ids of a process; `None` when it is gone (or a zombie).
 fn tids_of(pid: i32) -> Option<Vec<i32>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if stat_is_dead(&stat) {
+        return None;
+    }
     let rd = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut v: Vec<i32> = rd
         .flatten()
@@ -775,11 +788,17 @@ fn refresh(
                 row.pid = tgid;
             }
         }
-        let alive = row.pid != 0 && Path::new(&format!("/proc/{}/task/{tid}", row.pid)).exists();
-        if !alive {
-            row.exited = true;
-        } else if let Some((f, _)) = read_flags(row.pid, *tid) {
-            row.flags = Some(f);
+        let stat = (row.pid != 0)
+            .then(|| fs::read_to_string(format!("/proc/{}/task/{tid}/stat", row.pid)).ok())
+            .flatten();
+        match stat {
+            Some(st) if !stat_is_dead(&st) => {
+                if let Some((f, comm)) = read_flags(row.pid, *tid) {
+                    row.flags = Some(f);
+                    row.comm = comm;
+                }
+            }
+            _ => row.exited = true,
         }
     }
     Ok(any)
@@ -791,6 +810,11 @@ pub fn watch(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Outcome, Failure>
     let mut notes = Notes::default();
     for &pid in &opts.pids {
         match fs::read_dir(format!("/proc/{pid}/task")) {
+            Ok(_) if tids_of(pid).is_none() => {
+                return Err(Failure::Pid(format!(
+                    "pid {pid} has exited (a zombie its parent has not reaped)"
+                )));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Failure::Pid(format!("pid {pid} does not exist")));
@@ -1019,6 +1043,23 @@ CPU:1 [LOST 3 EVENTS]
             }
         );
         assert_eq!(classify_gfp("GFP_NOWAIT|__GFP_NOWARN"), Gfp::default());
+    }
+
+    #[test]
+    fn zombies_count_as_exited() {
+        assert!(stat_is_dead("245 (sleep) Z 1 245 245 0 -1 4227084 0"));
+        assert!(stat_is_dead("245 (a) b) X 1"));
+        assert!(!stat_is_dead("245 (Z) S 1 245"));
+        assert!(!stat_is_dead("garbage"));
+    }
+
+    #[test]
+    fn a_task_renamed_by_exec_gets_its_new_name() {
+        let mut t = Tally::default();
+        t.feed("sh-248 [000] .... 1.0: mm_page_alloc: page=0 pfn=0x1 order=0 migratetype=0 gfp_flags=GFP_KERNEL");
+        t.feed("dd-248 [000] .... 1.1: mm_page_alloc: page=0 pfn=0x2 order=0 migratetype=0 gfp_flags=GFP_KERNEL");
+        assert_eq!(t.threads[&248].comm, "dd");
+        assert_eq!(t.threads[&248].counts.allocs, 2);
     }
 
     #[test]
