@@ -706,16 +706,20 @@ fn reply_error(
     }
 }
 
-fn precheck_message(req: &Request, error: u32) -> &'static str {
+fn precheck_message(req: &Request, neg: Negotiated, size: u64, error: u32) -> &'static str {
     match error {
         EPERM => "the export is read-only",
         EOVERFLOW => "request larger than the maximum payload (32 MiB)",
         ENOSPC => "write beyond the end of the export",
-        EINVAL if req.cmd == CMD_BLOCK_STATUS && req.len == 0 => "block status of 0 bytes",
-        EINVAL if req.cmd == CMD_BLOCK_STATUS && req.in_range(u64::MAX) => {
+        _ if req.flags & !allowed_flags(req.cmd, neg) != 0 => {
+            "unknown command, or a flag not valid for this command"
+        }
+        _ if req.cmd == CMD_BLOCK_STATUS && !neg.base_allocation => {
             "no metadata context selected (NBD_OPT_SET_META_CONTEXT base:allocation)"
         }
-        _ => "invalid request (unknown command, flag not valid for it, or beyond the end)",
+        _ if req.cmd == CMD_BLOCK_STATUS && req.len == 0 => "block status of 0 bytes",
+        _ if !req.in_range(size) => "request beyond the end of the export",
+        _ => "unknown command",
     }
 }
 
@@ -766,7 +770,7 @@ fn transmission<R: Wire, W: Write>(
             Some((ESHUTDOWN, "server shutting down"))
         } else {
             precheck(&req, neg, export.size, export.read_only)
-                .map(|e| (e, precheck_message(&req, e)))
+                .map(|e| (e, precheck_message(&req, neg, export.size, e)))
         };
         if let Some((error, msg)) = refusal {
             discard(r, u64::from(req.payload_len()))?;
