@@ -500,7 +500,7 @@ fn run_mode(mode: Mode) -> Run {
         run.proc_in_bdp,
         match run.secs {
             Some(s) => format!("dd + sync {s:.1} s"),
-            None => format!("HUNG: dd + sync not done after {DEADLINE_S} s"),
+            None => format!("dd + sync NOT DONE after {DEADLINE_S} s"),
         }
     ));
     if !run.evidence.is_empty() {
