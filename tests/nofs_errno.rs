@@ -664,3 +664,26 @@ fn seek_data_and_hole_map_a_sparse_file() {
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// On a device with 4096-byte logical blocks the kernel zeroes only whole
+/// 4 KiB blocks (`EINVAL` for a 512-aligned range): `zero_range_nofs`
+/// writes zeros for such a range instead, and uses the kernel's zero-out for
+/// aligned ones.
+#[test]
+fn zeroing_a_4kn_device_in_512_byte_pieces() {
+    let lo = Loop::with_sector_size(1 << 20, 4096);
+    let f = lo.open(true);
+    f.write_all_at_nofs(&[0x77u8; 16384], 0).unwrap();
+    f.zero_range_nofs(512, 1024).unwrap(); // 512-aligned, not 4096-aligned
+    f.zero_range_nofs(8192, 4096).unwrap(); // aligned: fallocate
+    f.sync_all_nofs().unwrap();
+    let direct = NoFsFile::open_direct(&lo.dev, OpenOptions::new().read(true)).unwrap();
+    let mut storage = vec![0u8; 16384 + 4096];
+    let start = storage.as_ptr().align_offset(4096);
+    let buf = &mut storage[start..start + 16384];
+    direct.read_exact_at_nofs(buf, 0).unwrap();
+    for (i, &b) in buf.iter().enumerate() {
+        let zero = (512..1536).contains(&i) || (8192..12288).contains(&i);
+        assert_eq!(b, if zero { 0 } else { 0x77 }, "device byte {i}");
+    }
+}

@@ -932,8 +932,9 @@ impl NoFsFile {
     ///    allocate the range (`fallocate` mode 0), as QEMU's file driver
     ///    does;
     /// 3. where either is unsupported too, or for a block-device range not
-    ///    aligned to 512 bytes: zeros written with `pwrite64`, 64 KiB at a
-    ///    time, from a static buffer (no allocation).
+    ///    aligned to the device's logical block size (`BLKSSZGET`: 512 or
+    ///    4096): zeros written with `pwrite64`, 64 KiB at a time, from a
+    ///    static buffer (no allocation).
     ///
     /// Each step that answered `EOPNOTSUPP` is remembered per file.
     ///
@@ -968,7 +969,12 @@ impl NoFsFile {
         if len == 0 {
             return Ok(());
         }
-        let unaligned_block = self.is_block_device() && (offset % 512 != 0 || len % 512 != 0);
+        // The kernel zeroes a device only in whole logical blocks (512 or
+        // 4096 bytes: EINVAL otherwise); other ranges are written as zeros.
+        let unaligned_block = self.is_block_device() && {
+            let lbs = u64::from(sio::blk_logical_block_size(&self.file).unwrap_or(4096));
+            offset % lbs != 0 || len % lbs != 0
+        };
         let mut mode = self.zero_mode.load(Ordering::Relaxed);
         if unaligned_block {
             mode = ZERO_WRITE;

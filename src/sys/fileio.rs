@@ -96,6 +96,11 @@ pub(crate) fn blk_size(f: &File) -> Result<u64, Errno> {
     os::blk_size(f)
 }
 
+/// `ioctl(BLKSSZGET)`: a block device's logical block size in bytes.
+pub(crate) fn blk_logical_block_size(f: &File) -> Result<u32, Errno> {
+    os::blk_logical_block_size(f)
+}
+
 /// `ioctl(BLKDISCARD)` of `offset..offset + len` of a block device.
 pub(crate) fn blk_discard(f: &File, offset: u64, len: u64) -> Result<(), Errno> {
     #[cfg(test)]
@@ -448,6 +453,8 @@ mod linux {
 
     /// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)` of `<linux/fs.h>`.
     const BLKGETSIZE64: u32 = ioc(IOC_READ, 0x12, 114, std::mem::size_of::<usize>());
+    /// `BLKSSZGET`: `_IO(0x12, 104)`, argument `int *`.
+    const BLKSSZGET: u32 = ioc(IOC_NONE, 0x12, 104, 0);
     /// `BLKDISCARD`: `_IO(0x12, 119)`, argument `uint64_t[2]` {start, len}.
     const BLKDISCARD: u32 = ioc(IOC_NONE, 0x12, 119, 0);
 
@@ -455,7 +462,17 @@ mod linux {
     const _: () = {
         assert!(BLKGETSIZE64 == 0x8008_1272);
         assert!(BLKDISCARD == 0x1277);
+        assert!(BLKSSZGET == 0x1268);
     };
+
+    pub(super) fn blk_logical_block_size(f: &File) -> Result<u32, Errno> {
+        let mut size: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer, which points
+        // at `size`, a live, exclusively borrowed c_int for the whole call.
+        // The descriptor is owned by `f`, which outlives the call.
+        cvt(unsafe { libc::ioctl(f.as_raw_fd(), BLKSSZGET as _, &mut size as *mut libc::c_int) })?;
+        Ok(size.max(512) as u32)
+    }
 
     pub(super) fn blk_size(f: &File) -> Result<u64, Errno> {
         let mut size: u64 = 0;
@@ -551,6 +568,10 @@ mod other {
     }
 
     pub(super) fn blk_discard(_: &File, _: u64, _: u64) -> Result<(), Errno> {
+        Err(ENOSYS)
+    }
+
+    pub(super) fn blk_logical_block_size(_: &File) -> Result<u32, Errno> {
         Err(ENOSYS)
     }
 

@@ -94,12 +94,27 @@ pub struct Loop {
 
 impl Loop {
     pub fn new(size: u64) -> Loop {
+        Loop::with_sector_size(size, 512)
+    }
+
+    /// A loop device with `sector` byte logical blocks (a "4Kn" disk with 4096).
+    pub fn with_sector_size(size: u64, sector: u32) -> Loop {
         require_root();
         let file = scratch("loop").join("backing");
         let f = fs::File::create(&file).unwrap();
         f.set_len(size).unwrap();
         drop(f);
-        let dev = run("losetup", &["-f", "--show", file.to_str().unwrap()]);
+        let sector = sector.to_string();
+        let dev = run(
+            "losetup",
+            &[
+                "-f",
+                "--show",
+                "--sector-size",
+                &sector,
+                file.to_str().unwrap(),
+            ],
+        );
         assert!(dev.starts_with("/dev/loop"), "losetup said {dev:?}");
         Loop { dev, file }
     }

@@ -192,8 +192,14 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         o.modules.push("fuse".into());
         // tests/vm_cli.rs runs an unmodified daemon under `reclaim-scope exec`.
         o.host_bins = vec!["qemu-nbd".into()];
-        // tests/nbd_server.rs (host): real NBD clients for the example server.
-        o.host_bins.extend(["qemu-io".into(), "qemu-img".into()]);
+        // tests/nbd_server.rs (host): real NBD clients for the example server,
+        // block status maps (libnbd-bin), loop devices and RLIMIT_FSIZE.
+        o.host_bins.extend(
+            [
+                "qemu-io", "qemu-img", "nbdinfo", "nbdcopy", "prlimit", "blockdev",
+            ]
+            .map(String::from),
+        );
         // tests/vm_nbd_seed.rs: brd → ext4 → nbd_server → kernel NBD → XFS,
         // with ~200 MiB on the ramdisk and a 16 MiB trace buffer per CPU.
         o.modules.extend(["nbd".into(), "xfs".into()]);

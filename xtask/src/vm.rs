@@ -136,7 +136,7 @@ fn package_of(bin: &str) -> Option<&'static str> {
         "fio" => "fio",
         "targetcli" => "targetcli-fb",
         "strace" => "strace",
-        "blkdiscard" | "blkzone" | "blockdev" => "util-linux",
+        "blkdiscard" | "blkzone" | "blockdev" | "prlimit" => "util-linux",
         "losetup" => "mount",
         "dmsetup" => "dmsetup",
         "nbdinfo" | "nbdcopy" | "nbdsh" => "libnbd-bin",
