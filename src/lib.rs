@@ -62,9 +62,9 @@
 //!   file is paused, up to 200 ms a call and again and again, for dirty
 //!   pages of the device it serves, which only it can clean: a throughput
 //!   collapse, or a hang. In the VM suite (`tests/vm_throttle.rs`, Debian
-//!   6.1) the example NBD server without the flag spends 46–54 s of a 60 s
-//!   run asleep in `balance_dirty_pages` and its client's `dd` + `sync`
-//!   does not finish; with [`IoFlusher`] it is never throttled and the
+//!   6.1) the example NBD server without the flag spends 41–54 s of a 60 s
+//!   run asleep in `balance_dirty_pages`, and its client's `dd` + `sync`
+//!   takes 56 s or more; with [`IoFlusher`] it is never throttled and the
 //!   same workload takes 9–18 s.
 //!
 //! [`NoFsScope`] and [`NoFsFile`] set both bits for the duration of a
