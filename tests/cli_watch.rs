@@ -81,8 +81,17 @@ fn tracefs_missing_or_not_permitted_is_status_3_with_the_fix() {
     }
     let _ = child.wait();
 
-    // Unprivileged (nobody): never a panic, status 3 either way.
-    let o = run(Command::new(BIN)
+    // Unprivileged (nobody): never a panic, status 3 either way. A fresh
+    // clone may live under a directory nobody cannot traverse (mktemp -d is
+    // 0700), so run a copy of the binary from a world-readable directory.
+    let dir = std::env::temp_dir().join(format!("rs-cli-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("reclaim-scope");
+    std::fs::copy(BIN, &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run(Command::new(&bin)
         .args(["watch", &std::process::id().to_string(), "--duration", "1"])
         .uid(65534)
         .gid(65534));
@@ -92,4 +101,5 @@ fn tracefs_missing_or_not_permitted_is_status_3_with_the_fix() {
         e.contains("as root") || e.contains("mount -t tracefs"),
         "{e}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
