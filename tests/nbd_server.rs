@@ -6,6 +6,9 @@
 #[path = "../examples/nbd_server/server.rs"]
 mod server;
 
+mod common;
+
+use common::scratch::require_root;
 use server::*;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -975,20 +978,6 @@ fn nbdinfo_map_and_qemu_img_map_see_holes_and_data() {
 }
 
 // ---- Backing-store errors, block devices: root (tmpfs mounts, loop devices) ----
-
-fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|u| u.split_whitespace().nth(1))
-        .unwrap();
-    assert_eq!(
-        euid, "0",
-        "this test mounts tmpfs or sets up loop devices: run the host tests as root \
-         (`cargo xtask test` in CI does)"
-    );
-}
 
 /// A tmpfs mounted for a test, lazily unmounted and removed on drop.
 struct Mount(PathBuf);

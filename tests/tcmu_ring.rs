@@ -20,6 +20,9 @@ mod ring;
 #[path = "../examples/tcmu_file/scsi.rs"]
 mod scsi;
 
+mod common;
+
+use common::scratch::{require_root, run};
 use reclaim_scope::NoFsFile;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -838,34 +841,6 @@ fn unmap_parameter_list_is_validated_before_anything_is_unmapped() {
         let zero = (4..6).contains(&lba);
         assert_eq!(blk(lba).iter().all(|&b| b == 0), zero, "LBA {lba}");
     }
-}
-
-/// Root, for the tests that mount tmpfs and attach loop devices.
-fn require_root() {
-    let root = fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    assert!(
-        root,
-        "mounting tmpfs and attaching loop devices needs root (the project's test machines \
-         are root): run the tests as root"
-    );
-}
-
-fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A tmpfs mounted for the test, unmounted on drop.
