@@ -565,7 +565,7 @@ fn exec_runs_the_command_when_its_warning_cannot_be_written() {
 }
 
 #[test]
-fn probe_status_and_help_fail_cleanly_on_an_unwritable_stdout() {
+fn probe_status_help_and_version_fail_cleanly_on_an_unwritable_stdout() {
     let full = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -578,6 +578,8 @@ fn probe_status_and_help_fail_cleanly_on_an_unwritable_stdout() {
         &["status", &pid],
         &["status", "--json", &pid],
         &["--help"],
+        &["--version"],
+        &["watch", "--help"],
     ] {
         let o = Command::new(BIN)
             .args(args)
@@ -587,13 +589,11 @@ fn probe_status_and_help_fail_cleanly_on_an_unwritable_stdout() {
             .unwrap();
         no_panic(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
-        if args[0] != "--help" {
-            let err = text(&o.stderr);
-            assert!(
-                err.contains("write error on standard output: No space left on device"),
-                "{args:?}: {err}"
-            );
-        }
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("write error on standard output: No space left on device"),
+            "{args:?}: {err}"
+        );
         // Both streams unwritable: the same status, no panic.
         let o = Command::new(BIN)
             .args(args)

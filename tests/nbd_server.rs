@@ -1685,3 +1685,28 @@ fn sigterm_drains_the_request_in_flight() {
     f.read_exact_at(&mut b, 1 << 20).unwrap();
     assert!(b.iter().all(|&x| x == 0x6b));
 }
+
+/// A mistyped device name is refused, never created as a file in devtmpfs;
+/// a character device is refused with what it is; a missing directory names
+/// the path once.
+#[test]
+fn backing_store_paths_that_are_not_files_or_disks_are_refused() {
+    let dev = PathBuf::from(format!("/dev/rs-no-such-disk-{}", std::process::id()));
+    let e = open_backing(&dev, 1 << 20, false).expect_err("a missing /dev path");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    assert!(e.to_string().contains("no such device"), "{e}");
+    assert!(!dev.exists(), "{} was created", dev.display());
+
+    let e = open_backing(Path::new("/dev/null"), 1 << 20, false).expect_err("a char device");
+    assert!(
+        e.to_string()
+            .contains("not a regular file or a block device"),
+        "{e}"
+    );
+
+    let missing = PathBuf::from(format!("/nonexistent-{}/disk.img", std::process::id()));
+    let e = open_backing(&missing, 1 << 20, false).expect_err("a missing directory");
+    let msg = e.to_string();
+    assert_eq!(msg.matches(missing.to_str().unwrap()).count(), 1, "{msg}");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{msg}");
+}

@@ -1196,17 +1196,37 @@ pub fn open_backing(
     size: u64,
     read_only: bool,
 ) -> io::Result<(NoFsFile, u64)> {
+    use std::os::unix::fs::FileTypeExt;
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(!read_only);
-    let is_blk = std::fs::metadata(path).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_block_device()
-    });
-    if !is_blk {
-        opts.create(!read_only);
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: not a regular file or a block device (a {:?})",
+                    path.display(),
+                    m.file_type()
+                ),
+            ));
+        }
+        Ok(_) => {}
+        // A mistyped device name must not become a file in devtmpfs.
+        Err(_) if path.starts_with("/dev") => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: no such device (a backing file is never created under /dev)",
+                    path.display()
+                ),
+            ));
+        }
+        Err(_) => {
+            opts.create(!read_only);
+        }
     }
-    let file = NoFsFile::open(path, &opts)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // The error names the path and keeps its kind.
+    let file = NoFsFile::open(path, &opts).map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
     let mut len = file.size_nofs()?;
     if file.is_block_device() {
         if len == 0 {

@@ -111,7 +111,7 @@ impl Target {
             Ok(())
         } else {
             Err(format!(
-                "{} missing: modprobe target_core_user tcm_loop, mount configfs, run as root",
+                "{} missing: run as root `modprobe -a target_core_user tcm_loop sd_mod` and `mount -t configfs none /sys/kernel/config`",
                 core.display()
             ))
         }

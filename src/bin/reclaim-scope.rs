@@ -175,10 +175,16 @@ fn main() -> ExitCode {
             // Usage errors go to stderr (status 2), --help and --version to
             // stdout (status 0, or 1 if they could not be written).
             let code = e.exit_code();
-            return match e.print() {
-                Err(_) if code == 0 => ExitCode::from(EXIT_FAILURE),
-                _ => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE)),
-            };
+            if code == 0 {
+                // --help / --version: through emit(), which says so on
+                // stderr when stdout cannot be written.
+                return match emit(&e.render().to_string()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(c) => ExitCode::from(c),
+                };
+            }
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE));
         }
     };
     let code = match cli.command {

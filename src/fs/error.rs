@@ -380,7 +380,10 @@ impl fmt::Display for NoFsIoError {
             write!(f, " {}", p.display())?;
         }
         if op == Op::WriteZeros {
-            write!(f, " of zeros (no fallocate mode could zero the range)")?;
+            write!(
+                f,
+                " of zeros (written because no fallocate mode applies to this file or range)"
+            )?;
         }
         if op.is_read() || op.is_write() || op.is_range() {
             write!(f, " of {} bytes at offset {}", self.len, self.offset)?;
@@ -466,7 +469,10 @@ impl NoFsIoError {
                 self.flags.describe_with_versions()
             )
         } else if errno == sio::EOPNOTSUPP && op.is_fallocate() {
-            write!(f, " (the file system does not support this fallocate mode)")
+            write!(
+                f,
+                " (the file system or device does not support this fallocate mode)"
+            )
         } else if errno == sys::EINVAL && (op.is_read() || op.is_write()) {
             write!(
                 f,
@@ -475,6 +481,11 @@ impl NoFsIoError {
             )
         } else if errno == sys::EINVAL && op == Op::OpenDirect {
             write!(f, " (this file system does not support O_DIRECT)")
+        } else if errno == sys::EINVAL && op == Op::Ftruncate {
+            write!(
+                f,
+                " (the descriptor is not open for writing, or the file is not a regular file)"
+            )
         } else if errno == sio::ENXIO && matches!(op, Op::SeekData | Op::SeekHole) {
             write!(f, " (the offset is at or beyond the end of the file)")
         } else if errno == sio::EFBIG && op.is_write() {

@@ -732,8 +732,10 @@ impl NoFsFile {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     ///
-    /// See [ioctl_blk(2)… `BLKGETSIZE64`](https://man7.org/linux/man-pages/man8/blockdev.8.html)
-    /// and [fstat(2)](https://man7.org/linux/man-pages/man2/fstat.2.html).
+    /// See [fstat(2)](https://man7.org/linux/man-pages/man2/fstat.2.html)
+    /// and `BLKGETSIZE64` in `<linux/fs.h>` (what
+    /// [blockdev(8)](https://man7.org/linux/man-pages/man8/blockdev.8.html)
+    /// `--getsize64` asks).
     #[doc(alias = "BLKGETSIZE64")]
     #[doc(alias = "len")]
     pub fn size_nofs(&self) -> Result<u64, NoFsIoError> {
@@ -942,9 +944,10 @@ impl NoFsFile {
     ///
     /// The errno of the step that failed for another reason: `ENOSPC`
     /// (e.g. when step 2's allocation fails: the range then reads as zeros
-    /// but is a hole), `EFBIG`, `EIO`, `EBADF`, `EINVAL` (a block-device
-    /// range beyond the device's end), …; step 3's error says how many
-    /// bytes were zeroed ([`NoFsIoError::bytes_done`]).
+    /// but is a hole), `EFBIG`, `EIO`, `EBADF`, …; step 3's error says how
+    /// many bytes were zeroed ([`NoFsIoError::bytes_done`]). A block-device
+    /// range that ends beyond the device fails with `InvalidInput` before
+    /// anything is written (no errno: no syscall was made).
     ///
     /// # Examples
     ///
@@ -975,6 +978,21 @@ impl NoFsFile {
             let lbs = u64::from(sio::blk_logical_block_size(&self.file).unwrap_or(4096));
             offset % lbs != 0 || len % lbs != 0
         };
+        if self.is_block_device() {
+            let size = self.size_nofs()?;
+            if offset.saturating_add(len) > size {
+                let why = format!(
+                    "the range ends beyond the end of {} ({size} bytes)",
+                    self.display_path()
+                );
+                return Err(NoFsIoError::new(
+                    Op::ZeroRange,
+                    offset,
+                    len,
+                    Cause::InvalidOwned(why.into()),
+                ));
+            }
+        }
         let mut mode = self.zero_mode.load(Ordering::Relaxed);
         if unaligned_block {
             mode = ZERO_WRITE;
@@ -1047,8 +1065,9 @@ impl NoFsFile {
     ///
     /// # Errors
     ///
-    /// `EINVAL` for an offset beyond `i64::MAX` (before any syscall) or
-    /// where the file does not support seeking, `ESPIPE`, `EBADF`.
+    /// An offset beyond `i64::MAX` fails with `InvalidInput` before any
+    /// syscall (no errno); the kernel answers `EINVAL` where the file does
+    /// not support `SEEK_DATA`, `ESPIPE` for a pipe, `EBADF`.
     ///
     /// # Examples
     ///
