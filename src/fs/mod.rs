@@ -112,9 +112,11 @@ fn open_error(op: Op, path: &Path, e: io::Error) -> NoFsIoError {
 ///
 /// # Errors
 ///
-/// Every error carries a [`NoFsIoError`] naming the syscall, offset, length,
-/// flags and bytes transferred. Offsets beyond `i64::MAX` (or an
-/// `offset + len` beyond it) fail with `InvalidInput` before any syscall.
+/// Every method returns a [`NoFsIoError`]: the errno of the failing syscall
+/// (`raw_os_error()`, kept when `?` converts it into `io::Error`) and the
+/// syscall, offset, length, flags and bytes transferred. Offsets beyond
+/// `i64::MAX` (or an `offset + len` beyond it) fail with `InvalidInput`
+/// before any syscall.
 ///
 /// # Example
 ///
@@ -740,11 +742,16 @@ impl NoFsFile {
     #[doc(alias = "len")]
     pub fn size_nofs(&self) -> Result<u64, NoFsIoError> {
         let _scope = self.enter(Op::Fstat, 0, 0, RwFlags::empty())?;
+        // A descriptor's file type never changes: once it is known to be a
+        // device, one ioctl answers (zeroing and seeking ask for every call).
+        if self.kind.load(Ordering::Relaxed) == KIND_BLOCK {
+            return sio::blk_size(&self.file)
+                .map_err(|e| os_error(Op::BlkGetSize64, 0, 0, RwFlags::empty(), e));
+        }
         let (kind, len) = sio::fstat_kind(&self.file)
             .map_err(|e| os_error(Op::Fstat, 0, 0, RwFlags::empty(), e))?;
-        self.remember_kind(kind);
-        match kind {
-            sio::FileKind::Block(..) => sio::blk_size(&self.file)
+        match self.remember_kind(kind) {
+            KIND_BLOCK => sio::blk_size(&self.file)
                 .map_err(|e| os_error(Op::BlkGetSize64, 0, 0, RwFlags::empty(), e)),
             _ => Ok(len),
         }
