@@ -342,7 +342,21 @@ fn several_clients_at_once() {
 // ---- A raw client that breaks the protocol on purpose ----
 
 fn connect(sock: &Path) -> UnixStream {
-    let c = UnixStream::connect(sock).unwrap();
+    // The evidence if it fails (seen once in a fresh-clone CI run: ENOENT
+    // right after the server said it was serving): what exists of the path.
+    let c = UnixStream::connect(sock).unwrap_or_else(|e| {
+        let dir = sock.parent().unwrap();
+        panic!(
+            "connect {}: {e}; socket exists: {}, its directory exists: {}, holds {:?}",
+            sock.display(),
+            sock.exists(),
+            dir.exists(),
+            std::fs::read_dir(dir).map(|d| d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>())
+        )
+    });
     c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
     c
