@@ -127,6 +127,146 @@ fn case_2_also_with_plain_readdir() {
     rig.unmount();
 }
 
+/// `(name, d_off)` of every entry from `dir`'s current position to its end,
+/// read with `getdents64` in small batches (many READDIR requests).
+fn cookies(dir: &fs::File) -> Vec<(String, u64)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut raw = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    let mut out = Vec::new();
+    while let Some(e) = raw.next() {
+        let e = e.unwrap();
+        out.push((
+            e.file_name().to_str().unwrap().to_owned(),
+            e.next_entry_cookie(),
+        ));
+    }
+    out
+}
+
+/// `lseek(2)` of a directory to a cookie: `seekdir(3)`.
+fn seekdir(dir: &fs::File, cookie: u64) {
+    let at = rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(cookie)).unwrap();
+    assert_eq!(at, cookie, "lseek answered another position");
+}
+
+fn open_dir(p: &std::path::Path) -> fs::File {
+    fs::File::open(p).unwrap()
+}
+
+/// telldir/seekdir through the mount: the position after each entry is the
+/// source's own `d_off` of that entry, and seeking to any of them (forward,
+/// back, 0) resumes there as on the source.
+fn seekdir_and_telldir(rig: &Rig) {
+    fs::create_dir(rig.s("d")).unwrap();
+    for i in 0..400 {
+        fs::write(rig.s(&format!("d/entry-{i:04}")), b"").unwrap();
+    }
+    let source = cookies(&open_dir(&rig.s("d")));
+    let d = open_dir(&rig.m("d"));
+    let mount = cookies(&d);
+    assert_eq!(source.len(), 402, "400 names, . and ..");
+    assert_eq!(mount, source, "the mount's (name, d_off) vs the source's");
+    for k in [0, 1, 57, 200, 399, 401] {
+        seekdir(&d, source[k].1);
+        assert_eq!(cookies(&d), source[k + 1..], "resumed after entry {k}");
+    }
+    seekdir(&d, 0);
+    assert_eq!(cookies(&d), source, "rewinddir");
+    // A fresh handle of the mount seeking straight to a cookie.
+    let e = open_dir(&rig.m("d"));
+    seekdir(&e, source[300].1);
+    assert_eq!(cookies(&e), source[301..]);
+    fs::remove_dir_all(rig.s("d")).unwrap();
+}
+
+#[test]
+fn seekdir_telldir_are_the_sources_cookies() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    seekdir_and_telldir(&rig);
+    rig.unmount();
+}
+
+#[test]
+fn seekdir_telldir_also_with_plain_readdir() {
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.readdirplus = false);
+    seekdir_and_telldir(&rig);
+    rig.unmount();
+}
+
+/// Resuming at an offset from an earlier READDIR after names were unlinked
+/// and created meanwhile (through the mount and in the source): every name
+/// that stays comes exactly once across the two halves, none twice.
+fn resume_after_mutation(rig: &Rig) {
+    fs::create_dir(rig.s("d")).unwrap();
+    for i in 0..1000 {
+        fs::write(rig.s(&format!("d/old-{i:04}")), b"").unwrap();
+    }
+    let d = open_dir(&rig.m("d"));
+    let all = cookies(&d);
+    assert_eq!(all.len(), 1002);
+    let cut = all[500].1;
+    let before: Vec<&str> = all[..=500].iter().map(|(n, _)| n.as_str()).collect();
+    // Unlink every third name (on both sides of the cut, half of them
+    // through the mount), create new ones.
+    let mut gone = std::collections::HashSet::new();
+    for (i, (name, _)) in all.iter().enumerate() {
+        if name.starts_with("old-") && i % 3 == 0 {
+            let side = if i % 2 == 0 { rig.m("d") } else { rig.s("d") };
+            fs::remove_file(side.join(name)).unwrap();
+            gone.insert(name.clone());
+        }
+    }
+    for i in 0..300 {
+        let side = if i % 2 == 0 { rig.m("d") } else { rig.s("d") };
+        fs::write(side.join(format!("new-{i:04}")), b"").unwrap();
+    }
+    // The same handle, seeked back to the old cookie (the stream stands
+    // elsewhere), and a fresh one seeked to it.
+    for d in [d, open_dir(&rig.m("d"))] {
+        seekdir(&d, cut);
+        let after = cookies(&d);
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &after {
+            assert!(seen.insert(name.clone()), "{name} twice after the cut");
+            if name.starts_with("old-") {
+                assert!(!before.contains(&name.as_str()), "{name} repeated");
+            }
+        }
+        let stayed: Vec<&String> = all[501..]
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| !gone.contains(*n))
+            .collect();
+        for n in &stayed {
+            assert!(seen.contains(*n), "{n} skipped");
+        }
+        assert_eq!(
+            after.iter().filter(|(n, _)| n.starts_with("old-")).count(),
+            stayed.len(),
+            "old names after the cut"
+        );
+    }
+    fs::remove_dir_all(rig.s("d")).unwrap();
+}
+
+#[test]
+fn resuming_at_an_old_offset_after_unlinks_and_creations() {
+    require_mount();
+    let mut rig = Rig::new(2);
+    resume_after_mutation(&rig);
+    rig.unmount();
+}
+
+#[test]
+fn resuming_at_an_old_offset_also_with_plain_readdir() {
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.readdirplus = false);
+    resume_after_mutation(&rig);
+    rig.unmount();
+}
+
 /// Issue 15's third case: appends through the mount interleaved with
 /// appends in the source: A (mount), B (source), C (mount), D (source),
 /// E (mount), 10 bytes each.

@@ -1,117 +1,145 @@
-//! One open directory stream per OPENDIR handle, read forward across
-//! READDIR requests.
+//! One open directory stream per OPENDIR handle, addressed by the source's
+//! own `d_off` cookies.
 //!
 //! POSIX `readdir(3)` on one open stream returns every name that stays in
 //! the directory during the traversal exactly once, whatever is created or
 //! unlinked meanwhile: the source file system keeps the position (ext4's
-//! hash cookie, tmpfs's cursor), not a list. A FUSE daemon that re-reads and
-//! re-sorts the directory on every READDIR loses that guarantee (a program
-//! unlinking as it reads skips names), so each handle owns one stream,
-//! opened at OPENDIR and closed at RELEASEDIR.
+//! hash cookie, tmpfs's stable offsets), not a list. A FUSE daemon that
+//! re-reads and re-sorts the directory on every READDIR loses that
+//! guarantee (a program unlinking as it reads skips names), so each handle
+//! owns one descriptor of the directory, opened at OPENDIR and closed at
+//! RELEASEDIR, read with `getdents64(2)` (rustix's `RawDir`).
 //!
-//! The offset of each entry is its position in this handle's stream
-//! (1 after the first entry, 2 after the second, ...). The kernel asks for
-//! the offset of the last entry it passed on; it may ask again for entries
-//! it fetched but could not fit in the caller's buffer, so the entries of
-//! the last reply are kept until a later offset shows they were consumed.
-//! A `seekdir(3)` back to an older position (or `rewinddir(3)`: offset 0)
-//! reopens the stream and reads forward to it.
-//!
-//! Why not the source's own `d_off` cookies: seeking a stream to one
-//! (`seekdir`, `lseek` on the directory, or `getdents64` with the cookies)
-//! has no safe wrapper in `nix` 0.31 (its `Dir` neither exposes `d_off` nor
-//! seeks), and the examples contain no `unsafe`. Sequential reading, the
-//! case that matters, is exact either way; only a jump back to an old
-//! position inside a directory changed since behaves like
-//! `rewinddir` + skip, where cookies would resume exactly.
+//! The offset of each entry sent to the kernel is the source's own `d_off`
+//! of that entry (the cookie of the position after it), as in libfuse's
+//! `passthrough_hp` and virtiofsd: the kernel hands it back as the file
+//! position of the directory on the mount, so `telldir(3)` there answers
+//! the source's cookie and `seekdir(3)` to it resumes exactly where the
+//! source resumes. A READDIR at the offset where the stream stands goes on
+//! reading; any other offset (the kernel asking again for entries that did
+//! not fit in the caller's buffer, a `seekdir`, `rewinddir`: offset 0) is
+//! an `lseek(2)` of the descriptor to that cookie first.
 
-use nix::dir::{Dir, Entry, OwningIter};
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::Mode;
+use rustix::fs::{FileType, RawDir};
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
+use std::ffi::OsStr;
+use rustix::fs::SeekFrom;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
-pub struct DirStream {
-    iter: OwningIter,
-    /// Index of the next entry `iter` yields.
-    next: u64,
-    /// Entries already read from `iter`, from index `next - window.len()`:
-    /// sent in the last reply but maybe not consumed by the kernel.
-    window: VecDeque<Entry>,
+/// Bytes asked of `getdents64` per refill (about 200 entries of short
+/// names; a longer name than fits would be EINVAL, so it is more than one
+/// `linux_dirent64` with a 255-byte name).
+const BUF: usize = 32 << 10;
+
+/// One entry read from the source.
+pub struct Entry {
+    name: Box<[u8]>,
+    ino: u64,
+    kind: FileType,
+    /// The source's `d_off`: where the stream stands after this entry.
+    off: u64,
 }
 
-/// Opens `dir` (an `O_PATH` descriptor of a directory) for reading.
-fn open_stream(dir: impl AsFd) -> nix::Result<OwningIter> {
-    let fd = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    Ok(Dir::from_fd(fd)?.into_iter())
+impl Entry {
+    pub fn name(&self) -> &OsStr {
+        OsStr::from_bytes(&self.name)
+    }
+
+    /// The source's `d_ino`.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// The source's `d_type`; `FileType::Unknown` for `DT_UNKNOWN`.
+    pub fn kind(&self) -> FileType {
+        self.kind
+    }
+
+    /// The source's `d_off`.
+    pub fn offset(&self) -> u64 {
+        self.off
+    }
+}
+
+pub struct DirStream {
+    fd: OwnedFd,
+    /// Entries read from `fd` and not yet passed to the kernel.
+    pending: VecDeque<Entry>,
+    /// The cookie of the position before the first pending entry (after
+    /// the last one passed on); 0 at the start.
+    at: u64,
+    buf: Vec<u8>,
 }
 
 impl DirStream {
-    pub fn open(dir: impl AsFd) -> nix::Result<DirStream> {
+    /// Opens `dir` (an `O_PATH` descriptor of a directory) for reading: a
+    /// descriptor of its own, so its position is this handle's alone.
+    pub fn open(dir: impl AsFd) -> rustix::io::Result<DirStream> {
+        use rustix::fs::{openat, Mode, OFlags};
+        let fd = openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(DirStream {
-            iter: open_stream(dir)?,
-            next: 0,
-            window: VecDeque::new(),
+            fd,
+            pending: VecDeque::new(),
+            at: 0,
+            buf: Vec::new(),
         })
     }
 
-    /// Index of the first entry in the window.
-    fn base(&self) -> u64 {
-        self.next - self.window.len() as u64
+    /// One `getdents64` into `pending`; false at the end of the directory.
+    fn fill(&mut self) -> rustix::io::Result<bool> {
+        if self.buf.capacity() < BUF {
+            self.buf = Vec::with_capacity(BUF);
+        }
+        let mut dir = RawDir::new(self.fd.as_fd(), self.buf.spare_capacity_mut());
+        let mut any = false;
+        // Every entry of the one getdents64 call: the descriptor's position
+        // is already past all of them.
+        while let Some(e) = dir.next() {
+            let e = e?;
+            any = true;
+            self.pending.push_back(Entry {
+                name: e.file_name().to_bytes().into(),
+                ino: e.ino(),
+                kind: e.file_type(),
+                off: e.next_entry_cookie(),
+            });
+            if dir.is_buffer_empty() {
+                break;
+            }
+        }
+        Ok(any)
     }
 
-    /// Entries from position `offset` on: `add(next_offset, entry)` is
-    /// called for each until it answers `true` (the reply is full; that
-    /// entry stays for the next request) or the stream ends. `dir` reopens
-    /// the stream when `offset` lies before what is kept.
+    /// Entries from cookie `offset` on: `add(entry)` is called for each
+    /// until it answers `true` (the reply is full; that entry stays for the
+    /// next request) or the directory ends.
     pub fn read_from(
         &mut self,
-        dir: impl AsFd,
         offset: u64,
-        mut add: impl FnMut(u64, &Entry) -> bool,
-    ) -> nix::Result<()> {
-        if offset < self.base() {
-            // seekdir back / rewinddir: read forward from a fresh stream.
-            self.iter = open_stream(dir)?;
-            self.next = 0;
-            self.window.clear();
+        mut add: impl FnMut(&Entry) -> bool,
+    ) -> rustix::io::Result<()> {
+        if offset != self.at {
+            rustix::fs::seek(&self.fd, SeekFrom::Start(offset))?;
+            self.pending.clear();
+            self.at = offset;
         }
-        // Entries before `offset` were consumed by the kernel.
-        while self.base() < offset && !self.window.is_empty() {
-            self.window.pop_front();
-        }
-        while self.next < offset {
-            match self.iter.next() {
-                Some(e) => {
-                    e?;
-                    self.next += 1;
+        loop {
+            if self.pending.is_empty() && !self.fill()? {
+                return Ok(());
+            }
+            while let Some(e) = self.pending.front() {
+                if add(e) {
+                    return Ok(());
                 }
-                None => return Ok(()),
+                self.at = e.off;
+                self.pending.pop_front();
             }
         }
-        // Now base() == offset: the window, then the stream.
-        let mut pos = offset;
-        for e in &self.window {
-            pos += 1;
-            if add(pos, e) {
-                return Ok(());
-            }
-        }
-        for e in self.iter.by_ref() {
-            let e = e?;
-            self.next += 1;
-            pos += 1;
-            let full = add(pos, &e);
-            self.window.push_back(e);
-            if full {
-                return Ok(());
-            }
-        }
-        Ok(())
     }
 }

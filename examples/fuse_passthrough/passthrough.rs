@@ -139,6 +139,11 @@ fn sys(e: nix::errno::Errno) -> Errno {
     Errno::from_i32(e as i32)
 }
 
+/// The FUSE errno of a failed rustix call: the source's own.
+fn rsys(e: rustix::io::Errno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
 /// The FUSE errno of an I/O error: its OS error, or one that says the same
 /// for the few errors made without one.
 pub fn io_errno(e: &io::Error) -> Errno {
@@ -175,17 +180,19 @@ fn file_type(kind: SFlag) -> FileType {
     }
 }
 
-fn dirent_type(t: nix::dir::Type) -> FileType {
-    use nix::dir::Type;
-    match t {
-        Type::Directory => FileType::Directory,
-        Type::Symlink => FileType::Symlink,
-        Type::Fifo => FileType::NamedPipe,
-        Type::CharacterDevice => FileType::CharDevice,
-        Type::BlockDevice => FileType::BlockDevice,
-        Type::Socket => FileType::Socket,
-        Type::File => FileType::RegularFile,
-    }
+/// A `d_type`; `None` for `DT_UNKNOWN`.
+fn dirent_type(t: rustix::fs::FileType) -> Option<FileType> {
+    use rustix::fs::FileType as T;
+    Some(match t {
+        T::Directory => FileType::Directory,
+        T::Symlink => FileType::Symlink,
+        T::Fifo => FileType::NamedPipe,
+        T::CharacterDevice => FileType::CharDevice,
+        T::BlockDevice => FileType::BlockDevice,
+        T::Socket => FileType::Socket,
+        T::RegularFile => FileType::RegularFile,
+        _ => return None,
+    })
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -956,7 +963,7 @@ impl Filesystem for Passthrough {
         self.serve_guard();
         match self
             .inode(ino)
-            .and_then(|i| DirStream::open(&i.fd).map_err(sys))
+            .and_then(|i| DirStream::open(&i.fd).map_err(rsys))
         {
             Ok(d) => {
                 let fh = self.new_fh();
@@ -986,16 +993,16 @@ impl Filesystem for Passthrough {
         let mut stream = stream.lock().expect("dir stream");
         let table = self.table();
         let mut added = 0;
-        let r = stream.read_from(&inode.fd, offset, |next, e| {
-            let name = OsStr::from_bytes(e.file_name().to_bytes());
-            let kind = match e.file_type() {
-                Some(t) => dirent_type(t),
+        let r = stream.read_from(offset, |e| {
+            let name = e.name();
+            let kind = match dirent_type(e.kind()) {
+                Some(t) => t,
                 // DT_UNKNOWN: ask the source.
                 None => fstatat(&inode.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_or(FileType::RegularFile, |st| file_type(inodes::kind_of(&st))),
             };
             let d_ino = self.d_ino(&table, ino, &inode, name, e.ino());
-            let full = reply.add(INodeNo(d_ino), next, kind, name);
+            let full = reply.add(INodeNo(d_ino), e.offset(), kind, name);
             if !full {
                 added += 1;
             }
@@ -1003,7 +1010,7 @@ impl Filesystem for Passthrough {
         });
         drop(table);
         match r {
-            Err(e) if added == 0 => reply.error(sys(e)),
+            Err(e) if added == 0 => reply.error(rsys(e)),
             _ => reply.ok(),
         }
     }
@@ -1027,8 +1034,8 @@ impl Filesystem for Passthrough {
         let mut stream = stream.lock().expect("dir stream");
         let mut added = 0;
         let mut failed = None;
-        let r = stream.read_from(&inode.fd, offset, |next, e| {
-            let name = OsStr::from_bytes(e.file_name().to_bytes());
+        let r = stream.read_from(offset, |e| {
+            let name = e.name();
             let attr = if is_dot(name) {
                 // The kernel links no inode for "." and "..": no reference.
                 match fstatat(&inode.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -1049,7 +1056,7 @@ impl Filesystem for Passthrough {
                     }
                 }
             };
-            let full = reply.add(attr.ino, next, name, &TTL, &attr, Generation(0));
+            let full = reply.add(attr.ino, e.offset(), name, &TTL, &attr, Generation(0));
             if full {
                 if !is_dot(name) {
                     self.table().forget(attr.ino.0, 1);
@@ -1060,7 +1067,7 @@ impl Filesystem for Passthrough {
             full
         });
         match (r, failed) {
-            (Err(e), _) if added == 0 => reply.error(sys(e)),
+            (Err(e), _) if added == 0 => reply.error(rsys(e)),
             (_, Some(e)) if added == 0 => reply.error(e),
             _ => reply.ok(),
         }
@@ -1158,8 +1165,7 @@ impl Filesystem for Passthrough {
                 // Unknown bits go to the source, which answers EINVAL itself.
                 let flags = XattrFlags::from_bits_retain(flags as u32);
                 let _as = AsCaller::switch(req.uid(), req.gid())?;
-                rustix::fs::setxattr(xattr_path(&i).as_str(), name, value, flags)
-                    .map_err(|e| Errno::from_i32(e.raw_os_error()))
+                rustix::fs::setxattr(xattr_path(&i).as_str(), name, value, flags).map_err(rsys)
             });
         match r {
             Ok(()) => reply.ok(),
