@@ -45,6 +45,8 @@ fn usage_errors_exit_2() {
         &["watch", "-5"],
         &["watch", "1", "--duration", "0"],
         &["watch", "1", "--duration", "x"],
+        &["watch", "1", "--buffer-kb", "0"],
+        &["watch", "1", "--buffer-kb", "1048577"],
     ] {
         let o = run(Command::new(BIN).args(args));
         let e = stderr(&o);

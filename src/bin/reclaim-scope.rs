@@ -28,6 +28,9 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_NO_TRACEFS: u8 = 3;
 /// `watch`: a pid does not exist, or tracefs failed in another way.
 const EXIT_WATCH_FAILED: u8 = 4;
+/// `watch`: nothing unsafe seen, but trace events were lost, so nothing
+/// was proved either (the counts are a lower bound).
+const EXIT_WATCH_LOST: u8 = 5;
 /// `exec --strict`: the kernel refused `PR_SET_IO_FLUSHER`; nothing was run.
 const EXIT_REFUSED: u8 = 125;
 /// `exec`: the command was found but could not be executed (not
@@ -47,7 +50,8 @@ Exit status:
   watch: 0 nothing unsafe seen, 1 FS/IO-capable reclaim or a dirty-throttle
        pause of a watched thread seen, 3 tracefs not mounted or not permitted,
        4 a pid does not exist, tracefs failed otherwise, or standard output
-       could not be written
+       could not be written, 5 nothing unsafe seen but trace events were lost
+       (not proved safe: rerun with a larger --buffer-kb)
   125  exec --strict: the kernel refused PR_SET_IO_FLUSHER; nothing was run
   126  exec: the command was found but cannot be executed (not executable, a
        directory, or its #! interpreter or ELF dynamic loader is missing)
@@ -162,6 +166,10 @@ enum Cmd {
         /// Print the summary as JSON ({"seconds", "lost_events", "unsafe", "total", "threads": [...]})
         #[arg(long)]
         json: bool,
+        /// Per-CPU ring buffer of the trace instance, in KiB (default 4096); a smaller one
+        /// loses events sooner
+        #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        buffer_kb: Option<u64>,
     },
 }
 
@@ -195,7 +203,8 @@ fn main() -> ExitCode {
             pids,
             duration,
             json,
-        } => watch_cmd(pids, duration, json),
+            buffer_kb,
+        } => watch_cmd(pids, duration, json, buffer_kb),
     };
     ExitCode::from(code)
 }
@@ -241,7 +250,7 @@ fn emit(out: &str) -> Result<(), u8> {
 // watch
 // ---------------------------------------------------------------------------
 
-fn watch_cmd(pids: Vec<i32>, duration: Option<u64>, json: bool) -> u8 {
+fn watch_cmd(pids: Vec<i32>, duration: Option<u64>, json: bool, buffer_kb: Option<u64>) -> u8 {
     use std::io::IsTerminal as _;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
@@ -260,6 +269,7 @@ fn watch_cmd(pids: Vec<i32>, duration: Option<u64>, json: bool) -> u8 {
         pids,
         duration: duration.map(std::time::Duration::from_secs),
         progress: !json && io::stderr().is_terminal(),
+        buffer_kb,
     };
     let outcome = match watch::watch(&opts, &stop) {
         Ok(o) => o,
@@ -292,6 +302,13 @@ fn watch_cmd(pids: Vec<i32>, duration: Option<u64>, json: bool) -> u8 {
     }
     if outcome.tally.unsafe_seen() {
         EXIT_FAILURE
+    } else if outcome.tally.lost > 0 {
+        say!(
+            "reclaim-scope: nothing unsafe seen, but with {} events lost that proves nothing \
+             (status {EXIT_WATCH_LOST}); rerun with a larger --buffer-kb",
+            outcome.tally.lost
+        );
+        EXIT_WATCH_LOST
     } else {
         EXIT_OK
     }

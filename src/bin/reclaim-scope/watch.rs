@@ -733,7 +733,14 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// A progress line every second on stderr.
     pub progress: bool,
+    /// Per-CPU ring buffer of the instance, KiB (`buffer_size_kb`); `None`:
+    /// [`DEFAULT_BUFFER_KB`], and a kernel that refuses it keeps its own.
+    pub buffer_kb: Option<u64>,
 }
+
+/// The instance's per-CPU ring buffer unless `--buffer-kb` says otherwise:
+/// large enough for bursts of page allocations between two reads.
+pub const DEFAULT_BUFFER_KB: u64 = 4096;
 
 /// What a finished watch hands back to the command line.
 pub struct Outcome {
@@ -824,8 +831,12 @@ pub fn watch(opts: &Options, stop: &Arc<AtomicBool>) -> Result<Outcome, Failure>
     }
     let root = tracefs_root()?;
     let mut inst = Instance::create(&root)?;
-    // Large enough for bursts of page allocations between two reads.
-    let _ = inst.write("buffer_size_kb", "4096");
+    match opts.buffer_kb {
+        Some(kb) => inst.write("buffer_size_kb", &kb.to_string())?,
+        None => {
+            let _ = inst.write("buffer_size_kb", &DEFAULT_BUFFER_KB.to_string());
+        }
+    }
     inst.write("options/event-fork", "1")?;
     refresh(&inst, &opts.pids, &mut tally, &mut notes)?;
     for ev in EVENTS {
