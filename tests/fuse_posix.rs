@@ -3,7 +3,8 @@
 //! cases of the issue with their exact expected results, and the operations
 //! a file-handle passthrough adds (mknod/mkfifo, renameat2 flags, fallocate,
 //! SEEK_DATA/SEEK_HOLE, copy_file_range, READDIRPLUS, requests as the
-//! caller, extended attributes, lazy unmount of a busy mount). Needs root
+//! caller, extended attributes, fcntl locks on the source, READDIR at the
+//! source's d_off cookies, lazy unmount of a busy mount). Needs root
 //! and /dev/fuse.
 
 #[path = "../examples/fuse_passthrough/passthrough.rs"]
@@ -599,43 +600,200 @@ fn a_busy_mount_is_detached_lazily() {
     mounted.join().unwrap();
 }
 
-/// Locks are kept by the kernel for the mount's users (FUSE_POSIX_LOCKS and
-/// FUSE_FLOCK_LOCKS are not requested): `flock` conflicts between two open
-/// files of the mount, is free again once released, and `/proc/locks`
-/// records it on the FUSE inode (not on the source file).
-#[test]
-fn locks_are_the_mounts_own() {
-    use nix::fcntl::{Flock, FlockArg};
-    require_mount();
-    let mut rig = Rig::new(2);
-    fs::write(rig.m("locked"), b"x").unwrap();
-    let a = Flock::lock(
-        fs::File::open(rig.m("locked")).unwrap(),
-        FlockArg::LockExclusiveNonblock,
-    )
-    .map_err(|(_, e)| e)
-    .unwrap();
-    let b = fs::File::open(rig.m("locked")).unwrap();
-    match Flock::lock(b, FlockArg::LockExclusiveNonblock) {
-        Err((_, e)) => assert_eq!(e, nix::errno::Errno::EWOULDBLOCK),
-        Ok(_) => panic!("a second exclusive flock on the mount was granted"),
+/// A `struct flock` of `typ` over `len` bytes at `start` (0: to the end).
+fn flock(typ: i32, start: i64, len: i64) -> libc::flock {
+    libc::flock {
+        l_type: typ as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
     }
-    drop(a);
-    let b = Flock::lock(
-        fs::File::open(rig.m("locked")).unwrap(),
-        FlockArg::LockExclusiveNonblock,
-    )
-    .map_err(|(_, e)| e)
-    .expect("free again after the first was dropped");
-    let ino = fs::metadata(rig.m("locked")).unwrap().ino();
-    let locks = fs::read_to_string("/proc/locks").unwrap();
-    assert!(
-        locks
-            .lines()
-            .any(|l| l.contains("FLOCK") && l.contains(&format!(":{ino} "))),
-        "the kernel records the flock on the FUSE inode {ino}: {locks}"
+}
+
+#[derive(Clone, Copy)]
+enum Lk {
+    /// Traditional (process-owned) record locks: F_SETLK, F_GETLK.
+    Posix,
+    /// Open file description locks: F_OFD_SETLK, F_OFD_GETLK.
+    Ofd,
+}
+
+fn setlk(f: &fs::File, kind: Lk, typ: i32, start: i64, len: i64) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let fl = flock(typ, start, len);
+    match kind {
+        Lk::Posix => fcntl(f, FcntlArg::F_SETLK(&fl)),
+        Lk::Ofd => fcntl(f, FcntlArg::F_OFD_SETLK(&fl)),
+    }
+    .map(drop)
+}
+
+/// `(l_type, l_start, l_len)` of the first lock conflicting with a `typ`
+/// lock over `start`/`len`, or F_UNLCK.
+fn getlk(f: &fs::File, kind: Lk, typ: i32, start: i64, len: i64) -> (i32, i64, i64) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let mut fl = flock(typ, start, len);
+    match kind {
+        Lk::Posix => fcntl(f, FcntlArg::F_GETLK(&mut fl)),
+        Lk::Ofd => fcntl(f, FcntlArg::F_OFD_GETLK(&mut fl)),
+    }
+    .unwrap();
+    if i32::from(fl.l_type) == libc::F_UNLCK {
+        (libc::F_UNLCK, 0, 0)
+    } else {
+        (i32::from(fl.l_type), fl.l_start, fl.l_len)
+    }
+}
+
+fn rw(p: &std::path::Path) -> fs::File {
+    OpenOptions::new().read(true).write(true).open(p).unwrap()
+}
+
+/// fcntl locks taken through the mount are taken on the source (the
+/// daemon's OFD lock per lock owner): they conflict with locks taken on
+/// the source directly and the other way round, F_GETLK reports the
+/// conflicting lock's type and range on both sides, an unlock frees the
+/// range, and a close through the mount drops the closing process's locks
+/// (POSIX). The test process's own traditional locks through the mount
+/// and its OFD locks on the source are different owners, so they conflict.
+#[test]
+fn fcntl_locks_pass_through_to_the_source() {
+    use nix::errno::Errno;
+    require_mount();
+    let mut rig = Rig::new(1);
+    fs::write(rig.s("locked"), vec![0u8; 4096]).unwrap();
+    let (m, m2, src) = (
+        rw(&rig.m("locked")),
+        rw(&rig.m("locked")),
+        rw(&rig.s("locked")),
     );
-    drop(b);
+    // Mount → source.
+    setlk(&m, Lk::Posix, libc::F_WRLCK, 0, 10).unwrap();
+    assert_eq!(
+        setlk(&src, Lk::Ofd, libc::F_WRLCK, 5, 1),
+        Err(Errno::EAGAIN),
+        "the source sees the mount's write lock"
+    );
+    assert_eq!(
+        setlk(&src, Lk::Ofd, libc::F_RDLCK, 9, 1),
+        Err(Errno::EAGAIN)
+    );
+    setlk(&src, Lk::Ofd, libc::F_WRLCK, 10, 5).expect("outside the range");
+    setlk(&src, Lk::Ofd, libc::F_UNLCK, 10, 5).unwrap();
+    assert_eq!(
+        getlk(&src, Lk::Ofd, libc::F_RDLCK, 0, 0),
+        (libc::F_WRLCK, 0, 10)
+    );
+    // The process's own lock does not conflict with itself, through any of
+    // its descriptors of the file.
+    assert_eq!(getlk(&m2, Lk::Posix, libc::F_WRLCK, 0, 0).0, libc::F_UNLCK);
+    setlk(&m2, Lk::Posix, libc::F_RDLCK, 100, 10).expect("same owner");
+    // Closing any descriptor of the file drops all the process's locks.
+    drop(m2);
+    setlk(&src, Lk::Ofd, libc::F_WRLCK, 0, 0).expect("dropped at close");
+    // Source → mount.
+    setlk(&src, Lk::Ofd, libc::F_UNLCK, 0, 0).unwrap();
+    setlk(&src, Lk::Ofd, libc::F_WRLCK, 100, 100).unwrap();
+    assert_eq!(
+        setlk(&m, Lk::Posix, libc::F_WRLCK, 150, 1),
+        Err(Errno::EAGAIN),
+        "the mount sees the source's write lock"
+    );
+    assert_eq!(
+        getlk(&m, Lk::Posix, libc::F_WRLCK, 0, 0),
+        (libc::F_WRLCK, 100, 100)
+    );
+    setlk(&src, Lk::Ofd, libc::F_UNLCK, 0, 0).unwrap();
+    setlk(&src, Lk::Ofd, libc::F_RDLCK, 0, 0).unwrap();
+    // Read locks share; a write lock through the mount conflicts.
+    setlk(&m, Lk::Posix, libc::F_RDLCK, 0, 0).expect("read locks share");
+    assert_eq!(
+        setlk(&m, Lk::Posix, libc::F_WRLCK, 0, 1),
+        Err(Errno::EAGAIN)
+    );
+    assert_eq!(
+        getlk(&m, Lk::Posix, libc::F_WRLCK, 0, 0),
+        (libc::F_RDLCK, 0, 0)
+    );
+    setlk(&src, Lk::Ofd, libc::F_UNLCK, 0, 0).unwrap();
+    // An explicit unlock through the mount frees the range on the source.
+    setlk(&m, Lk::Posix, libc::F_WRLCK, 0, 0).unwrap();
+    assert_eq!(
+        setlk(&src, Lk::Ofd, libc::F_WRLCK, 4000, 1),
+        Err(Errno::EAGAIN)
+    );
+    setlk(&m, Lk::Posix, libc::F_UNLCK, 0, 0).unwrap();
+    setlk(&src, Lk::Ofd, libc::F_WRLCK, 4000, 1).expect("released");
+    setlk(&src, Lk::Ofd, libc::F_UNLCK, 0, 0).unwrap();
+    // OFD locks through the mount: each open file of the mount is its own
+    // owner, and the lock ends with the open file (RELEASE).
+    let (a, b) = (rw(&rig.m("locked")), rw(&rig.m("locked")));
+    setlk(&a, Lk::Ofd, libc::F_WRLCK, 0, 0).unwrap();
+    assert_eq!(setlk(&b, Lk::Ofd, libc::F_WRLCK, 0, 1), Err(Errno::EAGAIN));
+    assert_eq!(
+        getlk(&b, Lk::Ofd, libc::F_RDLCK, 7, 1),
+        (libc::F_WRLCK, 0, 0)
+    );
+    assert_eq!(
+        setlk(&src, Lk::Ofd, libc::F_RDLCK, 0, 1),
+        Err(Errno::EAGAIN)
+    );
+    drop(a);
+    // RELEASE is asynchronous to close(2).
+    wait_for("the OFD lock to end with its file", || {
+        setlk(&src, Lk::Ofd, libc::F_WRLCK, 0, 0).is_ok()
+    });
+    drop((m, b, src));
+    rig.unmount();
+}
+
+/// F_SETLKW through the mount waits for a lock held on the source without
+/// blocking the (single) serving thread: the mount keeps answering while
+/// one caller waits, and the wait ends with the lock granted once the
+/// source lets go; the granted lock then holds on the source.
+#[test]
+fn setlkw_waits_without_blocking_the_serving_thread() {
+    use nix::errno::Errno;
+    use nix::fcntl::{fcntl, FcntlArg};
+    require_mount();
+    let mut rig = Rig::new(1);
+    fs::write(rig.s("locked"), b"data").unwrap();
+    let src = rw(&rig.s("locked"));
+    setlk(&src, Lk::Ofd, libc::F_WRLCK, 0, 0).unwrap();
+    let waiter_file = rw(&rig.m("locked"));
+    let waiter = std::thread::spawn(move || {
+        let fl = flock(libc::F_WRLCK, 0, 0);
+        fcntl(&waiter_file, FcntlArg::F_OFD_SETLKW(&fl)).unwrap();
+        waiter_file
+    });
+    // The serving thread keeps serving while the waiter waits; the waiter
+    // cannot finish while the source holds the lock.
+    // The daemon's wait shows in /proc/locks as a blocked ("->") OFD lock
+    // on the source file.
+    let ino = src.metadata().unwrap().ino();
+    wait_for("the daemon to wait on the source's lock", || {
+        fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("-> OFDLCK") && l.contains(&format!(":{ino} ")))
+    });
+    for i in 0..20 {
+        fs::write(rig.m(&format!("other-{i}")), b"x").unwrap();
+        assert_eq!(fs::read(rig.m("locked")).unwrap(), b"data");
+    }
+    assert!(!waiter.is_finished(), "granted while the source holds it");
+    setlk(&src, Lk::Ofd, libc::F_UNLCK, 0, 0).unwrap();
+    let held = waiter.join().unwrap();
+    assert_eq!(
+        setlk(&src, Lk::Ofd, libc::F_RDLCK, 0, 1),
+        Err(Errno::EAGAIN),
+        "the waiter's lock holds on the source"
+    );
+    drop(held);
+    wait_for("the lock to end with its file", || {
+        setlk(&src, Lk::Ofd, libc::F_WRLCK, 0, 0).is_ok()
+    });
     rig.unmount();
 }
 

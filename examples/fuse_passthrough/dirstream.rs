@@ -20,10 +20,10 @@
 //! not fit in the caller's buffer, a `seekdir`, `rewinddir`: offset 0) is
 //! an `lseek(2)` of the descriptor to that cookie first.
 
+use rustix::fs::SeekFrom;
 use rustix::fs::{FileType, RawDir};
 use std::collections::VecDeque;
 use std::ffi::OsStr;
-use rustix::fs::SeekFrom;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 

@@ -51,8 +51,8 @@ use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
-    SessionUnmounter, TimeOrNow, WriteFlags,
+    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session,
+    SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use inodes::{Inode, Inodes};
 use nix::fcntl::{openat, AtFlags, FallocateFlags, OFlag, AT_FDCWD};
@@ -125,6 +125,9 @@ pub struct Passthrough {
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<NoFsFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirStream>>>>,
+    /// The source descriptors that hold the POSIX locks taken through the
+    /// mount, one per `(inode, lock owner)` (see [`Passthrough::setlk`]).
+    locks: Mutex<HashMap<(u64, u64), LockFd>>,
     next_fh: AtomicU64,
     stats: Arc<Stats>,
 }
@@ -288,7 +291,44 @@ fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
     }
 }
 
-/// Whether a directory entry name is `.` or `..`.
+/// The open file description on the source that holds one lock owner's
+/// locks on one file, and the file handles it was used through.
+struct LockFd {
+    fd: Arc<OwnedFd>,
+    fhs: Vec<u64>,
+}
+
+/// A FUSE lock range (`start..=end`, `end` = `OFFSET_MAX` for "to the end
+/// of the file") of type `typ` as a `struct flock` from the start of the
+/// file; EINVAL for a range the kernel never sends.
+fn flock_of(start: u64, end: u64, typ: i32) -> Result<libc::flock, Errno> {
+    let max = i64::MAX as u64;
+    if start > max || end < start {
+        return Err(Errno::EINVAL);
+    }
+    Ok(libc::flock {
+        l_type: typ as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start as i64,
+        l_len: if end >= max {
+            0
+        } else {
+            (end - start + 1) as i64
+        },
+        l_pid: 0,
+    })
+}
+
+/// `F_OFD_SETLKW` on a lock descriptor, again after EINTR.
+fn setlkw(fd: &OwnedFd, fl: &libc::flock) -> nix::Result<()> {
+    loop {
+        match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLKW(fl)) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return r.map(drop),
+        }
+    }
+}
+
 /// The path the xattr calls take to an inode: `/proc/self/fd/N` of its
 /// `O_PATH` descriptor, *followed* (getxattr(2), the `_deref` calls of the
 /// xattr crate), as virtiofsd does. `f*xattr` on an `O_PATH` descriptor
@@ -343,6 +383,7 @@ impl Passthrough {
             inodes: Mutex::new(Inodes::new(root, &st, stats.clone())),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats,
         })
@@ -563,6 +604,63 @@ impl Passthrough {
         self.lookup_child(&parent, name)
     }
 
+    /// The lock descriptor of `owner` on `ino`, opened (read-write where
+    /// the source allows, else with the access mode of `fh`: the kernel
+    /// has checked the mode against the lock type already) if `create`.
+    fn lock_fd(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        owner: LockOwner,
+        create: bool,
+    ) -> Result<Option<Arc<OwnedFd>>, Errno> {
+        let key = (ino.0, owner.0);
+        if let Some(l) = self.locks.lock().expect("locks").get_mut(&key) {
+            if !l.fhs.contains(&fh.0) {
+                l.fhs.push(fh.0);
+            }
+            return Ok(Some(l.fd.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let inode = self.inode(ino)?;
+        let path = inode.proc_path();
+        let flags = OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+        let fd = match openat(
+            AT_FDCWD,
+            path.as_str(),
+            flags | OFlag::O_RDWR,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => {
+                let f = self.file(fh)?;
+                let mode = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+                    .map_err(sys)?
+                    & libc::O_ACCMODE;
+                openat(
+                    AT_FDCWD,
+                    path.as_str(),
+                    flags | OFlag::from_bits_truncate(mode),
+                    Mode::empty(),
+                )
+                .map_err(sys)?
+            }
+        };
+        let fd = Arc::new(fd);
+        let mut locks = self.locks.lock().expect("locks");
+        // Another request of the same owner may have raced us: keep one.
+        let l = locks.entry(key).or_insert(LockFd {
+            fd,
+            fhs: Vec::new(),
+        });
+        if !l.fhs.contains(&fh.0) {
+            l.fhs.push(fh.0);
+        }
+        Ok(Some(l.fd.clone()))
+    }
+
     /// ENOSYS for every xattr request under `--no-xattr` (see
     /// [`Passthrough::xattr`]).
     fn xattrs_on(&self) -> Result<(), Errno> {
@@ -591,11 +689,15 @@ impl Filesystem for Passthrough {
         // Large writes: fewer round trips (the kernel clamps to its limit).
         let _ = config.set_max_write(1 << 20);
         // Each where the kernel offers it; none is needed for correctness.
+        // FUSE_POSIX_LOCKS: fcntl locks go to the source ([`Self::setlk`]).
         // Not requested: FUSE_WRITEBACK_CACHE (appends and write errors, see
-        // the module documentation), FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS
-        // (locks stay the kernel's, among the mount's users), and
-        // FUSE_ATOMIC_O_TRUNC.
-        let mut wanted = InitFlags::FUSE_AUTO_INVAL_DATA | InitFlags::FUSE_PARALLEL_DIROPS;
+        // the module documentation), FUSE_FLOCK_LOCKS (fuser 0.18 does not
+        // pass the request's FUSE_LK_FLOCK flag on, so a flock could not
+        // be told from a whole-file fcntl lock: flock locks stay the
+        // kernel's, among the mount's users), and FUSE_ATOMIC_O_TRUNC.
+        let mut wanted = InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_POSIX_LOCKS;
         if self.readdirplus {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
@@ -917,15 +1019,22 @@ impl Filesystem for Passthrough {
         }
     }
 
+    /// Every close(2) on the mount: POSIX drops the closing process's
+    /// locks on the file (the kernel sends that process's lock owner), so
+    /// its lock descriptor on the source is closed, which drops them there.
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.serve_guard();
+        self.locks
+            .lock()
+            .expect("locks")
+            .remove(&(ino.0, lock_owner.0));
         reply.ok();
     }
 
@@ -941,6 +1050,12 @@ impl Filesystem for Passthrough {
     ) {
         self.serve_guard();
         self.files.lock().expect("file handles").remove(&fh.0);
+        // Locks owned by the open file itself (`F_OFD_SETLK` on the mount:
+        // the owner is the file, which no FLUSH names) end with it.
+        self.locks
+            .lock()
+            .expect("locks")
+            .retain(|_, l| !l.fhs.contains(&fh.0));
         reply.ok();
     }
 
@@ -1250,6 +1365,126 @@ impl Filesystem for Passthrough {
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
+        }
+    }
+
+    /// F_GETLK: the source's answer for a fresh open file description (or
+    /// the owner's own, whose locks never conflict with themselves), with
+    /// `F_OFD_GETLK`: the first lock there that conflicts, whoever holds it
+    /// (through the mount or directly on the source), or `F_UNLCK`. OFD
+    /// locks have no pid: the reply's pid is 0.
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.serve_guard();
+        let r = (|| {
+            let mut fl = flock_of(start, end, typ)?;
+            let fd = match self.lock_fd(ino, fh, lock_owner, false)? {
+                Some(fd) => fd,
+                None => Arc::new(
+                    openat(
+                        AT_FDCWD,
+                        self.inode(ino)?.proc_path().as_str(),
+                        OFlag::O_PATH | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .and_then(|p| {
+                        // F_OFD_GETLK needs a real open file, any mode.
+                        openat(
+                            AT_FDCWD,
+                            format!("/proc/self/fd/{}", p.as_raw_fd()).as_str(),
+                            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                            Mode::empty(),
+                        )
+                    })
+                    .map_err(sys)?,
+                ),
+            };
+            nix::fcntl::fcntl(&*fd, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut fl)).map_err(sys)?;
+            Ok(fl)
+        })();
+        match r {
+            Ok(fl) if i32::from(fl.l_type) == libc::F_UNLCK => {
+                reply.locked(start, end, libc::F_UNLCK, 0)
+            }
+            Ok(fl) => {
+                let s = fl.l_start as u64;
+                let e = if fl.l_len == 0 {
+                    i64::MAX as u64
+                } else {
+                    s + fl.l_len as u64 - 1
+                };
+                reply.locked(s, e, i32::from(fl.l_type), 0)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// F_SETLK/F_SETLKW: the lock is taken on the source with an OFD lock
+    /// (`F_OFD_SETLK`) on the lock owner's own open file description of the
+    /// source file, as virtiofsd does: one per `(inode, owner)`, so the
+    /// locks of one process through several descriptors are one owner's
+    /// (POSIX), they conflict with every lock taken on the source directly
+    /// and with those of other owners through the mount, and closing that
+    /// description (at FLUSH for the owner, at RELEASE for locks owned by
+    /// the open file) drops them all.
+    ///
+    /// F_SETLKW never blocks a serving thread (with `--threads 1` a blocked
+    /// worker could never serve the unlock that frees it): when the lock is
+    /// taken, the wait (`F_OFD_SETLKW`) runs on a thread of its own, which
+    /// replies once the lock is granted. fuser 0.18 does not handle
+    /// FUSE_INTERRUPT, so a process waiting in F_SETLKW on the mount
+    /// cannot be interrupted by a signal until the lock is granted or the
+    /// daemon ends. OFD locks have no deadlock detection (no EDEADLK).
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        use nix::fcntl::FcntlArg;
+        self.serve_guard();
+        let fl = match flock_of(start, end, typ) {
+            Ok(fl) => fl,
+            Err(e) => return reply.error(e),
+        };
+        let fd = match self.lock_fd(ino, fh, lock_owner, typ != libc::F_UNLCK) {
+            Ok(Some(fd)) => fd,
+            // Unlocking what this owner never locked here: nothing to do.
+            Ok(None) => return reply.ok(),
+            Err(e) => return reply.error(e),
+        };
+        match nix::fcntl::fcntl(&*fd, FcntlArg::F_OFD_SETLK(&fl)) {
+            Ok(_) => reply.ok(),
+            Err(nix::errno::Errno::EAGAIN) if sleep => {
+                let spawned = std::thread::Builder::new()
+                    .name("fuse-setlkw".into())
+                    .spawn(move || match setlkw(&fd, &fl) {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(sys(e)),
+                    });
+                // fuser answers EIO for the reply dropped with the closure.
+                if let Err(e) = spawned {
+                    eprintln!("fuse-passthrough: cannot wait for a lock: {e}");
+                }
+            }
+            Err(e) => reply.error(sys(e)),
         }
     }
 
