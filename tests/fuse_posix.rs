@@ -565,6 +565,64 @@ fn creating_requests_are_made_as_the_caller() {
     rig.unmount();
 }
 
+/// The calling thread's supplementary groups as `groups` (the raw
+/// per-thread setgroups(2)), back to none on drop.
+struct Groups;
+
+impl Groups {
+    fn set(groups: &[u32]) -> Groups {
+        let g: Vec<_> = groups
+            .iter()
+            .map(|&g| rustix::thread::Gid::from_raw(g))
+            .collect();
+        rustix::thread::set_thread_groups(&g).unwrap();
+        Groups
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        rustix::thread::set_thread_groups(&[]).unwrap();
+    }
+}
+
+/// A caller whose permission on the parent directory comes only from a
+/// supplementary group: every creating request succeeds through the mount
+/// as on the source (the daemon takes the requesting thread's groups), and
+/// a caller without that group is refused by both.
+#[test]
+fn creating_requests_count_the_callers_supplementary_groups() {
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.allow_other = true);
+    fs::create_dir(rig.m("team")).unwrap();
+    std::os::unix::fs::chown(rig.m("team"), Some(0), Some(5151)).unwrap();
+    fs::set_permissions(rig.m("team"), fs::Permissions::from_mode(0o770)).unwrap();
+    fs::write(rig.m("team/existing"), b"x").unwrap();
+    {
+        let _g = Groups::set(&[5151, 6161]);
+        let _as = As::user(4242, 4343);
+        fs::write(rig.m("team/file"), b"mine").unwrap();
+        fs::create_dir(rig.m("team/dir")).unwrap();
+        std::os::unix::fs::symlink("file", rig.m("team/link")).unwrap();
+        nix::unistd::mkfifo(&rig.m("team/fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        fs::rename(rig.m("team/file"), rig.m("team/renamed")).unwrap();
+        fs::remove_file(rig.m("team/existing")).unwrap();
+    }
+    for name in ["renamed", "dir", "link", "fifo"] {
+        let s = fs::symlink_metadata(rig.s(&format!("team/{name}"))).unwrap();
+        assert_eq!((s.uid(), s.gid()), (4242, 4343), "{name} in the source");
+    }
+    {
+        let _g = Groups::set(&[6161]);
+        let _as = As::user(4242, 4343);
+        let e = fs::write(rig.m("team/other"), b"").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+        let e = fs::create_dir(rig.m("team/other")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    }
+    rig.unmount();
+}
+
 #[test]
 fn without_allow_other_other_users_are_refused() {
     require_mount();

@@ -13,11 +13,16 @@
 //! requester's permission on the parent directory as a local file system
 //! would.
 //!
-//! Limitation: supplementary groups stay the daemon's (changing them is
-//! process-wide through glibc's `setgroups`), so a requester whose write
-//! permission on the parent directory comes only from a supplementary group
-//! is refused by the source although the kernel's `default_permissions`
-//! check allowed it.
+//! The requester's supplementary groups are switched too (the kernel's
+//! `default_permissions` check counted them): FUSE requests carry only
+//! the uid, gid and pid, so they are read from `/proc/<pid>/status`
+//! (`Groups:`, the requesting thread's own, as libfuse's
+//! `fuse_req_getgroups`) and set on the serving thread alone with the raw
+//! `setgroups(2)` system call (rustix's `set_thread_groups`; glibc's
+//! `setgroups` would change every thread of the daemon). A requester that
+//! is gone by then (or a kernel-internal request, pid 0) gets no
+//! supplementary groups: the source may refuse what only a group allowed,
+//! never allow more.
 
 use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
 
@@ -26,6 +31,37 @@ use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
 pub struct AsCaller {
     uid: Option<Uid>,
     gid: Option<Gid>,
+    /// The thread's supplementary groups before the switch.
+    groups: Option<Vec<rustix::thread::Gid>>,
+}
+
+/// The supplementary groups of thread `pid` (a FUSE request's pid is the
+/// requesting thread's id), from `/proc/<pid>/status`; empty if it is gone.
+fn groups_of(pid: u32) -> Vec<rustix::thread::Gid> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .map(rustix::thread::Gid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The calling thread's supplementary groups.
+fn thread_groups() -> Result<Vec<rustix::thread::Gid>, fuser::Errno> {
+    let g = nix::unistd::getgroups().map_err(|e| fuser::Errno::from_i32(e as i32))?;
+    Ok(g.into_iter()
+        .map(|g| rustix::thread::Gid::from_raw(g.as_raw()))
+        .collect())
 }
 
 /// The thread's current fsuid (`setfsuid(-1)` changes nothing and answers
@@ -39,14 +75,29 @@ fn fsgid() -> Gid {
 }
 
 impl AsCaller {
-    /// Switches the calling thread to `uid`/`gid` for file-system checks.
-    /// `EPERM` if the daemon may not (it lacks `CAP_SETUID`/`CAP_SETGID`
-    /// and serves someone else).
-    pub fn switch(uid: u32, gid: u32) -> Result<AsCaller, fuser::Errno> {
+    /// Switches the calling thread to the credentials of the request
+    /// `req`: its uid and gid for file-system checks and the supplementary
+    /// groups of its thread. `EPERM` if the daemon may not (it lacks
+    /// `CAP_SETUID`/`CAP_SETGID` and serves someone else).
+    pub fn of(req: &fuser::Request) -> Result<AsCaller, fuser::Errno> {
+        AsCaller::switch(req.uid(), req.gid(), req.pid())
+    }
+
+    /// Switches the calling thread to `uid`/`gid` and the supplementary
+    /// groups of thread `pid`.
+    pub fn switch(uid: u32, gid: u32, pid: u32) -> Result<AsCaller, fuser::Errno> {
         let mut g = AsCaller {
             uid: None,
             gid: None,
+            groups: None,
         };
+        let groups = groups_of(pid);
+        let before = thread_groups()?;
+        if groups != before {
+            rustix::thread::set_thread_groups(&groups)
+                .map_err(|e| fuser::Errno::from_i32(e.raw_os_error()))?;
+            g.groups = Some(before);
+        }
         // The group first: with a non-zero fsuid the thread keeps
         // CAP_SETGID (not a file-system capability), but there is no reason
         // to rely on it.
@@ -74,6 +125,10 @@ impl Drop for AsCaller {
         }
         if let Some(gid) = self.gid.take() {
             setfsgid(gid);
+        }
+        if let Some(groups) = self.groups.take() {
+            // Back to the daemon's own: cannot fail for groups it had.
+            let _ = rustix::thread::set_thread_groups(&groups);
         }
     }
 }

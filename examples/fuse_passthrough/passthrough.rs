@@ -598,7 +598,7 @@ impl Passthrough {
     ) -> Result<FileAttr, Errno> {
         let parent = self.inode(parent)?;
         {
-            let _as = AsCaller::switch(req.uid(), req.gid())?;
+            let _as = AsCaller::of(req)?;
             op(&parent).map_err(sys)?;
         }
         self.lookup_child(&parent, name)
@@ -949,7 +949,7 @@ impl Filesystem for Passthrough {
                 | OFlag::O_CLOEXEC;
             let perm = Mode::from_bits_truncate(mode & !umask & 0o7777);
             let fd = {
-                let _as = AsCaller::switch(req.uid(), req.gid())?;
+                let _as = AsCaller::of(req)?;
                 openat(&parent.fd, name, oflags, perm).map_err(sys)?
             };
             // The inode's O_PATH descriptor from the open file itself: the
@@ -1279,7 +1279,7 @@ impl Filesystem for Passthrough {
                 }
                 // Unknown bits go to the source, which answers EINVAL itself.
                 let flags = XattrFlags::from_bits_retain(flags as u32);
-                let _as = AsCaller::switch(req.uid(), req.gid())?;
+                let _as = AsCaller::of(req)?;
                 rustix::fs::setxattr(xattr_path(&i).as_str(), name, value, flags).map_err(rsys)
             });
         match r {
@@ -1339,7 +1339,7 @@ impl Filesystem for Passthrough {
             .xattrs_on()
             .and_then(|()| self.inode(ino))
             .and_then(|i| {
-                let _as = AsCaller::switch(req.uid(), req.gid())?;
+                let _as = AsCaller::of(req)?;
                 xattr::remove_deref(xattr_path(&i), name).map_err(|e| io_errno(&e))
             });
         match r {
@@ -1353,7 +1353,7 @@ impl Filesystem for Passthrough {
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         self.serve_guard();
         let r = self.inode(ino).and_then(|i| {
-            let _as = AsCaller::switch(req.uid(), req.gid())?;
+            let _as = AsCaller::of(req)?;
             nix::unistd::faccessat(
                 AT_FDCWD,
                 i.proc_path().as_str(),
