@@ -623,6 +623,65 @@ fn creating_requests_count_the_callers_supplementary_groups() {
     rig.unmount();
 }
 
+/// chmod/chown/utimensat rules for an owner who is not root, on the mount
+/// as on the source: `S_ISGID` set by an owner outside the file's group is
+/// cleared (chmod(2)), kept for a group of theirs (a supplementary one),
+/// chown to such a group works, and `utimensat` with UTIME_OMIT, a given
+/// time and UTIME_NOW sets what it names.
+#[test]
+fn chmod_chown_utimensat_rules_for_an_owner_as_on_the_source() {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.allow_other = true);
+    for side in ["m", "s"] {
+        let p = |n: &str| {
+            if side == "m" {
+                rig.m(n)
+            } else {
+                rig.s(n)
+            }
+        };
+        let name = format!("sgid-{side}");
+        fs::write(p(&name), b"x").unwrap();
+        std::os::unix::fs::chown(p(&name), Some(4242), Some(777)).unwrap();
+        {
+            let _g = Groups::set(&[5151]);
+            let _as = As::user(4242, 4343);
+            fs::set_permissions(p(&name), fs::Permissions::from_mode(0o2755)).unwrap();
+            let mode = fs::metadata(p(&name)).unwrap().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{side}: S_ISGID cleared outside the group");
+            std::os::unix::fs::chown(p(&name), None, Some(5151)).unwrap();
+            // A supplementary group of the caller's: kept.
+            fs::set_permissions(p(&name), fs::Permissions::from_mode(0o2755)).unwrap();
+            let t = TimeSpec::new(1_000_000, 0);
+            utimensat(
+                AT_FDCWD,
+                &p(&name),
+                &TimeSpec::UTIME_OMIT,
+                &t,
+                UtimensatFlags::FollowSymlink,
+            )
+            .unwrap();
+            utimensat(
+                AT_FDCWD,
+                &p(&name),
+                &TimeSpec::UTIME_NOW,
+                &TimeSpec::UTIME_OMIT,
+                UtimensatFlags::FollowSymlink,
+            )
+            .unwrap();
+        }
+        let m = fs::metadata(rig.s(&name)).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.gid(), m.mtime()),
+            (0o2755, 5151, 1_000_000),
+            "{side}: mode, group, mtime"
+        );
+    }
+    rig.unmount();
+}
+
 #[test]
 fn without_allow_other_other_users_are_refused() {
     require_mount();
