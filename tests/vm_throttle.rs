@@ -27,6 +27,16 @@
 //! server (Debian 6.12), the run ends there with the threads' states,
 //! `wchan` and `stack` from /proc as the evidence, and the rig is torn down
 //! by killing the server (which fails its outstanding NBD requests).
+//!
+//! Only NBD so far. `tcmu_file` behind tcm_loop has the same shape (the
+//! page cache of /dev/sdX is cleaned only by the handler's `pwrite`s into
+//! its backing file) and is not covered yet. `fuse_passthrough` does not
+//! request `FUSE_WRITEBACK_CACHE`: a `write(2)` onto its mount is sent to
+//! the daemon synchronously (write-through), so the mount holds no dirty
+//! page cache that only the daemon could clean, and a `dd` onto it cannot
+//! put the daemon's own `pwrite` over the limit with the served pages
+//! (a shared writable `mmap` of a file on the mount still dirties pages
+//! the daemon must write back: not covered).
 
 mod common;
 

@@ -471,15 +471,23 @@ pub fn table(t: &Tally, n: &Notes) -> String {
     for p in &n.exited_pids {
         let _ = writeln!(s, "pid {p} exited while watched");
     }
-    let _ = writeln!(
-        s,
-        "{}",
-        if total.is_unsafe() {
+    if total.is_unsafe() {
+        let _ = writeln!(
+            s,
             "UNSAFE: FS/IO-capable reclaim or dirty-throttle pauses seen (exit status 1)"
-        } else {
+        );
+    } else if t.lost > 0 {
+        let _ = writeln!(
+            s,
+            "NOT PROVED: nothing unsafe seen, but {} events were lost (exit status 5)",
+            t.lost
+        );
+    } else {
+        let _ = writeln!(
+            s,
             "safe: no FS/IO-capable reclaim and no dirty-throttle pause seen"
-        }
-    );
+        );
+    }
     s
 }
 
@@ -1016,6 +1024,32 @@ CPU:1 [LOST 3 EVENTS]
         let j: serde_json::Value = serde_json::from_str(&json(&t, &Notes::default())).unwrap();
         assert_eq!(j["unsafe"], false);
         assert_eq!(j["threads"][0]["local_throttle"], true);
+    }
+
+    #[test]
+    fn lost_events_without_anything_unsafe_are_not_proved_safe() {
+        let mut t = Tally::default();
+        t.feed(RECORDED.lines().nth(2).unwrap());
+        t.feed("CPU:1 [LOST 17 EVENTS]");
+        assert!(!t.unsafe_seen());
+        assert_eq!(t.lost, 17);
+        let text = table(&t, &Notes::default());
+        assert!(
+            text.contains("lost events: 17 (the counts are a lower bound)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "NOT PROVED: nothing unsafe seen, but 17 events were lost (exit status 5)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("safe: no FS/IO"), "{text}");
+        let j: serde_json::Value = serde_json::from_str(&json(&t, &Notes::default())).unwrap();
+        assert_eq!(
+            (j["unsafe"].clone(), j["lost_events"].clone()),
+            (false.into(), 17.into())
+        );
     }
 
     #[test]
