@@ -10,7 +10,9 @@
 //! copy_file_range and fsyncdir run inside a `with_nofs` scope.
 //! Extended attributes go to the source through `/proc/self/fd/N` with the
 //! xattr crate (rustix for SETXATTR's flags); SETXATTR and REMOVEXATTR run
-//! with the caller's fsuid/fsgid.
+//! with the caller's fsuid/fsgid. `fcntl` locks are OFD locks on the
+//! source, one open file description per lock owner (as virtiofsd), see
+//! [`Passthrough::setlk`].
 //!
 //! The threads that read `/dev/fuse` and run these methods are the ones the
 //! kernel may wait on while it reclaims memory (dirty pages of this mount are
@@ -1390,22 +1392,15 @@ impl Filesystem for Passthrough {
             let mut fl = flock_of(start, end, typ)?;
             let fd = match self.lock_fd(ino, fh, lock_owner, false)? {
                 Some(fd) => fd,
+                // F_OFD_GETLK needs an open file, any access mode: a new
+                // description holds no locks, so it sees every other's.
                 None => Arc::new(
                     openat(
                         AT_FDCWD,
                         self.inode(ino)?.proc_path().as_str(),
-                        OFlag::O_PATH | OFlag::O_CLOEXEC,
+                        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
                         Mode::empty(),
                     )
-                    .and_then(|p| {
-                        // F_OFD_GETLK needs a real open file, any mode.
-                        openat(
-                            AT_FDCWD,
-                            format!("/proc/self/fd/{}", p.as_raw_fd()).as_str(),
-                            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-                            Mode::empty(),
-                        )
-                    })
                     .map_err(sys)?,
                 ),
             };
