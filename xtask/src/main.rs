@@ -66,6 +66,10 @@ VM-OPTIONS:
                        (soft lockup, panic, timeout); failed tests are never
                        retried (default 1)
   --no-install         never run apt-get; fail if something is missing
+  --kernel K           Debian cloud kernel to boot: 6.1 (bookworm, default),
+                       5.10 (bullseye), 6.12 (trixie), or `all` (vm-test:
+                       each in turn, then a per-kernel table); downloaded
+                       through a private apt configuration in target/vm/
   --refresh-kernel     re-resolve linux-image-cloud-amd64 instead of the cache
   --keep-debug         do not strip debug info from our binaries
 
@@ -103,6 +107,9 @@ fn real_main() -> Result<ExitCode> {
             let (opts, tail) = parse_vm_opts(rest, true)?;
             let ws = Workspace::locate()?;
             let mut phases = Phases::default();
+            if opts.kernel == "all" {
+                return vm_test_all(&ws, &opts, &tail);
+            }
             let r = vm::vm_test(&ws, &opts, &tail, &mut phases);
             phases.report();
             r.map(|_| ExitCode::SUCCESS)
@@ -158,7 +165,11 @@ fn real_main() -> Result<ExitCode> {
             if let Err(e) = &host {
                 eprintln!("xtask: host tests failed: {e}; running the VM tests anyway");
             }
-            let vm = vm::vm_test(&ws, &opts, &tail, &mut phases);
+            let vm = if opts.kernel == "all" {
+                vm_test_all(&ws, &opts, &tail).map(|_| ())
+            } else {
+                vm::vm_test(&ws, &opts, &tail, &mut phases)
+            };
             phases.report();
             match (host, vm) {
                 (Ok(()), Ok(())) => {
@@ -294,6 +305,13 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
             "--retries" => o.retries = parse_num(flag, &val(flag)?)? as u32,
             "--no-install" => o.install = false,
             "--refresh-kernel" => o.refresh_kernel = true,
+            "--kernel" => {
+                let k = val(flag)?;
+                if k != "all" {
+                    vm::suite_of(&k)?;
+                }
+                o.kernel = k;
+            }
             "--keep-debug" => o.keep_debug = true,
             _ => bail!("unknown option `{a}`; try `cargo xtask help`"),
         }
@@ -301,6 +319,53 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
     o.modules.sort();
     o.modules.dedup();
     Ok((o, tail))
+}
+
+/// `vm-test --kernel all`: the suite on each kernel in turn, then a table.
+fn vm_test_all(ws: &Workspace, opts: &VmOpts, tail: &[String]) -> Result<ExitCode> {
+    let mut rows = Vec::new();
+    for (series, _) in vm::KERNELS {
+        println!("xtask: ===== kernel {series} =====");
+        let mut o = opts.clone();
+        o.kernel = (*series).to_owned();
+        let mut phases = Phases::default();
+        let t = std::time::Instant::now();
+        let r = vm::vm_test_summary(ws, &o, tail, &mut phases);
+        phases.report();
+        rows.push((*series, r, t.elapsed()));
+    }
+    println!("xtask: ===== VM suite per kernel =====");
+    let mut ok = true;
+    for (series, r, took) in &rows {
+        let secs = took.as_secs();
+        match r {
+            Ok(s) => {
+                ok &= s.error.is_none();
+                println!(
+                    "xtask:   {series:<5} passed {:>4}  failed {:>3}  not applicable {:>3}  {:>3}m{:02}s  {}",
+                    s.passed,
+                    s.failed,
+                    s.not_applicable,
+                    secs / 60,
+                    secs % 60,
+                    s.error.as_deref().unwrap_or("ok")
+                );
+            }
+            Err(e) => {
+                ok = false;
+                println!(
+                    "xtask:   {series:<5} did not run: {e}  {}m{:02}s",
+                    secs / 60,
+                    secs % 60
+                );
+            }
+        }
+    }
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("the VM suite failed on at least one kernel")
+    }
 }
 
 fn parse_num(flag: &str, v: &str) -> Result<u64> {
@@ -348,6 +413,14 @@ mod tests {
         assert!(parse_vm_opts(&s(&["--timeout"]), false).is_err());
         let (t, _) = parse_vm_opts(&[], true).unwrap();
         assert!(t.modules.contains(&"brd".to_owned()));
+        assert_eq!(t.kernel, "6.1");
+        for k in ["5.10", "6.1", "6.12", "all"] {
+            assert_eq!(
+                parse_vm_opts(&s(&["--kernel", k]), true).unwrap().0.kernel,
+                k
+            );
+        }
+        assert!(parse_vm_opts(&s(&["--kernel=4.19"]), true).is_err());
     }
 
     /// The matrix names every feature of the library's Cargo.toml: the

@@ -51,6 +51,8 @@ pub struct VmOpts {
     /// finished because the guest itself died (kernel panic, soft lockup,
     /// VM timeout). A binary that finished with a failure is never retried.
     pub retries: u32,
+    /// Kernel series to boot: `5.10`, `6.1` or `6.12` (see [`KERNELS`]).
+    pub kernel: String,
 }
 
 impl Default for VmOpts {
@@ -74,6 +76,7 @@ impl Default for VmOpts {
             cmdline: String::new(),
             mttcg: false,
             retries: 1,
+            kernel: DEFAULT_KERNEL.to_owned(),
         }
     }
 }
@@ -268,15 +271,52 @@ impl Kernel {
 
 const KERNEL_META: &str = "linux-image-cloud-amd64";
 
-/// Fetch Debian's cloud kernel once; later runs reuse `target/vm/kernel/<kver>`
-/// without touching the network.
+/// The kernels `--kernel` picks from: Debian's cloud kernel of one release.
+/// (series, Debian suite). The first is the default.
+pub const KERNELS: &[(&str, &str)] = &[
+    ("6.1", "bookworm"),
+    ("5.10", "bullseye"),
+    ("6.12", "trixie"),
+];
+
+/// The default kernel series (what CI's `vm-test` boots).
+pub const DEFAULT_KERNEL: &str = "6.1";
+
+/// The Debian suite of a kernel series (`"6.12"` → `"trixie"`).
+pub fn suite_of(series: &str) -> Result<&'static str> {
+    KERNELS
+        .iter()
+        .find(|(s, _)| *s == series)
+        .map(|(_, suite)| *suite)
+        .ok_or_else(|| {
+            let known: Vec<&str> = KERNELS.iter().map(|(s, _)| *s).collect();
+            format!(
+                "unknown kernel `{series}`: pick one of {} or all",
+                known.join(", ")
+            )
+            .into()
+        })
+}
+
+/// Whether a kernel release (`6.1.0-56-cloud-amd64`) belongs to a series
+/// (`6.1`; not `6.12`).
+fn kver_in_series(kver: &str, series: &str) -> bool {
+    kver.strip_prefix(series)
+        .is_some_and(|rest| rest.starts_with(['.', '-', '+']))
+}
+
+/// Fetch Debian's cloud kernel of `opts.kernel` once; later runs reuse
+/// `target/vm/kernel/<kver>` without touching the network.
 pub fn ensure_kernel(ws: &Workspace, opts: &VmOpts) -> Result<Kernel> {
+    let series = opts.kernel.as_str();
+    let suite = suite_of(series)?;
     let kdir = ws.vm_dir().join("kernel");
     fs::create_dir_all(&kdir).ctx(|| format!("cannot create {}", kdir.display()))?;
     if !opts.refresh_kernel {
         let mut cached: Vec<Kernel> = fs::read_dir(&kdir)
             .ctx(|| format!("cannot list {}", kdir.display()))?
             .filter_map(|e| Kernel::from_dir(&e.ok()?.path()))
+            .filter(|k| kver_in_series(&k.kver, series))
             .collect();
         cached.sort_by(|a, b| a.kver.cmp(&b.kver));
         if let Some(k) = cached.pop() {
@@ -289,9 +329,10 @@ pub fn ensure_kernel(ws: &Workspace, opts: &VmOpts) -> Result<Kernel> {
         }
     }
 
-    let debs = kdir.join("debs");
+    let apt = PrivateApt::new(ws, suite)?;
+    let debs = kdir.join(format!("debs-{suite}"));
     fs::create_dir_all(&debs).ctx(|| format!("cannot create {}", debs.display()))?;
-    let meta = apt_download(&debs, KERNEL_META)?;
+    let meta = apt.download(&debs, KERNEL_META)?;
     let depends = capture_stdout(
         Command::new("dpkg-deb")
             .args(["-f"])
@@ -306,13 +347,16 @@ pub fn ensure_kernel(ws: &Workspace, opts: &VmOpts) -> Result<Kernel> {
         .ok_or_else(|| format!("{KERNEL_META} has no linux-image dependency: {depends:?}"))?
         .to_owned();
     let kver = pkg.trim_start_matches("linux-image-").to_owned();
+    if !kver_in_series(&kver, series) {
+        bail!("{suite}'s {KERNEL_META} is {kver}, not a {series} kernel");
+    }
     let dir = kdir.join(&kver);
     if let Some(k) = Kernel::from_dir(&dir) {
         println!("xtask: kernel {kver} already cached");
         return Ok(k);
     }
-    println!("xtask: fetching kernel package {pkg}");
-    let deb = apt_download(&debs, &pkg)?;
+    println!("xtask: fetching kernel package {pkg} ({suite})");
+    let deb = apt.download(&debs, &pkg)?;
     let tmp = kdir.join(format!("{kver}.tmp"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).ctx(|| format!("cannot create {}", tmp.display()))?;
@@ -329,40 +373,249 @@ pub fn ensure_kernel(ws: &Workspace, opts: &VmOpts) -> Result<Kernel> {
     Ok(k)
 }
 
-/// `apt-get download PKG` into `dir`; runs `apt-get update` once if the package
-/// lists do not know the package yet (fresh container).
-fn apt_download(dir: &Path, pkg: &str) -> Result<PathBuf> {
-    let find = || -> Option<PathBuf> {
-        let prefix = format!("{pkg}_");
-        let mut v: Vec<PathBuf> = fs::read_dir(dir)
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-            })
-            .collect();
+/// The Debian mirrors this machine's own apt uses: (archive, security).
+/// Read from its sources (deb822 `.sources` and one-line `.list` files),
+/// never written. `RECLAIM_VM_DEBIAN_MIRROR` / `RECLAIM_VM_SECURITY_MIRROR`
+/// override them.
+fn host_mirrors() -> Result<(String, String)> {
+    let mut entries: Vec<(String, Vec<String>)> = Vec::new();
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         v.sort();
-        v.pop()
-    };
-    // Old downloads of the meta package must not decide the version.
-    if let Some(old) = find() {
-        let _ = fs::remove_file(old);
+        files.extend(v);
     }
-    let dl = || {
-        let mut c = apt_get();
-        // Downloading as root into a root-owned dir: skip the _apt sandbox warning.
-        c.args(["-o", "APT::Sandbox::User=root", "download", pkg])
-            .current_dir(dir);
-        run(&mut c)
-    };
-    if dl().is_err() {
-        println!("xtask: apt-get download {pkg} failed; running apt-get update and retrying");
-        run(apt_get().arg("update"))?;
-        dl().map_err(|e| format!("cannot download kernel package {pkg}: {e}"))?;
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        let name = f.to_string_lossy();
+        if name.ends_with(".sources") {
+            entries.extend(parse_deb822_sources(&text));
+        } else if name.ends_with(".list") {
+            entries.extend(parse_one_line_sources(&text));
+        }
     }
-    find().ok_or_else(|| format!("apt-get download {pkg} produced no .deb").into())
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let security = env("RECLAIM_VM_SECURITY_MIRROR").or_else(|| {
+        entries
+            .iter()
+            .find(|(_, s)| s.iter().any(|s| s.ends_with("-security")))
+            .map(|(u, _)| u.clone())
+    });
+    let archive = env("RECLAIM_VM_DEBIAN_MIRROR").or_else(|| {
+        entries
+            .iter()
+            .find(|(u, s)| {
+                u.trim_end_matches('/').ends_with("/debian") && s.iter().any(|s| !s.contains('-'))
+            })
+            .map(|(u, _)| u.clone())
+    });
+    match (archive, security) {
+        (Some(a), Some(s)) => Ok((
+            a.trim_end_matches('/').into(),
+            s.trim_end_matches('/').into(),
+        )),
+        _ => bail!(
+            "cannot find this machine's Debian archive and security mirrors in /etc/apt; \
+             set RECLAIM_VM_DEBIAN_MIRROR and RECLAIM_VM_SECURITY_MIRROR"
+        ),
+    }
+}
+
+/// (URI, suites) of every `Types: deb` stanza of a deb822 sources file.
+fn parse_deb822_sources(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let field = |key: &str| -> Option<String> {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(key)
+                    .then(|| v.trim().to_owned())
+            })
+        };
+        let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        let enabled = field("Enabled").is_none_or(|e| e != "no");
+        if let (true, true, Some(uris), Some(suites)) =
+            (is_deb, enabled, field("URIs"), field("Suites"))
+        {
+            let suites: Vec<String> = suites.split_whitespace().map(str::to_owned).collect();
+            for u in uris.split_whitespace() {
+                out.push((u.to_owned(), suites.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// (URI, [suite]) of every `deb` line of a one-line-style sources.list.
+fn parse_one_line_sources(text: &str) -> Vec<(String, Vec<String>)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().peekable();
+            if w.next()? != "deb" {
+                return None;
+            }
+            if w.peek()?.starts_with('[') {
+                while !w.next()?.ends_with(']') {}
+            }
+            Some((w.next()?.to_owned(), vec![w.next()?.to_owned()]))
+        })
+        .collect()
+}
+
+/// An apt configuration of its own for one Debian suite, under
+/// `target/vm/apt-<suite>/`: its own sources.list, lists, cache and state,
+/// used only to download the kernel. The machine's /etc/apt is never
+/// changed; signatures are checked against the machine's Debian archive
+/// keyring (`signed-by`).
+struct PrivateApt {
+    dir: PathBuf,
+}
+
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+impl PrivateApt {
+    fn new(ws: &Workspace, suite: &str) -> Result<PrivateApt> {
+        let dir = ws.vm_dir().join(format!("apt-{suite}"));
+        for d in [
+            "lists/partial",
+            "cache/archives/partial",
+            "state",
+            "parts",
+            "prefs",
+        ] {
+            fs::create_dir_all(dir.join(d))
+                .ctx(|| format!("cannot create {}", dir.join(d).display()))?;
+        }
+        if !Path::new(DEBIAN_KEYRING).is_file() {
+            bail!("{DEBIAN_KEYRING} is missing: install debian-archive-keyring");
+        }
+        let (archive, security) = host_mirrors()?;
+        let list = format!(
+            "deb [signed-by={DEBIAN_KEYRING}] {archive} {suite} main\n\
+             deb [signed-by={DEBIAN_KEYRING}] {security} {suite}-security main\n"
+        );
+        let path = dir.join("sources.list");
+        if fs::read_to_string(&path).ok().as_deref() != Some(list.as_str()) {
+            fs::write(&path, &list).ctx(|| format!("cannot write {}", path.display()))?;
+        }
+        let status = dir.join("state/status");
+        if !status.exists() {
+            fs::write(&status, "").ctx(|| "cannot create the private dpkg status")?;
+        }
+        Ok(PrivateApt { dir })
+    }
+
+    fn apt_get(&self) -> Command {
+        self.with_config(apt_get())
+    }
+
+    fn with_config(&self, mut c: Command) -> Command {
+        let d = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
+        for (k, v) in [
+            ("Dir::Etc::SourceList", d("sources.list")),
+            ("Dir::Etc::SourceParts", d("parts")),
+            ("Dir::Etc::Preferences", d("prefs/none")),
+            ("Dir::Etc::PreferencesParts", d("prefs")),
+            ("Dir::State", d("state")),
+            ("Dir::State::Lists", d("lists")),
+            ("Dir::State::status", d("state/status")),
+            ("Dir::Cache", d("cache")),
+            ("APT::Architecture", "amd64".to_owned()),
+            ("APT::Architectures", "amd64".to_owned()),
+            // Downloading as root into a root-owned dir: skip the _apt sandbox warning.
+            ("APT::Sandbox::User", "root".to_owned()),
+        ] {
+            c.arg("-o").arg(format!("{k}={v}"));
+        }
+        c
+    }
+
+    /// `apt-get download PKG` into `dir`; runs `apt-get update` on this
+    /// configuration first if its lists are empty, and once more if the
+    /// package is not found (lists outdated).
+    fn download(&self, dir: &Path, pkg: &str) -> Result<PathBuf> {
+        let find = || -> Option<PathBuf> {
+            let prefix = format!("{pkg}_");
+            let mut v: Vec<PathBuf> = fs::read_dir(dir)
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                })
+                .collect();
+            v.sort();
+            v.pop()
+        };
+        // Old downloads of the meta package must not decide the version.
+        if let Some(old) = find() {
+            let _ = fs::remove_file(old);
+        }
+        let update = || {
+            println!("xtask: apt-get update ({})", self.dir.display());
+            run(self.apt_get().arg("update"))
+        };
+        let empty = fs::read_dir(self.dir.join("lists"))
+            .map(|rd| {
+                rd.flatten()
+                    .all(|e| e.file_name() == "partial" || e.file_name() == "lock")
+            })
+            .unwrap_or(true);
+        if empty {
+            update()?;
+        }
+        let dl = |spec: &str| run(self.apt_get().args(["download", spec]).current_dir(dir));
+        if dl(pkg).is_err() {
+            println!("xtask: apt-get download {pkg} failed; running apt-get update and retrying");
+            update()?;
+            if let Err(e) = dl(pkg) {
+                // The indexes can name a version whose .deb the mirror no
+                // longer (or not yet) serves (measured: bullseye-security's
+                // newest linux-image-cloud-amd64, 404): try the older
+                // versions the indexes list, newest first, and say so.
+                let older: Vec<String> = self.versions(pkg)?.into_iter().skip(1).collect();
+                let mut got = false;
+                for v in &older {
+                    println!("xtask: {pkg}'s newest version is not downloadable ({e}); trying {v}");
+                    if dl(&format!("{pkg}={v}")).is_ok() {
+                        got = true;
+                        break;
+                    }
+                }
+                if !got {
+                    bail!("cannot download kernel package {pkg} (versions tried: the newest and {older:?}): {e}");
+                }
+            }
+        }
+        find().ok_or_else(|| format!("apt-get download {pkg} produced no .deb").into())
+    }
+
+    /// The versions of `pkg` the private indexes list, newest first.
+    fn versions(&self, pkg: &str) -> Result<Vec<String>> {
+        let out = capture_stdout(
+            self.with_config(Command::new("apt-cache"))
+                .args(["madison", pkg]),
+        )?;
+        Ok(parse_madison(&out))
+    }
+}
+
+/// `apt-cache madison` lines ("pkg | 5.10.262-1 | http://… Packages") →
+/// versions in the order given (apt's: newest first), without repeats.
+fn parse_madison(out: &str) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for l in out.lines() {
+        if let Some(ver) = l.split('|').nth(1).map(str::trim) {
+            if !ver.is_empty() && !v.iter().any(|x| x == ver) {
+                v.push(ver.to_owned());
+            }
+        }
+    }
+    v
 }
 
 /// Make the extracted module tree usable by busybox modprobe: modules under
@@ -1115,6 +1368,10 @@ pub struct BinResult {
     pub failed: u32,
     pub ignored: u32,
     pub failures: Vec<String>,
+    /// Tests that reported, through `$RECLAIM_VM_NA_FILE`, that they cannot
+    /// apply to this kernel: "test name: reason". libtest counts them as
+    /// passed; the harness counts them apart, never as passes.
+    pub not_applicable: Vec<String>,
 }
 
 pub fn parse_results(console: &[String]) -> Vec<BinResult> {
@@ -1128,7 +1385,9 @@ pub fn parse_results(console: &[String]) -> Vec<BinResult> {
             continue;
         }
         let Some(cur) = v.last_mut() else { continue };
-        if l.contains("@@VM-BIN-KILLED ") {
+        if let Some(na) = l.split("@@VM-NA ").nth(1) {
+            cur.not_applicable.push(na.trim().to_owned());
+        } else if l.contains("@@VM-BIN-KILLED ") {
             cur.failures.push("(killed: --test-timeout)".to_owned());
         } else if let Some(rest) = l.split("@@VM-BIN-END ").nth(1) {
             cur.status = rest
@@ -1173,6 +1432,29 @@ pub fn vm_test(
     test_args: &[String],
     phases: &mut Phases,
 ) -> Result<()> {
+    match vm_test_summary(ws, opts, test_args, phases)?.error {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+/// Counts of one `vm-test` run on one kernel.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub passed: u32,
+    pub failed: u32,
+    pub not_applicable: u32,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+}
+
+/// `vm-test` on `opts.kernel`; `Err` only if the VM could not be set up.
+pub fn vm_test_summary(
+    ws: &Workspace,
+    opts: &VmOpts,
+    test_args: &[String],
+    phases: &mut Phases,
+) -> Result<Summary> {
     let (k, mut stage, art) = prepare(ws, opts, phases, true, "test")?;
     let r = run_vm_tests(ws, &k, &mut stage, &art, opts, test_args, phases);
     let _ = fs::remove_dir_all(work_dir(ws, "test"));
@@ -1187,8 +1469,12 @@ fn test_payload(bins: &[&str], opts: &VmOpts, test_args: &[String]) -> String {
         payload.push_str(&format!(
             // busybox `timeout`: a hung binary is killed (status 137) and the
             // others still run, instead of one hang eating the VM timeout.
-            "echo \"@@VM-BIN-BEGIN {n}\"\ntimeout -s KILL {t} /opt/tests/{n} --include-ignored --test-threads=1 {}\n\
+            // A test that cannot apply to this kernel appends "name: reason"
+            // to $RECLAIM_VM_NA_FILE (tests/common); printed as @@VM-NA.
+            "echo \"@@VM-BIN-BEGIN {n}\"\nexport RECLAIM_VM_NA_FILE=/tmp/vm-na-{n}\n\
+             timeout -s KILL {t} /opt/tests/{n} --include-ignored --test-threads=1 {}\n\
              st=$?\n[ $st -eq 137 ] && echo \"@@VM-BIN-KILLED {n} after {t} s (--test-timeout)\"\n\
+             [ -f /tmp/vm-na-{n} ] && while IFS= read -r l; do echo \"@@VM-NA $l\"; done < /tmp/vm-na-{n}\n\
              echo \"@@VM-BIN-END {n} status=$st\"\n[ $st -eq 0 ] || overall=1\n",
             extra.join(" "),
             t = opts.test_timeout.as_secs()
@@ -1227,7 +1513,7 @@ fn run_vm_tests(
     opts: &VmOpts,
     test_args: &[String],
     phases: &mut Phases,
-) -> Result<()> {
+) -> Result<Summary> {
     if art.vm_tests.is_empty() {
         bail!("no integration tests named tests/vm_*.rs were built: a suite that runs nothing is not a pass");
     }
@@ -1275,31 +1561,38 @@ fn run_vm_tests(
     }
     results.sort_by_key(|r| all.iter().position(|n| *n == r.name));
 
-    println!("xtask: ===== VM test results =====");
-    let (mut passed, mut failed) = (0, 0);
+    println!("xtask: ===== VM test results (kernel {}) =====", k.kver);
+    let (mut passed, mut failed, mut na) = (0, 0, 0);
     for r in &results {
+        let n_na = r.not_applicable.len() as u32;
         println!(
-            "xtask:   {:<24} exit {:<5} passed {:>3}  failed {:>3}{}",
+            "xtask:   {:<24} exit {:<5} passed {:>3}  failed {:>3}  n/a {:>2}{}",
             r.name,
             r.status.map_or("none".into(), |s| s.to_string()),
-            r.passed,
+            r.passed.saturating_sub(n_na),
             r.failed,
+            n_na,
             if r.failures.is_empty() {
                 String::new()
             } else {
                 format!("  FAILED: {}", r.failures.join(", "))
             }
         );
-        passed += r.passed;
+        for t in &r.not_applicable {
+            println!("xtask:     NOT APPLICABLE on {}: {t}", k.kver);
+        }
+        passed += r.passed.saturating_sub(n_na);
         failed += r.failed;
+        na += n_na;
     }
     for n in &pending {
         println!("xtask:   {n:<24} never finished");
     }
     println!(
-        "xtask:   total: {passed} passed, {failed} failed, in {} of {} binaries",
+        "xtask:   total: {passed} passed, {failed} failed, {na} not applicable, in {} of {} binaries (kernel {})",
         results.len(),
-        all.len()
+        all.len(),
+        k.kver
     );
     for (i, d) in deaths.iter().enumerate() {
         println!("xtask: WARNING: VM boot {} died: {d}", i + 1);
@@ -1309,28 +1602,37 @@ fn run_vm_tests(
         .filter(|r| r.status != Some(0))
         .map(|r| r.name.as_str())
         .collect();
-    if !pending.is_empty() {
-        bail!(
+    let mut sum = Summary {
+        passed,
+        failed,
+        not_applicable: na,
+        error: None,
+    };
+    sum.error = if !pending.is_empty() {
+        Some(format!(
             "{} (binaries that never finished: {})",
             deaths.last().map_or("the VM died", |d| d.as_str()),
             pending.join(" ")
+        ))
+    } else if !bad.is_empty() || status_failed {
+        Some(format!("VM test suite failed ({})", bad.join(" ")))
+    } else if passed + failed == 0 {
+        Some("zero VM tests ran (filtered out or all not applicable?): a suite that runs nothing is not a pass".into())
+    } else {
+        None
+    };
+    if sum.error.is_none() {
+        println!(
+            "xtask: VM tests passed ({passed} tests, {na} not applicable, kernel {}{})",
+            k.kver,
+            if deaths.is_empty() {
+                String::new()
+            } else {
+                format!(", after {} guest death(s) and a retry", deaths.len())
+            }
         );
     }
-    if !bad.is_empty() || status_failed {
-        bail!("VM test suite failed ({})", bad.join(" "));
-    }
-    if passed + failed == 0 {
-        bail!("zero VM tests ran (filtered out?): a suite that runs nothing is not a pass");
-    }
-    println!(
-        "xtask: VM tests passed ({passed} tests{})",
-        if deaths.is_empty() {
-            String::new()
-        } else {
-            format!(", after {} guest death(s) and a retry", deaths.len())
-        }
-    );
-    Ok(())
+    Ok(sum)
 }
 
 pub fn vm_run(
@@ -1476,5 +1778,75 @@ mod tests {
         assert_eq!(r[0].failures, vec!["flags::clear".to_owned()]);
         assert_eq!((r[1].passed, r[1].status), (1, Some(0)));
         assert_eq!((r[2].passed, r[2].failed, r[2].ignored), (11, 0, 2));
+    }
+
+    #[test]
+    fn not_applicable_is_counted_apart() {
+        let lines: Vec<String> = [
+            "@@VM-BIN-BEGIN vm_a",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s",
+            "@@VM-NA ublk_queue: CONFIG_BLK_DEV_UBLK is not set",
+            "@@VM-BIN-END vm_a status=0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = parse_results(&lines);
+        assert_eq!(r[0].passed, 3);
+        assert_eq!(
+            r[0].not_applicable,
+            vec!["ublk_queue: CONFIG_BLK_DEV_UBLK is not set".to_owned()]
+        );
+        let p = test_payload(&["vm_a"], &VmOpts::default(), &[]);
+        assert!(p.contains("export RECLAIM_VM_NA_FILE=/tmp/vm-na-vm_a"));
+        assert!(p.contains("@@VM-NA $l"));
+    }
+
+    #[test]
+    fn madison_parsing() {
+        let out = "linux-image-cloud-amd64 | 5.10.262-1 | http://m/debian-security bullseye-security/main amd64 Packages\n\
+                   linux-image-cloud-amd64 | 5.10.223-1 | http://m/debian bullseye/main amd64 Packages\n\
+                   linux-image-cloud-amd64 | 5.10.223-1 | http://n/debian bullseye/main amd64 Packages\n";
+        assert_eq!(
+            parse_madison(out),
+            vec!["5.10.262-1".to_owned(), "5.10.223-1".to_owned()]
+        );
+    }
+
+    #[test]
+    fn kernel_series() {
+        assert!(kver_in_series("6.1.0-56-cloud-amd64", "6.1"));
+        assert!(!kver_in_series("6.12.118+deb13-cloud-amd64", "6.1"));
+        assert!(kver_in_series("6.12.118+deb13-cloud-amd64", "6.12"));
+        assert!(kver_in_series("5.10.0-35-cloud-amd64", "5.10"));
+        assert_eq!(suite_of("5.10").unwrap(), "bullseye");
+        assert_eq!(suite_of("6.12").unwrap(), "trixie");
+        assert_eq!(suite_of(DEFAULT_KERNEL).unwrap(), "bookworm");
+        assert!(suite_of("4.19").is_err());
+    }
+
+    #[test]
+    fn host_sources_parsing() {
+        let deb822 = "Types: deb\n# comment\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n\
+                      Components: main\n\nTypes: deb\nURIs: http://m.example/debian-security\n\
+                      Suites: bookworm-security\n\nTypes: deb-src\nURIs: http://x/\nSuites: sid\n";
+        assert_eq!(
+            parse_deb822_sources(deb822),
+            vec![
+                (
+                    "http://m.example/debian".to_owned(),
+                    vec!["bookworm".to_owned(), "bookworm-updates".to_owned()]
+                ),
+                (
+                    "http://m.example/debian-security".to_owned(),
+                    vec!["bookworm-security".to_owned()]
+                ),
+            ]
+        );
+        let one = "# x\ndeb [signed-by=/k.gpg arch=amd64] http://m/debian bookworm main\ndeb-src http://m/debian bookworm main\n";
+        assert_eq!(
+            parse_one_line_sources(one),
+            vec![("http://m/debian".to_owned(), vec!["bookworm".to_owned()])]
+        );
     }
 }
