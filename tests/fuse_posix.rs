@@ -682,6 +682,154 @@ fn chmod_chown_utimensat_rules_for_an_owner_as_on_the_source() {
     rig.unmount();
 }
 
+/// Outcome of one probe: `Ok(detail)` or the errno.
+type Probe = (&'static str, Result<String, i32>);
+
+/// pjdfstest-like probes of namespace rules under `base`: link counts,
+/// rename of a directory over a non-empty one and into itself, rmdir of a
+/// non-empty directory and of ".", ENAMETOOLONG, O_EXCL (also on a dangling
+/// symlink), symlink loops, truncate/open errnos, hard links of a
+/// directory, rename between hard links of one inode, trailing slashes; and
+/// a sticky directory's rules for another user (fsuid 4343).
+fn namespace_probes(base: &std::path::Path) -> Vec<Probe> {
+    use std::os::unix::fs::symlink;
+    let p = |n: &str| base.join(n);
+    let e = |r: std::io::Result<String>| r.map_err(|e| e.raw_os_error().unwrap());
+    let ok = |r: std::io::Result<()>| e(r.map(|()| String::new()));
+    let open = |n: &str, flags: i32| {
+        ok(OpenOptions::new()
+            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .create(flags & libc::O_CREAT != 0)
+            .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT))
+            .open(p(n))
+            .map(drop))
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::create_dir_all(p("d/x")).unwrap();
+    fs::create_dir(p("e")).unwrap();
+    fs::write(p("e/f"), b"x").unwrap();
+    let nlink = |n: &str| e(fs::symlink_metadata(p(n)).map(|m| m.nlink().to_string()));
+    let long = "a".repeat(256);
+    let mut out: Vec<Probe> = vec![
+        ("nlink of a dir with a subdir", nlink("d")),
+        (
+            "rename dir over non-empty dir",
+            ok(fs::rename(p("d"), p("e"))),
+        ),
+        ("rename dir into itself", ok(fs::rename(p("d"), p("d/x/y")))),
+        ("rmdir non-empty", ok(fs::remove_dir(p("e")))),
+        ("rmdir .", ok(fs::remove_dir(p("d/.")))),
+        ("create a 256-byte name", ok(fs::write(p(&long), b""))),
+        ("stat a 256-byte name", ok(fs::metadata(p(&long)).map(drop))),
+        (
+            "O_EXCL on a file",
+            open("e/f", libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        ),
+        ("dangling symlink", ok(symlink("nowhere", p("dangling")))),
+        (
+            "O_EXCL on a dangling symlink",
+            open("dangling", libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        ),
+        (
+            "symlink loop",
+            ok(symlink("l2", p("l1")).and_then(|()| symlink("l1", p("l2")))),
+        ),
+        ("open a loop", open("l1", libc::O_RDONLY)),
+        (
+            "O_NOFOLLOW on a symlink",
+            open("l1", libc::O_RDONLY | libc::O_NOFOLLOW),
+        ),
+        (
+            "truncate a dir",
+            ok(nix::unistd::truncate(&p("d"), 0).map_err(std::io::Error::from)),
+        ),
+        ("open a dir for writing", open("d", libc::O_WRONLY)),
+        (
+            "O_DIRECTORY on a file",
+            open("e/f", libc::O_RDONLY | libc::O_DIRECTORY),
+        ),
+        ("unlink a dir", ok(fs::remove_file(p("d")))),
+        ("rmdir a file", ok(fs::remove_dir(p("e/f")))),
+        ("hard link a dir", ok(fs::hard_link(p("d"), p("dl")))),
+        ("hard link", ok(fs::hard_link(p("e/f"), p("e/g")))),
+        ("nlink after link", nlink("e/f")),
+        (
+            "rename onto another link of the inode",
+            ok(fs::rename(p("e/f"), p("e/g"))),
+        ),
+        ("both names stay", e(Ok(names(&p("e")).join(",")))),
+        ("rename file over dir", ok(fs::rename(p("e/g"), p("d")))),
+        ("rename dir over file", ok(fs::rename(p("d/x"), p("e/g")))),
+        ("mkdir over a dir", ok(fs::create_dir(p("e")))),
+        ("stat file/", ok(fs::metadata(p("e/g/")).map(drop))),
+        ("create under a file", ok(fs::write(p("e/g/z"), b""))),
+        ("rename to .", ok(fs::rename(p("d/x"), p("d/.")))),
+    ];
+    // A sticky directory: only the owner of a file (or of the directory)
+    // may unlink or rename it.
+    fs::create_dir(p("st")).unwrap();
+    fs::set_permissions(p("st"), fs::Permissions::from_mode(0o1777)).unwrap();
+    for (n, id) in [("st/his", 4242), ("st/mine", 4343)] {
+        fs::write(p(n), b"").unwrap();
+        std::os::unix::fs::chown(p(n), Some(id), Some(id)).unwrap();
+    }
+    {
+        let _as = As::user(4343, 4343);
+        out.extend([
+            ("sticky: unlink another's", ok(fs::remove_file(p("st/his")))),
+            (
+                "sticky: rename another's",
+                ok(fs::rename(p("st/his"), p("st/x"))),
+            ),
+            (
+                "sticky: rename over another's",
+                ok(fs::rename(p("st/mine"), p("st/his"))),
+            ),
+            (
+                "chmod another's",
+                ok(fs::set_permissions(
+                    p("st/his"),
+                    fs::Permissions::from_mode(0o777),
+                )),
+            ),
+            (
+                "chown own to root's group",
+                ok(std::os::unix::fs::chown(p("st/mine"), None, Some(0))),
+            ),
+            ("sticky: unlink own", ok(fs::remove_file(p("st/mine")))),
+        ]);
+    }
+    out
+}
+
+/// The namespace probes give the same results and errnos through the mount
+/// as on a plain directory of the source's file system.
+#[test]
+fn namespace_rules_and_errnos_as_the_source() {
+    require_mount();
+    let mut rig = Rig::with(2, |fs| fs.allow_other = true);
+    let plain = rig.dir.join("plain");
+    fs::create_dir(&plain).unwrap();
+    let want = namespace_probes(&plain);
+    // The probes hit the rules they name (on the plain directory).
+    for (name, errno) in [
+        ("rename dir over non-empty dir", libc::ENOTEMPTY),
+        ("create a 256-byte name", libc::ENAMETOOLONG),
+        ("open a loop", libc::ELOOP),
+        ("sticky: unlink another's", libc::EPERM),
+    ] {
+        assert!(want.contains(&(name, Err(errno))), "{name}: {want:?}");
+    }
+    fs::create_dir(rig.m("p")).unwrap();
+    let got = namespace_probes(&rig.m("p"));
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(g, w, "through the mount vs a plain directory");
+    }
+    assert_eq!(got.len(), want.len());
+    rig.unmount();
+}
+
 #[test]
 fn without_allow_other_other_users_are_refused() {
     require_mount();
