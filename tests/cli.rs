@@ -538,11 +538,12 @@ fn exec_runs_the_command_when_its_warning_cannot_be_written() {
             );
             cmd.status().unwrap()
         } else {
-            // The reader is gone before the launcher writes: EPIPE.
-            cmd.stderr(Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            drop(child.stderr.take());
-            child.wait().unwrap()
+            // The reader is gone before the launcher starts: EPIPE on its
+            // first write (closing it after spawn would race that write).
+            let (read_end, write_end) = nix::unistd::pipe().unwrap();
+            drop(read_end);
+            cmd.stderr(Stdio::from(write_end));
+            cmd.status().unwrap()
         };
         assert_eq!(st.code(), Some(0), "stderr {stderr}: {st}");
         assert!(marker.exists(), "stderr {stderr}: the command did not run");
@@ -604,14 +605,16 @@ fn probe_status_help_and_version_fail_cleanly_on_an_unwritable_stdout() {
         assert_eq!(o.code(), Some(1), "{args:?}: {o}");
     }
     // A reader that went away: status 1 without a message, not a panic.
-    let mut child = Command::new(BIN)
+    // The read end is closed before the child starts, so its first write
+    // fails with EPIPE (closing it after spawn races with that write).
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let o = Command::new(BIN)
         .args(["status", &pid])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(write_end))
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take());
-    let o = child.wait_with_output().unwrap();
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
 }

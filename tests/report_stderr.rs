@@ -51,10 +51,11 @@ fn a_refused_scope_with_stderr_gone_does_not_panic() {
                 cmd.output().unwrap()
             }
             "broken-pipe" => {
-                cmd.stderr(Stdio::piped());
-                let mut child = cmd.spawn().unwrap();
-                drop(child.stderr.take());
-                child.wait_with_output().unwrap()
+                // Closed before the child starts: every write is EPIPE.
+                let (read_end, write_end) = nix::unistd::pipe().unwrap();
+                drop(read_end);
+                cmd.stderr(Stdio::from(write_end));
+                cmd.output().unwrap()
             }
             _ => cmd.output().unwrap(),
         };
