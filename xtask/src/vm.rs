@@ -1376,7 +1376,28 @@ pub struct BinResult {
 
 pub fn parse_results(console: &[String]) -> Vec<BinResult> {
     let mut v: Vec<BinResult> = Vec::new();
+    // Inside libtest's closing "failures:" list of names (4-space indented,
+    // up to a blank line): with --nocapture a "test X ... FAILED" line can
+    // be split by the test's output, the list cannot.
+    let mut in_failures = false;
     for l in console {
+        let t = l.trim_end();
+        if in_failures {
+            let name = t.trim_start();
+            if t.starts_with("    ") && !name.is_empty() && !name.contains(char::is_whitespace) {
+                if let Some(cur) = v.last_mut() {
+                    if !cur.failures.iter().any(|f| f == name) {
+                        cur.failures.push(name.to_owned());
+                    }
+                }
+                continue;
+            }
+            in_failures = false;
+        }
+        if t == "failures:" {
+            in_failures = true;
+            continue;
+        }
         if let Some(n) = l.split("@@VM-BIN-BEGIN ").nth(1) {
             v.push(BinResult {
                 name: n.trim().to_owned(),
@@ -1564,7 +1585,13 @@ fn run_vm_tests(
     println!("xtask: ===== VM test results (kernel {}) =====", k.kver);
     let (mut passed, mut failed, mut na) = (0, 0, 0);
     for r in &results {
-        let n_na = r.not_applicable.len() as u32;
+        // One test may report several parts not applicable: count tests.
+        let n_na = r
+            .not_applicable
+            .iter()
+            .map(|l| l.split(": ").next().unwrap_or(l))
+            .collect::<BTreeSet<_>>()
+            .len() as u32;
         println!(
             "xtask:   {:<24} exit {:<5} passed {:>3}  failed {:>3}  n/a {:>2}{}",
             r.name,
@@ -1765,12 +1792,26 @@ mod tests {
             "ok",
             "test result: ok. 11 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.67s",
             "@@VM-BIN-END vm_c status=0",
+            "@@VM-BIN-BEGIN vm_d",
+            "test split ... some output",
+            "FAILED",
+            "failures:",
+            "",
+            "---- split stdout ----",
+            "    \"a trace line\"",
+            "",
+            "failures:",
+            "    split",
+            "",
+            "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s",
+            "@@VM-BIN-END vm_d status=101",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let r = parse_results(&lines);
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[3].failures, vec!["split".to_owned()]);
         assert_eq!(
             (r[0].passed, r[0].failed, r[0].ignored, r[0].status),
             (1, 1, 1, Some(101))
