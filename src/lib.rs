@@ -62,10 +62,10 @@
 //!   file is paused, up to 200 ms a call and again and again, for dirty
 //!   pages of the device it serves, which only it can clean: a throughput
 //!   collapse, or a hang. In the VM suite (`tests/vm_throttle.rs`, Debian
-//!   6.1) the example NBD server without the flag spends 41–54 s of a 60 s
-//!   run asleep in `balance_dirty_pages`, and its client's `dd` + `sync`
-//!   takes 56 s or more; with [`IoFlusher`] it is never throttled and the
-//!   same workload takes 9–18 s.
+//!   6.1, six runs) the example NBD server without the flag spends 32–54 s
+//!   of a 60 s run asleep in `balance_dirty_pages` (280–600 pauses), and
+//!   its client's `dd` + `sync` takes 51 s or more; with [`IoFlusher`] it
+//!   is never throttled and the same workload takes 9–20 s.
 //!
 //! [`NoFsScope`] and [`NoFsFile`] set both bits for the duration of a
 //! call: the `pwrite` that dirties page cache is covered, including its
