@@ -164,11 +164,18 @@ pub fn assert_contrast(worker: &str, runs: &[(Mode, Stats)]) {
         g.worker_allocs > 0,
         "guarded: no page allocation traced on {worker}"
     );
-    assert_eq!(
-        g.worker_fs_io_allocs, 0,
-        "guarded: FS/IO-capable allocations on {worker}: {}",
-        g.worker_fs_io_gfp
-    );
+    if super::page_alloc_trace_is_scoped() {
+        assert_eq!(
+            g.worker_fs_io_allocs, 0,
+            "guarded: FS/IO-capable allocations on {worker}: {}",
+            g.worker_fs_io_gfp
+        );
+    } else {
+        super::not_applicable(&format!(
+            "guarded: page allocations on {worker}: {}",
+            super::UNSCOPED_PAGE_ALLOC_TRACE
+        ));
+    }
     assert!(
         g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
         "guarded: {worker} was NOIO|LOCAL_THROTTLE in only {}/{} /proc samples",
