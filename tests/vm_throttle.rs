@@ -449,7 +449,22 @@ fn run_mode(mode: Mode) -> Run {
                     run.proc_flagged += 1;
                 }
                 let wchan = fs::read_to_string(format!("/proc/{pid}/task/{t}/wchan"));
-                if wchan.is_ok_and(|w| w.trim() == "balance_dirty_pages") {
+                let in_bdp = match wchan {
+                    Ok(w) if w.trim() == "balance_dirty_pages" => true,
+                    // Before 5.16 x86's get_wchan() walks frame pointers,
+                    // which Debian's ORC-unwound kernels lack: wchan reads
+                    // "0" (measured on 5.10). The top frame of the task's
+                    // stack is the same evidence there.
+                    Ok(w) if w.trim() == "0" && kernel_version() < (5, 16) => {
+                        fs::read_to_string(format!("/proc/{pid}/task/{t}/stack")).is_ok_and(|s| {
+                            s.lines()
+                                .next()
+                                .is_some_and(|l| l.contains(" balance_dirty_pages+"))
+                        })
+                    }
+                    _ => false,
+                };
+                if in_bdp {
                     run.proc_in_bdp += 1;
                 }
             }
