@@ -449,7 +449,7 @@ fn parse_deb822_sources(text: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// (URI, [suite]) of every `deb` line of a one-line-style sources.list.
+/// (URI, suites) of every `deb` line of a one-line-style sources.list.
 fn parse_one_line_sources(text: &str) -> Vec<(String, Vec<String>)> {
     text.lines()
         .filter_map(|l| {
