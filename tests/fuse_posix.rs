@@ -1328,3 +1328,51 @@ fn without_xattrs_callers_get_eopnotsupp() {
     );
     rig.unmount();
 }
+
+/// `--source`/`--mountpoint` are checked before mounting: each must be an
+/// existing directory (the errno kept, the flag named), and a mountpoint
+/// inside the source — which would make the daemon wait on itself — is
+/// refused; the source itself as mountpoint (a shadowing mount) is not.
+#[test]
+fn mount_paths_are_checked_and_a_mountpoint_inside_the_source_is_refused() {
+    let base = std::env::temp_dir().join(format!("fuse-paths-{}", std::process::id()));
+    let (src, inner, other, file) = (
+        base.join("src"),
+        base.join("src/a/inner"),
+        base.join("other"),
+        base.join("file"),
+    );
+    fs::create_dir_all(&inner).unwrap();
+    fs::create_dir_all(&other).unwrap();
+    fs::write(&file, b"x").unwrap();
+    let check = passthrough::check_mount_paths;
+    let e = check(&src, &inner).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("is inside --source"), "{e}");
+    // Also when spelled with `..` or through a symlink to the source.
+    std::os::unix::fs::symlink(&src, base.join("link")).unwrap();
+    assert!(check(&base.join("link"), &base.join("other/../src/a")).is_err());
+    let e = check(&src, &file).unwrap_err();
+    assert_eq!(e.raw_os_error(), None, "wrapped with the flag");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotADirectory, "{e}");
+    assert!(e.to_string().starts_with("--mountpoint "), "{e}");
+    let e = check(&base.join("nosuch"), &other).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().starts_with("--source "), "{e}");
+    assert_eq!(
+        check(&file, &other).unwrap_err().kind(),
+        std::io::ErrorKind::NotADirectory
+    );
+    // Allowed: a sibling, and the source itself.
+    let (s, m) = check(&src, &other).unwrap();
+    assert_eq!(
+        (s, m),
+        (src.canonicalize().unwrap(), other.canonicalize().unwrap())
+    );
+    assert!(check(&src, &src).is_ok());
+    assert!(
+        check(&inner, &src).is_ok(),
+        "the source under the mountpoint is fine"
+    );
+    fs::remove_dir_all(&base).unwrap();
+}

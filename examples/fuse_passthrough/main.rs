@@ -47,7 +47,8 @@ struct Args {
     #[arg(long)]
     mountpoint: PathBuf,
     /// Worker threads reading /dev/fuse (each its own cloned fd when > 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     threads: usize,
     /// Let other users use the mount (mount option allow_other).
     #[arg(long)]
@@ -70,6 +71,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Usage errors before the protection warning, so they are not buried.
+    let (source, mountpoint) = match passthrough::check_mount_paths(&args.source, &args.mountpoint)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fuse-passthrough: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let protection = args.protection.protection();
     if daemon::announce("fuse-passthrough", "serving threads", protection).is_err() {
         return ExitCode::from(3);
@@ -79,13 +89,6 @@ fn main() -> ExitCode {
         Protection::Strict => Guarding::Strict,
         Protection::NoFlusher | Protection::Unprotected => Guarding::None,
     };
-    if !args.source.is_dir() {
-        eprintln!(
-            "fuse-passthrough: --source {}: not a directory",
-            args.source.display()
-        );
-        return ExitCode::from(2);
-    }
     // Registered before mounting: a signal that arrives during the mount is
     // served after it, and the mount is never left behind.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
@@ -95,7 +98,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source = args.source.canonicalize().unwrap_or(args.source.clone());
     let mut fs = match Passthrough::new(source.clone(), guarding) {
         Ok(fs) => fs,
         Err(e) => {
@@ -108,7 +110,7 @@ fn main() -> ExitCode {
     fs.readdirplus = !args.no_readdirplus;
     fs.xattr = !args.no_xattr;
     let stats = fs.stats();
-    let mut mounted = match passthrough::mount(fs, &args.mountpoint, args.threads) {
+    let mut mounted = match passthrough::mount(fs, &mountpoint, args.threads) {
         Ok(m) => m,
         Err(e) => {
             eprintln!(
@@ -134,10 +136,6 @@ fn main() -> ExitCode {
     let mut unmounter = mounted.take_unmounter().expect("fresh mount");
     let handle = signals.handle();
     let grace = Duration::from_secs(args.grace);
-    let mountpoint = args
-        .mountpoint
-        .canonicalize()
-        .unwrap_or(args.mountpoint.clone());
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -1592,6 +1592,43 @@ impl Filesystem for Passthrough {
     }
 }
 
+/// Check `--source` and `--mountpoint` before mounting; returns both
+/// canonicalized.
+///
+/// Both must be existing directories (`ENOENT`/`ENOTDIR` otherwise, with the
+/// flag named). A mountpoint *inside* the source is refused (`EINVAL`): the
+/// source's own directory would then contain the mount, so looking up its
+/// name walks into the mount and asks this daemon again, which waits on
+/// itself (with one serving thread, a caller hangs in D state for ever).
+/// The mountpoint *being* the source is allowed: the source is opened before
+/// mounting, so the daemon serves the directory underneath (a shadowing
+/// mount).
+pub fn check_mount_paths(source: &Path, mountpoint: &Path) -> io::Result<(PathBuf, PathBuf)> {
+    let dir = |flag: &str, p: &Path| -> io::Result<PathBuf> {
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("{flag} {}: {e}", p.display()));
+        let c = p.canonicalize().map_err(named)?;
+        if !c.metadata().map_err(named)?.is_dir() {
+            return Err(named(io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        Ok(c)
+    };
+    let source = dir("--source", source)?;
+    let mountpoint = dir("--mountpoint", mountpoint)?;
+    if mountpoint != source && mountpoint.starts_with(&source) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--mountpoint {} is inside --source {}: looking it up through the \
+                 mount would ask this daemon again and wait on itself; mount \
+                 elsewhere (or on the source itself, to shadow it)",
+                mountpoint.display(),
+                source.display()
+            ),
+        ));
+    }
+    Ok((source, mountpoint))
+}
+
 /// How a mount ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unmounted {
