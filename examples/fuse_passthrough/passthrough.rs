@@ -1468,7 +1468,10 @@ impl Filesystem for Passthrough {
         match nix::fcntl::fcntl(&*fd, FcntlArg::F_OFD_SETLK(&fl)) {
             Ok(_) => reply.ok(),
             Err(nix::errno::Errno::EAGAIN) if sleep => {
-                let spawned = std::thread::Builder::new()
+                // The crate's builder: the waiter starts in this serving
+                // thread's context (an I/O flusher), kernel flag and
+                // bookkeeping alike, for the reply it writes to /dev/fuse.
+                let spawned = reclaim_scope::thread::Builder::new()
                     .name("fuse-setlkw".into())
                     .spawn(move || match setlkw(&fd, &fl) {
                         Ok(()) => reply.ok(),
