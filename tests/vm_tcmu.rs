@@ -21,11 +21,12 @@
 mod common;
 
 use common::seed::{self, Mode, Stats};
+use common::tcmu::{configfs_leftovers, Rig, HANDLER, TARGET};
 use common::*;
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LOWER_DEV: &str = "/dev/ram1";
@@ -37,23 +38,9 @@ const MEMORY_MAX: &str = "32M";
 const DD_MIB: u64 = 64;
 const DATA_MIB: usize = 16;
 const TRACE_BUFFER_KB: u64 = 16384;
-const CONFIGFS: &str = "/sys/kernel/config";
-const TARGET: &str = "/sys/kernel/config/target";
-const HANDLER: &str = "tcmu-handler";
 
 fn setup_once() {
-    load_brd();
-    for m in ["target_core_user", "tcm_loop", "sd_mod", "xfs", "loop"] {
-        must(30, "modprobe", &[m]);
-    }
-    if !Path::new(TARGET).is_dir() {
-        must(10, "mount", &["-t", "configfs", "none", CONFIGFS]);
-    }
-    assert!(
-        Path::new(TARGET).is_dir(),
-        "{TARGET} missing after modprobe + mount"
-    );
-    let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    tcmu::setup();
     for d in [LOWER, UPPER] {
         fs::create_dir_all(d).unwrap();
     }
@@ -73,173 +60,6 @@ fn fresh_lower() -> String {
     must(60, "sync", &[]);
     write_file("/proc/sys/vm/drop_caches", "3");
     backing
-}
-
-/// Our configfs objects still present: backstores under core/user_0 and
-/// tcm_loop targets.
-fn configfs_leftovers() -> Vec<String> {
-    let mut v = Vec::new();
-    for d in ["core/user_0", "loopback"] {
-        let p = Path::new(TARGET).join(d);
-        for e in fs::read_dir(&p).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("naa.") || (d == "core/user_0" && e.path().is_dir()) {
-                v.push(format!("{d}/{n}"));
-            }
-        }
-    }
-    v
-}
-
-/// Best effort, only after the daemon failed to tear down itself.
-fn force_configfs_cleanup() {
-    let lb = Path::new(TARGET).join("loopback");
-    for e in fs::read_dir(&lb).into_iter().flatten().flatten() {
-        if !e.file_name().to_string_lossy().starts_with("naa.") {
-            continue;
-        }
-        let tpg = e.path().join("tpgt_1");
-        let lun = tpg.join("lun/lun_0");
-        for l in fs::read_dir(&lun).into_iter().flatten().flatten() {
-            if l.path().is_symlink() {
-                let _ = fs::remove_file(l.path());
-            }
-        }
-        let _ = fs::remove_dir(&lun);
-        let _ = fs::remove_dir(&tpg);
-        let _ = fs::remove_dir(e.path());
-    }
-    let hba = Path::new(TARGET).join("core/user_0");
-    for e in fs::read_dir(&hba).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            let _ = fs::remove_dir(e.path());
-        }
-    }
-    let _ = fs::remove_dir(&hba);
-}
-
-/// The daemon and its cgroup, torn down on drop (also on panic).
-struct Rig {
-    daemon: Option<Child>,
-    cgroup: Option<String>,
-    log: String,
-}
-
-impl Rig {
-    /// Start `tcmu_file` (in `cgroup` if given) and wait for its disk.
-    fn start(backing: &str, cgroup: Option<String>, flags: &[&str], log: &str) -> (Rig, String) {
-        let join = cgroup
-            .as_ref()
-            .map(|c| format!("echo $$ > {c}/cgroup.procs && "))
-            .unwrap_or_default();
-        let cmd = format!("{join}exec tcmu_file --file {backing} {}", flags.join(" "));
-        let child = Command::new("sh")
-            .args(["-c", &cmd])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start tcmu_file");
-        let mut rig = Rig {
-            daemon: Some(child),
-            cgroup,
-            log: log.to_owned(),
-        };
-        let mut dev = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = rig.log();
-            if let Some(i) = text.find(" as /dev/") {
-                dev = text[i + 4..].lines().next().unwrap_or("").trim().to_owned();
-            }
-            let exited = rig
-                .daemon
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten();
-            if !dev.is_empty() {
-                break;
-            }
-            assert!(
-                exited.is_none() && !text.contains("no /dev/sd") && Instant::now() < deadline,
-                "tcmu_file without a disk ({exited:?}): {text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (rig, dev)
-    }
-
-    fn pid(&self) -> u32 {
-        self.daemon.as_ref().expect("daemon").id()
-    }
-
-    /// SIGKILL: the daemon dies without tearing anything down.
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, wait for a clean exit; the daemon's log.
-    fn stop(&mut self) -> Result<String, String> {
-        let Some(mut child) = self.daemon.take() else {
-            return Ok(self.log());
-        };
-        let _ = run_for(5, "kill", &["-TERM", &child.id().to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let st = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => break None,
-            }
-        };
-        let log = self.log();
-        match st {
-            Some(st) if st.success() => Ok(log),
-            Some(st) => {
-                force_configfs_cleanup();
-                Err(format!("tcmu_file exited with {st}: {log}"))
-            }
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                force_configfs_cleanup();
-                Err(format!(
-                    "tcmu_file did not stop within 60 s of SIGTERM: {log}"
-                ))
-            }
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if is_mounted(UPPER) {
-            let _ = run_for(30, "umount", &[UPPER]);
-        }
-        if self.daemon.is_some() {
-            let _ = self.stop();
-        }
-        if is_mounted(UPPER) {
-            let _ = run_for(10, "umount", &["-l", UPPER]);
-        }
-        if let Some(cg) = &self.cgroup {
-            for _ in 0..50 {
-                if fs::remove_dir(cg).is_ok() || !Path::new(cg).exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 /// `mib` MiB of `dev` from `offset_mib` on, read with O_DIRECT.
@@ -294,7 +114,7 @@ fn tcmu_disk_roundtrips_data_and_xfs_and_tears_down_cleanly() {
     require_vm();
     setup_once();
     let backing = fresh_lower();
-    let (mut rig, dev) = Rig::start(&backing, None, &[], "/tmp/tcmu-basic.log");
+    let (mut rig, dev) = Rig::start(UPPER, &backing, None, &[], "/tmp/tcmu-basic.log");
     let sd = dev.trim_start_matches("/dev/").to_owned();
     let model = fs::read_to_string(format!("/sys/block/{sd}/device/model")).unwrap_or_default();
     assert_eq!(model.trim(), "TCMU-FILE", "{dev}: model");
@@ -446,7 +266,7 @@ fn run_scenario(mode: Mode) -> Stats {
     }
     write_file(&format!("{cgroup}/memory.max"), MEMORY_MAX);
     let log = format!("/tmp/tcmu-{}.log", mode.tag());
-    let (mut rig, dev) = Rig::start(&backing, Some(cgroup.clone()), mode.flags(), &log);
+    let (mut rig, dev) = Rig::start(UPPER, &backing, Some(cgroup.clone()), mode.flags(), &log);
     let pid = rig.pid();
     let in_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     assert!(
@@ -631,7 +451,13 @@ fn tcmu_sg3_utils_see_an_sbc4_spc5_disk() {
     require_tools(SG3);
     setup_once();
     let backing = fresh_lower();
-    let (mut rig, dev) = Rig::start(&backing, None, &["--name", "rs_sg3"], "/tmp/tcmu-sg3.log");
+    let (mut rig, dev) = Rig::start(
+        UPPER,
+        &backing,
+        None,
+        &["--name", "rs_sg3"],
+        "/tmp/tcmu-sg3.log",
+    );
     expect(
         "sg_inq",
         &["-d", &dev],
@@ -962,6 +788,7 @@ fn tcmu_backing_store_errnos_become_sense_data() {
     must(10, "mount", &["-t", "tmpfs", "-o", "size=8M", "none", full]);
     let backing = format!("{full}/disk.img");
     let (mut rig, dev) = Rig::start(
+        UPPER,
         &backing,
         None,
         &["--name", "rs_enospc", "--size", "32M"],
@@ -1022,6 +849,7 @@ fn tcmu_backing_store_errnos_become_sense_data() {
     );
     let backing = format!("{mnt}/disk.img");
     let (mut rig, dev) = Rig::start(
+        UPPER,
         &backing,
         None,
         &["--name", "rs_erofs", "--size", "16M"],
@@ -1063,6 +891,7 @@ fn tcmu_backing_store_errnos_become_sense_data() {
     // EPERM: a block device set read-only under the daemon.
     let lo = Loop::new("eperm", 16);
     let (mut rig, dev) = Rig::start(
+        UPPER,
         &lo.dev,
         None,
         &["--name", "rs_eperm"],
@@ -1103,7 +932,13 @@ fn tcmu_backing_store_errnos_become_sense_data() {
         })
         .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
         .expect("dm device of tcmu-err");
-    let (mut rig, dev) = Rig::start(&dmdev, None, &["--name", "rs_eio"], "/tmp/tcmu-eio.log");
+    let (mut rig, dev) = Rig::start(
+        UPPER,
+        &dmdev,
+        None,
+        &["--name", "rs_eio"],
+        "/tmp/tcmu-eio.log",
+    );
     let r = sg_raw(&dev, &rw10(0x28, 16384, 1), None, 512);
     assert!(
         r.contains("Medium Error") && r.contains("Unrecovered read error"),
@@ -1142,7 +977,13 @@ fn tcmu_serves_a_block_device_and_a_read_only_one_write_protected() {
     require_tools(&["sg_raw", "sg_modes", "losetup"]);
     setup_once();
     let lo = Loop::new("bdev", 48);
-    let (mut rig, dev) = Rig::start(&lo.dev, None, &["--name", "rs_bdev"], "/tmp/tcmu-bdev.log");
+    let (mut rig, dev) = Rig::start(
+        UPPER,
+        &lo.dev,
+        None,
+        &["--name", "rs_bdev"],
+        "/tmp/tcmu-bdev.log",
+    );
     let sd = dev.trim_start_matches("/dev/").to_owned();
     let sectors: u64 = fs::read_to_string(format!("/sys/block/{sd}/size"))
         .unwrap()
@@ -1162,6 +1003,7 @@ fn tcmu_serves_a_block_device_and_a_read_only_one_write_protected() {
     );
 
     let (mut rig, dev) = Rig::start(
+        UPPER,
         &lo.dev,
         None,
         &["--name", "rs_bdev", "--read-only"],
@@ -1227,7 +1069,7 @@ fn tcmu_restart_after_sigkill_adopts_or_replaces_the_stale_objects() {
     setup_once();
     let backing = fresh_lower();
     let flags = ["--name", "rs_restart"];
-    let (mut rig, dev) = Rig::start(&backing, None, &flags, "/tmp/tcmu-restart1.log");
+    let (mut rig, dev) = Rig::start(UPPER, &backing, None, &flags, "/tmp/tcmu-restart1.log");
     let p1 = pattern(0x4e57, 4 << 20);
     dd_roundtrip(&dev, &p1, 8, "restart1");
     // Killed in the middle of a 64 MiB O_DIRECT write: commands are in the
@@ -1266,7 +1108,7 @@ fn tcmu_restart_after_sigkill_adopts_or_replaces_the_stale_objects() {
     );
 
     // Same configuration: adopted, the same disk served on.
-    let (mut rig, dev2) = Rig::start(&backing, None, &flags, "/tmp/tcmu-restart2.log");
+    let (mut rig, dev2) = Rig::start(UPPER, &backing, None, &flags, "/tmp/tcmu-restart2.log");
     assert!(rig.log().contains("adopting"), "{}", rig.log());
     assert_eq!(dev2, dev, "the adopted disk keeps its name");
     // The reset ring completed the commands in flight with BUSY; the
@@ -1300,7 +1142,7 @@ fn tcmu_restart_after_sigkill_adopts_or_replaces_the_stale_objects() {
     // Another geometry: the stale disk goes, a new one comes.
     let mut more = flags.to_vec();
     more.extend(["--block-size", "4096"]);
-    let (mut rig, dev3) = Rig::start(&backing, None, &more, "/tmp/tcmu-restart3.log");
+    let (mut rig, dev3) = Rig::start(UPPER, &backing, None, &more, "/tmp/tcmu-restart3.log");
     assert!(rig.log().contains("replacing"), "{}", rig.log());
     let sd3 = dev3.trim_start_matches("/dev/").to_owned();
     let lbs = fs::read_to_string(format!("/sys/block/{sd3}/queue/logical_block_size")).unwrap();

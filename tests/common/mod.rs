@@ -18,6 +18,7 @@
 
 pub mod scratch;
 pub mod seed;
+pub mod tcmu;
 
 use std::fmt;
 use std::fs;
