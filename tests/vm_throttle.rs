@@ -1,9 +1,9 @@
 //! The other half of `PR_SET_IO_FLUSHER`: `PF_LOCAL_THROTTLE` on the
-//! dirty-throttling hang (issue 21), with the example NBD server as the
-//! daemon.
+//! dirty-throttling hang (issue 21), with the example NBD server and the
+//! example TCMU handler as the daemon.
 //!
 //! brd ramdisk → ext4 → sparse backing file → `nbd_server` → kernel NBD
-//! client (`nbd-client`) → XFS on /dev/nbd0, with `vm.dirty_bytes` = 16 MiB
+//! client (`nbd-client`) → XFS on /dev/nbd0 (or `tcmu_file` → /dev/sdX), with `vm.dirty_bytes` = 16 MiB
 //! and `vm.dirty_background_bytes` = 4 MiB. A `dd` onto the XFS, then
 //! `sync`, dirties far more than the limit, nearly all of it pages of
 //! /dev/nbd0 — which only the server can clean. Every `pwrite` the server
@@ -28,15 +28,16 @@
 //! `wchan` and `stack` from /proc as the evidence, and the rig is torn down
 //! by killing the server (which fails its outstanding NBD requests).
 //!
-//! Only NBD so far. `tcmu_file` behind tcm_loop has the same shape (the
-//! page cache of /dev/sdX is cleaned only by the handler's `pwrite`s into
-//! its backing file) and is not covered yet. `fuse_passthrough` does not
-//! request `FUSE_WRITEBACK_CACHE`: a `write(2)` onto its mount is sent to
-//! the daemon synchronously (write-through), so the mount holds no dirty
-//! page cache that only the daemon could clean, and a `dd` onto it cannot
-//! put the daemon's own `pwrite` over the limit with the served pages
-//! (a shared writable `mmap` of a file on the mount still dirties pages
-//! the daemon must write back: not covered).
+//! The same scenario serves the XFS with `tcmu_file` behind
+//! target_core_user + tcm_loop (/dev/sdX): the page cache of the SCSI
+//! disk is cleaned only by the handler's `pwrite`s into its backing file,
+//! the same shape. `fuse_passthrough` does not apply: it does not request
+//! `FUSE_WRITEBACK_CACHE`, so a `write(2)` onto its mount is sent to the
+//! daemon synchronously (write-through), the mount holds no dirty page
+//! cache that only the daemon could clean, and a `dd` onto it cannot put
+//! the daemon's own `pwrite` over the limit with the served pages (a
+//! shared writable `mmap` of a file on the mount still dirties pages the
+//! daemon must write back: not covered).
 
 mod common;
 
@@ -247,15 +248,97 @@ fn read_sysctl(name: &str) -> String {
         .to_owned()
 }
 
+/// The daemon serving the upper XFS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Daemon {
+    /// examples/nbd_server behind the kernel NBD client (/dev/nbd0).
+    Nbd,
+    /// examples/tcmu_file behind target_core_user + tcm_loop (/dev/sdX).
+    Tcmu,
+}
+
+impl Daemon {
+    fn name(self) -> &'static str {
+        match self {
+            Daemon::Nbd => "nbd_server",
+            Daemon::Tcmu => "tcmu_file",
+        }
+    }
+
+    /// The thread that makes the backing file's `pwrite`s.
+    fn worker(self) -> &'static str {
+        match self {
+            Daemon::Nbd => "nbd-conn",
+            Daemon::Tcmu => tcmu::HANDLER,
+        }
+    }
+
+    /// The client that turns its service into a disk.
+    fn client(self) -> &'static str {
+        match self {
+            Daemon::Nbd => "nbd-client /dev/nbd0",
+            Daemon::Tcmu => "target_core_user + tcm_loop /dev/sdX",
+        }
+    }
+}
+
+/// The TCMU backstore's name (`--name`), and its cmd_time_out: longer than
+/// the deadline, so a handler stuck in `balance_dirty_pages` is caught in
+/// the act rather than its commands failed by the kernel first.
+const TCMU_NAME: &str = "rs_throttle";
+const TCMU_CMD_TIME_OUT: &str = "120";
+
 /// Everything a run set up, undone in reverse on drop (also on a panic):
-/// the server is killed first, which fails its outstanding NBD requests.
+/// the server is killed first, which fails its outstanding requests (NBD:
+/// the client fails them when the socket closes; TCMU: the ring is reset
+/// until the disk is gone).
 struct Rig {
     server: Option<Child>,
+    tcmu: Option<tcmu::Rig>,
     workload: Option<Child>,
     connected: bool,
     /// vm.dirty_ratio and vm.dirty_background_ratio to restore (writing a
     /// ratio clears the matching `_bytes`).
     ratios: (String, String),
+}
+
+impl Rig {
+    /// A handler that is killed leaves its commands in the ring until
+    /// cmd_time_out; `reset_ring` with 2 fails them (and those queued
+    /// after) at once, as tcmu-runner does on recovery.
+    fn unwedge_tcmu(&mut self) {
+        let Some(mut t) = self.tcmu.take() else {
+            return;
+        };
+        t.kill9();
+        let ring = format!("{}/core/user_0/{TCMU_NAME}/action/reset_ring", tcmu::TARGET);
+        let reset = || {
+            let _ = fs::write(&ring, "2");
+        };
+        reset();
+        if let Some(mut w) = self.workload.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let resetter = {
+            let stop = stop.clone();
+            let ring = ring.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::write(&ring, "2");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        if is_mounted(UPPER) && run_for(60, "umount", &[UPPER]).is_err() {
+            let _ = run_for(10, "umount", &["-l", UPPER]);
+        }
+        tcmu::force_configfs_cleanup();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = resetter.join();
+        drop(t);
+    }
 }
 
 impl Drop for Rig {
@@ -267,6 +350,9 @@ impl Drop for Rig {
         if self.connected {
             let _ = run_for(30, "nbd-client", &["-d", NBD_DEV]);
         }
+        if self.workload.is_some() {
+            self.unwedge_tcmu();
+        }
         if let Some(mut w) = self.workload.take() {
             let _ = w.kill();
             let _ = w.wait();
@@ -274,6 +360,9 @@ impl Drop for Rig {
         if is_mounted(UPPER) && run_for(30, "umount", &[UPPER]).is_err() {
             let _ = run_for(10, "umount", &["-l", UPPER]);
         }
+        // A TCMU daemon that is not wedged stops with SIGTERM and removes
+        // its configfs objects (tcmu::Rig's drop).
+        drop(self.tcmu.take());
         let _ = fs::write("/proc/sys/vm/dirty_ratio", &self.ratios.0);
         let _ = fs::write("/proc/sys/vm/dirty_background_ratio", &self.ratios.1);
         let _ = fs::remove_file(SOCK);
@@ -319,9 +408,8 @@ fn thread_evidence(pid: u32) -> String {
 }
 
 fn setup_once() {
-    load_brd();
+    tcmu::setup();
     must(30, "modprobe", &["nbd"]);
-    must(30, "modprobe", &["xfs"]);
     for d in [LOWER, UPPER] {
         fs::create_dir_all(d).unwrap();
     }
@@ -345,8 +433,9 @@ fn unmount_device(dev: &str) {
     }
 }
 
-fn run_mode(mode: Mode) -> Run {
-    let tag = mode.tag();
+fn run_mode(daemon: Daemon, mode: Mode) -> Run {
+    let tag = format!("{}-{}", daemon.name(), mode.tag());
+    let worker = daemon.worker();
     unmount_device(LOWER_DEV);
     must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
     must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
@@ -359,17 +448,9 @@ fn run_mode(mode: Mode) -> Run {
     let _ = fs::remove_file(SOCK);
 
     let log = format!("/tmp/thr-server-{tag}.log");
-    let server = Command::new("nbd_server")
-        .args(["--file", &backing, "--listen", "none", "--unix", SOCK])
-        .args(mode.flags())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start nbd_server");
-    let pid = server.id();
     let mut rig = Rig {
-        server: Some(server),
+        server: None,
+        tcmu: None,
         workload: None,
         connected: false,
         ratios: (
@@ -377,28 +458,51 @@ fn run_mode(mode: Mode) -> Run {
             read_sysctl("dirty_background_ratio"),
         ),
     };
-    wait_until("the server's unix socket", 20, || Path::new(SOCK).exists());
-    must(
-        60,
-        "nbd-client",
-        &[
-            "-unix",
-            SOCK,
-            NBD_DEV,
-            "-N",
-            "disk",
-            "-b",
-            "4096",
-            "-t",
-            NBD_TIMEOUT_S,
-        ],
-    );
-    rig.connected = true;
-    wait_until("the nbd-conn thread", 20, || {
-        threads(pid).iter().any(|(_, c)| c == "nbd-conn")
+    let (pid, dev) = match daemon {
+        Daemon::Nbd => {
+            let server = Command::new("nbd_server")
+                .args(["--file", &backing, "--listen", "none", "--unix", SOCK])
+                .args(mode.flags())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start nbd_server");
+            let pid = server.id();
+            rig.server = Some(server);
+            wait_until("the server's unix socket", 20, || Path::new(SOCK).exists());
+            must(
+                60,
+                "nbd-client",
+                &[
+                    "-unix",
+                    SOCK,
+                    NBD_DEV,
+                    "-N",
+                    "disk",
+                    "-b",
+                    "4096",
+                    "-t",
+                    NBD_TIMEOUT_S,
+                ],
+            );
+            rig.connected = true;
+            (pid, NBD_DEV.to_owned())
+        }
+        Daemon::Tcmu => {
+            let mut flags = vec!["--name", TCMU_NAME, "--cmd-time-out", TCMU_CMD_TIME_OUT];
+            flags.extend_from_slice(mode.flags());
+            let (t, dev) = tcmu::Rig::start(UPPER, &backing, None, &flags, &log);
+            let pid = t.pid();
+            rig.tcmu = Some(t);
+            (pid, dev)
+        }
+    };
+    wait_until(&format!("the {worker} thread"), 20, || {
+        threads(pid).iter().any(|(_, c)| c == worker)
     });
-    must(120, "mkfs.xfs", &["-q", "-f", NBD_DEV]);
-    must(60, "mount", &["-t", "xfs", NBD_DEV, UPPER]);
+    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
     must(60, "sync", &[]);
 
     write_file("/proc/sys/vm/dirty_bytes", &DIRTY_BYTES.to_string());
@@ -410,7 +514,7 @@ fn run_mode(mode: Mode) -> Run {
     let tids: Vec<i32> = traced.iter().map(|(t, _)| *t).collect();
     let conn: Vec<i32> = traced
         .iter()
-        .filter(|(_, c)| c == "nbd-conn")
+        .filter(|(_, c)| c == worker)
         .map(|(t, _)| *t)
         .collect();
     let has_throttled = Path::new(TRACEFS)
@@ -503,18 +607,22 @@ fn run_mode(mode: Mode) -> Run {
     );
     summarize(&events, &mut run);
 
+    // Guarded and --no-flusher: stopped by SIGINT while the worker still
+    // serves (its guard is dropped when the connection or the daemon ends,
+    // and a watch that outlives it reads the bits of a thread that has
+    // already cleared them: measured on 5.10). Unprotected: the server is
+    // killed by the teardown and watch ends on its own when the pid is gone.
+    if mode != Mode::Unprotected {
+        run.watch = watcher.take().map(Watcher::interrupt);
+    }
     if run.secs.is_some() {
         let big = fs::metadata(format!("{UPPER}/big")).unwrap().len();
         assert_eq!(big, DD_MIB << 20, "size of the dd file");
         must(60, "umount", &[UPPER]);
-        must(30, "nbd-client", &["-d", NBD_DEV]);
-        rig.connected = false;
-    }
-    // Guarded and --no-flusher: stopped by SIGINT. Unprotected: the
-    // server is killed by the teardown and watch ends on its own when the
-    // pid is gone.
-    if mode != Mode::Unprotected {
-        run.watch = watcher.take().map(Watcher::interrupt);
+        if rig.connected {
+            must(30, "nbd-client", &["-d", NBD_DEV]);
+            rig.connected = false;
+        }
     }
     drop(rig);
     if mode == Mode::Unprotected {
@@ -530,7 +638,7 @@ fn run_mode(mode: Mode) -> Run {
     ));
     say(&format!(
         "  [{tag}] {} balance_dirty_pages events, {} with pause>0 ({} ms, max {} ms), by bdi {:?}; \
-         conn thread NOIO|LOCAL_THROTTLE in {}/{} samples, in balance_dirty_pages in {}; {}",
+         {worker} NOIO|LOCAL_THROTTLE in {}/{} samples, in balance_dirty_pages in {}; {}",
         run.bdp_events,
         run.paused_events,
         run.paused_ms,
@@ -556,21 +664,37 @@ fn run_mode(mode: Mode) -> Run {
 #[test]
 #[ignore = "kernel truth: needs the nbd, xfs and brd modules; runs in the VM via `cargo xtask vm-test`"]
 fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
+    throttle_scenario(Daemon::Nbd);
+}
+
+#[test]
+#[ignore = "kernel truth: needs target_core_user, tcm_loop, xfs and brd; runs in the VM via `cargo xtask vm-test`"]
+fn dirty_throttle_io_flusher_tcmu_handler_is_not_paused_for_the_disk_it_serves() {
+    throttle_scenario(Daemon::Tcmu);
+}
+
+fn throttle_scenario(daemon: Daemon) {
     require_vm();
     setup_once();
+    let worker = daemon.worker();
     let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
-    let runs: Vec<(Mode, Run)> = Mode::ALL.iter().map(|&m| (m, run_mode(m))).collect();
+    let runs: Vec<(Mode, Run)> = Mode::ALL
+        .iter()
+        .map(|&m| (m, run_mode(daemon, m)))
+        .collect();
     let _ = set_trace_buffer_kb(old_kb);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut t = format!(
-        "dirty throttling (kernel {}): brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server → \
-         nbd-client /dev/nbd0 → XFS; vm.dirty_bytes=16M, dirty_background_bytes=4M; \
+        "dirty throttling (kernel {}): brd → ext4 → {BACKING_MIB} MiB sparse file → {} → \
+         {} → XFS; vm.dirty_bytes=16M, dirty_background_bytes=4M; \
          dd {DD_MIB} MiB + sync, deadline {DEADLINE_S} s\n\
          | server | balance_dirty_pages events | with pause > 0 | total paused | max pause | \
-         mm_vmscan_throttled | conn thread NOIO\\|LOCAL_THROTTLE in /proc | conn thread \
+         mm_vmscan_throttled | {worker} NOIO\\|LOCAL_THROTTLE in /proc | {worker} \
          in balance_dirty_pages (wchan) | dd + sync |\n\
          |---|---|---|---|---|---|---|---|---|\n",
-        kernel.trim()
+        kernel.trim(),
+        daemon.name(),
+        daemon.client(),
     );
     for (m, r) in &runs {
         t.push_str(&format!(
@@ -621,7 +745,7 @@ fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
     );
     assert!(
         g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
-        "guarded: nbd-conn flagged in only {}/{} /proc samples",
+        "guarded: {worker} flagged in only {}/{} /proc samples",
         g.proc_flagged,
         g.proc_samples
     );
@@ -636,7 +760,7 @@ fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
     let u = get(Mode::Unprotected);
     assert!(
         u.proc_flagged < u.proc_samples,
-        "unprotected: nbd-conn flagged in {}/{} samples",
+        "unprotected: {worker} flagged in {}/{} samples",
         u.proc_flagged,
         u.proc_samples
     );
@@ -650,7 +774,7 @@ fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
     );
     assert!(
         u.proc_in_bdp > 0,
-        "unprotected: /proc never showed nbd-conn asleep in balance_dirty_pages"
+        "unprotected: /proc never showed {worker} asleep in balance_dirty_pages"
     );
 
     // `reclaim-scope watch` saw the same: exit 0 on the guarded server,
@@ -660,8 +784,8 @@ fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
     let conn_row = |w: &Watched| {
         w.json["threads"]
             .as_array()
-            .and_then(|a| a.iter().find(|t| t["name"] == "nbd-conn").cloned())
-            .unwrap_or_else(|| panic!("watch reported no nbd-conn thread: {}", w.json))
+            .and_then(|a| a.iter().find(|t| t["name"] == worker).cloned())
+            .unwrap_or_else(|| panic!("watch reported no {worker} thread: {}", w.json))
     };
     let gw = g.watch.as_ref().expect("watch ran on the guarded server");
     assert_eq!(gw.status, Some(0), "watch on the guarded server: {gw:?}");
@@ -673,7 +797,7 @@ fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
     let c = conn_row(gw);
     assert!(
         c["noio"] == true && c["local_throttle"] == true,
-        "watch: guarded nbd-conn bits {c}"
+        "watch: guarded {worker} bits {c}"
     );
     let uw = u
         .watch
