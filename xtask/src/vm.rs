@@ -23,6 +23,9 @@ pub struct VmOpts {
     /// Kernel modules to make available in the guest (loaded by the payload,
     /// because module parameters such as `brd rd_size=` only apply on first load).
     pub modules: Vec<String>,
+    /// Modules added only if the kernel has them (`ublk_drv`: not in the 6.1
+    /// and 5.10 cloud kernels; the tests that need one say not applicable).
+    pub optional_modules: Vec<String>,
     /// Host executables copied (with their libraries) into /opt/bin.
     pub host_bins: Vec<String>,
     /// Host executables copied only if they exist (defaults of `vm-test`).
@@ -59,6 +62,7 @@ impl Default for VmOpts {
     fn default() -> Self {
         VmOpts {
             modules: Vec::new(),
+            optional_modules: Vec::new(),
             host_bins: Vec::new(),
             optional_host_bins: Vec::new(),
             apt: Vec::new(),
@@ -170,6 +174,8 @@ pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
     need(dpkg_installed("busybox-static"), "busybox-static");
     need(which("cpio").is_some(), "cpio");
     need(which("depmod").is_some(), "kmod");
+    // examples/ublk_file (its own package): libublk-rs-sys runs bindgen.
+    need(has_libclang(), "libclang-dev");
     for b in &opts.host_bins {
         if which(b).is_none() {
             match package_of(b) {
@@ -228,6 +234,19 @@ pub fn ensure_host_tools(opts: &VmOpts) -> Result<()> {
     verify_installed(opts)
 }
 
+/// Whether the dynamic loader knows a libclang (what bindgen's clang-sys loads).
+fn has_libclang() -> bool {
+    capture_stdout(Command::new("ldconfig").arg("-p")).is_ok_and(|out| {
+        out.lines().any(|l| {
+            let name = l.trim_start();
+            name.starts_with("libclang.so") || {
+                name.strip_prefix("libclang-")
+                    .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+            }
+        })
+    })
+}
+
 fn verify_installed(opts: &VmOpts) -> Result<()> {
     if which("qemu-system-x86_64").is_none() {
         bail!("qemu-system-x86_64 not found after installing qemu-system-x86");
@@ -254,6 +273,17 @@ pub struct Kernel {
 impl Kernel {
     fn moddir(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.kver)
+    }
+
+    /// Whether the kernel has module `name`, loadable or built in.
+    fn has_module(&self, name: &str) -> bool {
+        let n = name.replace('-', "_");
+        ["modules.dep", "modules.builtin"].iter().any(|f| {
+            fs::read_to_string(self.moddir().join(f)).is_ok_and(|t| {
+                t.lines()
+                    .any(|l| module_name(l.split(':').next().unwrap_or("")) == n)
+            })
+        })
     }
 
     fn from_dir(dir: &Path) -> Option<Kernel> {
@@ -692,6 +722,7 @@ pub struct Artifacts {
 }
 
 const PACKAGE: &str = "reclaim-scope";
+const UBLK_PACKAGE: &str = "ublk_file";
 
 pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
     let mut art = Artifacts::default();
@@ -726,6 +757,21 @@ pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
             art.bins.push((name, exe));
         }
     }
+    // examples/ublk_file is a package of its own (libublk needs libclang,
+    // which the root package's `cargo test` must not).
+    let mut c = ws.cargo();
+    c.args([
+        "build",
+        "--bins",
+        "--message-format=json",
+        "-p",
+        UBLK_PACKAGE,
+    ]);
+    for (kind, name, exe) in cargo_executables(&mut c)? {
+        if kind == "bin" {
+            art.bins.push((name, exe));
+        }
+    }
     art.vm_tests.sort();
     art.vm_tests.dedup();
     art.bins.sort();
@@ -734,7 +780,7 @@ pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
 }
 
 /// Run a cargo build with JSON messages; return (kind, target name, executable).
-fn cargo_executables(cmd: &mut Command) -> Result<Vec<(String, String, PathBuf)>> {
+pub fn cargo_executables(cmd: &mut Command) -> Result<Vec<(String, String, PathBuf)>> {
     println!("xtask: $ {}", crate::util::show(cmd));
     // stderr stays on the terminal so compile errors and progress are visible.
     let out = cmd
@@ -1300,14 +1346,22 @@ fn prepare(
     for (src, guest) in &opts.files {
         stage.add_path(src, guest)?;
     }
-    stage.add_modules(&k, &opts.modules)?;
+    let mut modules = opts.modules.clone();
+    for m in &opts.optional_modules {
+        if k.has_module(m) {
+            modules.push(m.clone());
+        } else {
+            println!("xtask: kernel {} has no module {m} (optional): not added", k.kver);
+        }
+    }
+    stage.add_modules(&k, &modules)?;
     Ok((k, stage, art))
 }
 
 /// A directory private to this run: two `vm-test`s on one machine (a
 /// developer and an agent, or two CI jobs sharing a target dir) must not
 /// rebuild each other's initramfs. Directories of dead runs are removed.
-fn work_dir(ws: &Workspace, name: &str) -> PathBuf {
+pub fn work_dir(ws: &Workspace, name: &str) -> PathBuf {
     let base = ws.vm_dir().join("work");
     if let Ok(rd) = fs::read_dir(&base) {
         for e in rd.flatten() {
