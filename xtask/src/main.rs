@@ -32,7 +32,8 @@ Commands:
         brd/ext4/NBD/XFS stack under a 32M memcg), blkdiscard (util-linux's,
         with -z, for tests/vm_tcmu.rs), dmsetup with dm_mod (tests/vm_fs.rs,
         tests/vm_tcmu.rs: EIO from a device-mapper error target), sg3-utils'
-        sg_* and losetup (tests/vm_tcmu.rs).
+        sg_* and losetup (tests/vm_tcmu.rs), fio and ublk_drv where the kernel
+        has it (tests/vm_ublk.rs).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -250,6 +251,10 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
             ]
             .map(String::from),
         );
+        // tests/vm_ublk.rs: examples/ublk_file as /dev/ublkb0 (6.12 has
+        // ublk_drv; 6.1 and 5.10 do not), XFS and fio with verify on it.
+        o.optional_modules.push("ublk_drv".into());
+        o.host_bins.push("fio".into());
         o.mem = "1G".into();
     }
     let mut it = args.iter();
