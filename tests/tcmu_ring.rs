@@ -19,6 +19,8 @@ mod pages;
 mod ring;
 #[path = "../examples/tcmu_file/scsi.rs"]
 mod scsi;
+#[path = "../examples/tcmu_file/zbc.rs"]
+mod zbc;
 
 mod common;
 
@@ -138,9 +140,11 @@ impl Rig {
                 read_only: self.read_only,
                 max_transfer: 1024,
                 timeout_secs: 30,
+                max_open_zones: None,
             },
             plain_io: false,
             counters: Default::default(),
+            zones: None,
         };
         {
             let r = ring::Ring::open(&ring_path, MAP).unwrap();
@@ -1013,9 +1017,11 @@ fn eperm_of_a_device_made_read_only_underneath_is_write_protected() {
             read_only: false,
             max_transfer: 1024,
             timeout_secs: 30,
+            max_open_zones: None,
         },
         plain_io: false,
         counters: Default::default(),
+        zones: None,
     };
     rig.map[12..16].copy_from_slice(&(rig.head as u32).to_ne_bytes());
     let ring_path = rig.dir.join("ring");

@@ -10,6 +10,12 @@
 //! hole with the UNMAP bit); a WRITE SAME of any other block writes it
 //! repeatedly. Where the backing store cannot punch, zeros are written, so
 //! an unmapped block always reads as zeros, as LBPRZ promises.
+//!
+//! Zoned (`--zbc`, [`crate::zbc`]): no thin provisioning; reads, writes
+//! and WRITE SAME go through the zone rules (blocks past a write pointer
+//! read as zeros), ZBC IN / ZBC OUT report and manage the zones, and
+//! SYNCHRONIZE CACHE and FUA writes make the zone state durable after the
+//! data.
 
 use crate::pages::{
     self, ModeArgs, Unit, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
@@ -114,6 +120,9 @@ pub struct Disk {
     /// (`--unprotected`).
     pub plain_io: bool,
     pub counters: Counters,
+    /// The zones of a ZBC host-managed disk (`--zbc`); `None`: a
+    /// conventional disk.
+    pub zones: Option<crate::zbc::Zones>,
 }
 
 /// Send `r`, at most `alloc` bytes of it, as data-in; the length sent.
@@ -132,7 +141,8 @@ impl Disk {
         scratch: &mut Scratch,
     ) -> Result<Option<usize>, Fail> {
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
-        let r = parse(cdb).map_err(Fail::Check).and_then(|c| {
+        let zoned = self.zones.is_some();
+        let r = parse(cdb, zoned).map_err(Fail::Check).and_then(|c| {
             self.run(c, data, scratch)
                 .map(|n| n.filter(|_| c.data_in()))
         });
@@ -142,7 +152,7 @@ impl Disk {
             if let Fail::Check(sense) = fail {
                 if sense.key == ILLEGAL_REQUEST && self.counters.refuse(op) {
                     let hex: Vec<String> = cdb.iter().map(|b| format!("{b:02x}")).collect();
-                    let name = crate::scsi::lookup(cdb).map_or("unsupported", |c| c.name);
+                    let name = crate::scsi::lookup(cdb, zoned).map_or("unsupported", |c| c.name);
                     eprintln!(
                         "tcmu-file: refused opcode {op:#04x} ({name}) with ILLEGAL REQUEST, ASC \
                          {:#04x}/{:#04x} (cdb {}); later refusals of this opcode are only counted",
@@ -212,7 +222,7 @@ impl Disk {
                 let r = if evpd {
                     pages::vpd_page(u, page)
                 } else {
-                    Ok(pages::standard_inquiry())
+                    Ok(pages::standard_inquiry(u))
                 };
                 sent(r, alloc, data)
             }
@@ -253,8 +263,7 @@ impl Disk {
                 let (off, n) = self.transfer(range, data)?;
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
                 s.a.resize(n, 0);
-                self.read_at(&mut s.a[..n], off)
-                    .map_err(|e| self.io_fail(e, IoDir::Read, "read"))?;
+                self.read_medium(&mut s.a[..n], off, "read")?;
                 Ok(Some(data.fill(&s.a[..n])))
             }
             Command::Write { range, fua } => {
@@ -263,11 +272,12 @@ impl Disk {
                 self.counters.writes.fetch_add(1, Ordering::Relaxed);
                 s.a.resize(n, 0);
                 data.gather(&mut s.a[..n]);
-                self.write_at(&s.a[..n], off)
+                self.zone_write(range, || self.write_at(&s.a[..n], off))?
                     .map_err(|e| self.io_fail(e, IoDir::Write, "write"))?;
                 if fua {
                     self.sync()
                         .map_err(|e| self.io_fail(e, IoDir::Write, "write (FUA) sync"))?;
+                    self.persist_zones()?;
                 }
                 Ok(None)
             }
@@ -277,13 +287,12 @@ impl Disk {
                 self.counters.writes.fetch_add(1, Ordering::Relaxed);
                 s.a.resize(n, 0);
                 data.gather(&mut s.a[..n]);
-                self.write_at(&s.a[..n], off)
+                self.zone_write(range, || self.write_at(&s.a[..n], off))?
                     .map_err(|e| self.io_fail(e, IoDir::Write, "write and verify"))?;
                 self.sync()
                     .map_err(|e| self.io_fail(e, IoDir::Write, "write and verify: sync"))?;
                 s.b.resize(n, 0);
-                self.read_at(&mut s.b[..n], off)
-                    .map_err(|e| self.io_fail(e, IoDir::Read, "write and verify: read back"))?;
+                self.read_medium(&mut s.b[..n], off, "write and verify: read back")?;
                 if check == ByteCheck::Each {
                     miscompare(&s.a[..n], &s.b[..n], 0)?;
                 }
@@ -302,6 +311,32 @@ impl Disk {
                 self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 self.sync()
                     .map_err(|e| self.io_fail(e, IoDir::Write, "sync"))?;
+                self.persist_zones()?;
+                Ok(None)
+            }
+            Command::ReportZones {
+                lba,
+                alloc,
+                partial,
+                option,
+            } => {
+                let z = self.zones.as_ref().ok_or(Sense::INVALID_OPCODE)?;
+                sent(z.report(lba, alloc, partial, option), alloc, data)
+            }
+            Command::ZoneOut {
+                action,
+                zone_id,
+                count,
+                all,
+            } => {
+                let z = self.zones.as_ref().ok_or(Sense::INVALID_OPCODE)?;
+                self.writable()?;
+                let bs = self.bs();
+                z.manage(action, zone_id, count, all, |lba, blocks| {
+                    self.zero(lba * bs, blocks * bs, true)
+                        .map_err(|e| self.io_fail(e, IoDir::Write, "reset write pointer"))
+                })?;
+                self.persist_zones()?;
                 Ok(None)
             }
             Command::WriteSame { range, unmap, ndob } => {
@@ -389,8 +424,7 @@ impl Disk {
         while done < len {
             let n = (len - done).min(CHUNK as u64) as usize;
             s.b.resize(n, 0);
-            self.read_at(&mut s.b[..n], off + done)
-                .map_err(|e| self.io_fail(e, IoDir::Read, "verify"))?;
+            self.read_medium(&mut s.b[..n], off + done, "verify")?;
             match check {
                 ByteCheck::None => {}
                 ByteCheck::Each => {
@@ -435,22 +469,70 @@ impl Disk {
             data.gather(&mut s.a[..bs]);
         }
         if s.a.iter().all(|&b| b == 0) {
-            return self
-                .zero(off, len, unmap)
-                .map_err(|e| self.io_fail(e, IoDir::Write, "write same (zeros)"));
+            return self.zone_write(r, || {
+                self.zero(off, len, unmap)
+                    .map_err(|e| self.io_fail(e, IoDir::Write, "write same (zeros)"))
+            })?;
         }
         let per_chunk = (CHUNK / bs).max(1).min(r.blocks as usize);
         for _ in 1..per_chunk {
             s.a.extend_from_within(..bs);
         }
-        let mut done = 0u64;
-        while done < r.blocks {
-            let n = (r.blocks - done).min(per_chunk as u64) as usize;
-            self.write_at(&s.a[..n * bs], off + done * bs as u64)
-                .map_err(|e| self.io_fail(e, IoDir::Write, "write same"))?;
-            done += n as u64;
+        let a = &s.a;
+        self.zone_write(r, || {
+            let mut done = 0u64;
+            while done < r.blocks {
+                let n = (r.blocks - done).min(per_chunk as u64) as usize;
+                self.write_at(&a[..n * bs], off + done * bs as u64)
+                    .map_err(|e| self.io_fail(e, IoDir::Write, "write same"))?;
+                done += n as u64;
+            }
+            Ok(())
+        })?
+    }
+
+    /// A write of the blocks of `r`: `io` as it is on a conventional disk;
+    /// on a zoned one under the zone rules (their refusal the outer error,
+    /// `io`'s failure the inner one).
+    fn zone_write<E>(
+        &self,
+        r: Range,
+        io: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Result<(), E>, Sense> {
+        match &self.zones {
+            Some(z) => z.write(r.lba, r.blocks, io),
+            None => Ok(io()),
+        }
+    }
+
+    /// Read the medium at byte `off` into `b` (whole blocks): on a zoned
+    /// disk under the read rules, blocks past a write pointer as zeros.
+    fn read_medium(&self, b: &mut [u8], off: u64, what: &str) -> Result<(), Fail> {
+        let Some(z) = &self.zones else {
+            return self
+                .read_at(b, off)
+                .map_err(|e| self.io_fail(e, IoDir::Read, what));
+        };
+        let bs = self.bs();
+        let lba = off / bs;
+        let extents = z.read_extents(lba, b.len() as u64 / bs)?;
+        b.fill(0);
+        for (l, n) in extents {
+            let at = ((l - lba) * bs) as usize;
+            self.read_at(&mut b[at..at + (n * bs) as usize], l * bs)
+                .map_err(|e| self.io_fail(e, IoDir::Read, what))?;
         }
         Ok(())
+    }
+
+    /// Make the zone state durable (a zoned disk whose state changed).
+    pub fn persist_zones(&self) -> Result<(), Fail> {
+        match &self.zones {
+            Some(z) => z
+                .persist()
+                .map_err(|e| self.io_fail(e.into(), IoDir::Write, "zone state")),
+            None => Ok(()),
+        }
     }
 
     /// UNMAP (SBC-4): the parameter list is checked whole before any

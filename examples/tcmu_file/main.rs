@@ -8,7 +8,12 @@
 //! modprobe target_core_user; modprobe tcm_loop   # configfs mounted
 //! cargo run --example tcmu_file -- --file /var/tmp/disk.img --size 1G
 //! cargo run --example tcmu_file -- --file /dev/loop0 --read-only
+//! cargo run --example tcmu_file -- --file /var/tmp/zoned.img --size 4G \
+//!     --zbc --zone-size 64M --conventional-zones 4
 //! ```
+//!
+//! `--zbc` serves a ZBC host-managed zoned disk (`zbc.rs`: zone model,
+//! write-pointer rules, the zone-state file beside the backing file).
 //!
 //! Root only (configfs). Without CAP_SYS_RESOURCE it serves anyway after a
 //! one-line warning; `--strict` refuses instead. `--no-flusher` serves
@@ -26,6 +31,7 @@ mod pages;
 mod ring;
 mod scsi;
 mod target;
+mod zbc;
 
 use clap::Parser;
 use daemon::Protection;
@@ -73,8 +79,70 @@ struct Args {
     #[arg(long, default_value_t = -1, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i64).range(-1..))]
     qfull_time_out: i64,
+    /// Serve a ZBC host-managed zoned block device (peripheral device type
+    /// 14h, ZBC-2): conventional zones first, then sequential write
+    /// required zones; the zone state persists in --zone-state.
+    #[arg(long)]
+    zbc: bool,
+    /// Zone size in bytes (suffixes K, M, G: 64M is 64 MiB), a power of two
+    /// and at least one logical block; the device must be a whole number of
+    /// zones. Default 256M.
+    #[arg(long, value_parser = daemon::parse_size, requires = "zbc")]
+    zone_size: Option<u64>,
+    /// Conventional zones at the start of the device (default 0); at least
+    /// one sequential write required zone must remain.
+    #[arg(long, requires = "zbc")]
+    conventional_zones: Option<u32>,
+    /// MAXIMUM NUMBER OF OPEN SEQUENTIAL WRITE REQUIRED ZONES (VPD 0xb6),
+    /// at least 1; default 32.
+    #[arg(long, requires = "zbc")]
+    max_open_zones: Option<u32>,
+    /// The zone-state file (default: the backing file's path + ".zones";
+    /// required for a block device). Created with every zone empty when
+    /// missing or empty; one that does not match the geometry, or is
+    /// corrupt, is a start-up error (exit status 2).
+    #[arg(long, requires = "zbc")]
+    zone_state: Option<PathBuf>,
     #[command(flatten)]
     protection: daemon::ProtectionArgs,
+}
+
+const DEFAULT_ZONE_SIZE: u64 = 256 << 20;
+const DEFAULT_MAX_OPEN_ZONES: u32 = 32;
+
+/// The zones of `--zbc` over `bytes` bytes of `backing`; `None` without it.
+fn open_zones(
+    args: &Args,
+    backing: &Path,
+    bytes: u64,
+    block_device: bool,
+    plain_io: bool,
+) -> Result<Option<zbc::Zones>, String> {
+    if !args.zbc {
+        return Ok(None);
+    }
+    let geo = zbc::Geometry::new(
+        bytes,
+        args.block_size,
+        args.zone_size.unwrap_or(DEFAULT_ZONE_SIZE),
+        args.conventional_zones.unwrap_or(0),
+        args.max_open_zones.unwrap_or(DEFAULT_MAX_OPEN_ZONES),
+    )?;
+    let state = match &args.zone_state {
+        Some(p) => p.clone(),
+        None if block_device => {
+            return Err(format!(
+                "{}: a block device: --zbc needs --zone-state",
+                backing.display()
+            ))
+        }
+        None => {
+            let mut p = backing.as_os_str().to_owned();
+            p.push(".zones");
+            PathBuf::from(p)
+        }
+    };
+    zbc::Zones::open(&state, geo, args.read_only, plain_io).map(Some)
 }
 
 const DEFAULT_SIZE: u64 = 256 << 20;
@@ -216,6 +284,7 @@ fn unit_for(cfg: &Config, serial: &str, naa: u64, read_only: bool, timeout: u32)
         read_only,
         max_transfer: target::MAX_SECTORS * 512 / cfg.block_size,
         timeout_secs: timeout,
+        max_open_zones: None,
     }
 }
 
@@ -243,6 +312,7 @@ fn replace_stale(
         unit: unit_for(&old, &unit.serial, unit.naa, false, unit.timeout_secs),
         plain_io: protection == Protection::Unprotected,
         counters: Default::default(),
+        zones: None,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let dev = tgt.dev().map(Path::to_owned);
@@ -292,12 +362,31 @@ fn main() -> ExitCode {
     };
     let serial = format!("{:016x}", h);
     let naa = (0x5u64 << 60) | (0x001_4051u64 << 36) | (h & 0xf_ffff_ffff);
-    let unit = unit_for(&cfg, &serial, naa, args.read_only, args.cmd_time_out);
+    let mut unit = unit_for(&cfg, &serial, naa, args.read_only, args.cmd_time_out);
+    let plain_io = protection == Protection::Unprotected;
+    let zones = match open_zones(&args, &path, cfg.dev_size, file.is_block_device(), plain_io) {
+        Ok(z) => z,
+        Err(e) => {
+            eprintln!("tcmu-file: --zbc: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(z) = &zones {
+        unit.max_open_zones = Some(z.geo.max_open);
+        eprintln!(
+            "tcmu-file: zoned (host managed): {} zones of {} blocks, {} conventional, {} open at most",
+            z.geo.zones(),
+            z.geo.zone_blocks,
+            z.geo.conventional,
+            z.geo.max_open
+        );
+    }
     let disk = Arc::new(Disk {
         file,
         unit: unit.clone(),
-        plain_io: protection == Protection::Unprotected,
+        plain_io,
         counters: Default::default(),
+        zones,
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -413,6 +502,21 @@ fn main() -> ExitCode {
         let _ = h.join();
     }
     tgt.remove_backstore();
+    if let Err(e) = disk.persist_zones() {
+        eprintln!("tcmu-file: writing the zone state at exit: {e:?}");
+    }
+    if let Some(z) = &disk.zones {
+        let snap = z.snapshot();
+        let n = |c: zbc::Cond| snap.iter().filter(|z| z.cond == c).count();
+        eprintln!(
+            "tcmu-file: zones at exit: {} empty, {} implicitly open, {} explicitly open, {} closed, {} full",
+            n(zbc::Cond::Empty),
+            n(zbc::Cond::ImpOpen),
+            n(zbc::Cond::ExpOpen),
+            n(zbc::Cond::Closed),
+            n(zbc::Cond::Full)
+        );
+    }
     let c = &disk.counters;
     let refused: Vec<String> = c
         .refused_opcodes()

@@ -4,7 +4,7 @@
 //! fields computed from the data it returns; the caller sends at most the
 //! allocation length of it.
 
-use crate::scsi::{CmdInfo, PageControl, Sense, COMMANDS};
+use crate::scsi::{commands, CmdInfo, PageControl, Sense};
 
 pub const VENDOR: &[u8; 8] = b"RSCOPE  ";
 pub const PRODUCT: &[u8; 16] = b"TCMU-FILE       ";
@@ -31,6 +31,10 @@ pub struct Unit {
     /// Recommended command timeout in seconds (the backstore's
     /// cmd_time_out), for the command timeouts descriptors; 0: none.
     pub timeout_secs: u32,
+    /// `Some(n)`: a ZBC host-managed zoned disk (`--zbc`) with at most `n`
+    /// open sequential write required zones: peripheral device type 14h,
+    /// VPD 0xb6, no thin provisioning (no VPD 0xb2, LBPME 0, no UNMAP).
+    pub max_open_zones: Option<u32>,
 }
 
 fn vpd(page: u8, body: &[u8]) -> Vec<u8> {
@@ -41,9 +45,13 @@ fn vpd(page: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Standard INQUIRY data (SPC-5): 96 bytes, ADDITIONAL LENGTH 91.
-pub fn standard_inquiry() -> Vec<u8> {
+pub fn standard_inquiry(u: &Unit) -> Vec<u8> {
     let mut r = vec![0u8; 96];
-    // Direct access block device, connected; not removable.
+    // Connected; not removable. PERIPHERAL DEVICE TYPE 00h direct access
+    // block device, or 14h host managed zoned block device (ZBC-2).
+    if u.max_open_zones.is_some() {
+        r[0] = 0x14;
+    }
     r[2] = 0x07; // VERSION: SPC-5
     r[3] = 0x02; // RESPONSE DATA FORMAT 2
     r[4] = (r.len() - 5) as u8;
@@ -60,11 +68,25 @@ pub fn standard_inquiry() -> Vec<u8> {
 
 /// The VPD pages this disk has, in ascending order (page 0x00 lists them).
 pub const VPD_PAGES: &[u8] = &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+/// Those of the zoned disk: Zoned Block Device Characteristics instead of
+/// Logical Block Provisioning.
+pub const ZONED_VPD_PAGES: &[u8] = &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb6];
+
+pub fn vpd_pages(u: &Unit) -> &'static [u8] {
+    if u.max_open_zones.is_some() {
+        ZONED_VPD_PAGES
+    } else {
+        VPD_PAGES
+    }
+}
 
 /// A VPD page; INVALID FIELD IN CDB (byte 2) for one we do not have.
 pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
+    if !vpd_pages(u).contains(&page) {
+        return Err(Sense::invalid_cdb_byte(2));
+    }
     let body: Vec<u8> = match page {
-        0x00 => VPD_PAGES.to_vec(),
+        0x00 => vpd_pages(u).to_vec(),
         0x80 => u.serial.as_bytes().to_vec(),
         0x83 => {
             // NAA (binary), then T10 vendor ID (ASCII), both of the LU.
@@ -82,16 +104,20 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
             d[0] = 0x01; // WSNZ: a WRITE SAME of 0 blocks is refused
             d[4..8].copy_from_slice(&u.max_transfer.to_be_bytes());
             d[8..12].copy_from_slice(&u.max_transfer.to_be_bytes());
-            d[16..20].copy_from_slice(&(MAX_UNMAP_BLOCKS as u32).to_be_bytes());
-            d[20..24].copy_from_slice(&(MAX_UNMAP_DESCRIPTORS as u32).to_be_bytes());
+            if u.max_open_zones.is_none() {
+                d[16..20].copy_from_slice(&(MAX_UNMAP_BLOCKS as u32).to_be_bytes());
+                d[20..24].copy_from_slice(&(MAX_UNMAP_DESCRIPTORS as u32).to_be_bytes());
+            }
             d[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
             d
         }
         0xb1 => {
             // Block Device Characteristics (SBC-4), page length 0x3c:
-            // rotation rate and form factor not reported, not zoned; FUAB
-            // (a FUA write is durable as after SYNCHRONIZE CACHE) and VBULS
-            // (VERIFY compares unmapped blocks: they read as zeros).
+            // rotation rate and form factor not reported; ZONED 00b (not
+            // host aware nor device managed: a host-managed disk says so
+            // by its device type); FUAB (a FUA write is durable as after
+            // SYNCHRONIZE CACHE) and VBULS (VERIFY compares unmapped
+            // blocks: they read as zeros).
             let mut d = vec![0u8; 0x3c];
             d[4] = 0x02 | 0x01;
             d
@@ -99,7 +125,22 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
         // Logical Block Provisioning (SBC-4): LBPU, LBPWS, LBPWS10,
         // LBPRZ 001b; ANC_SUP 0, DP 0; provisioning type thin.
         0xb2 => vec![0x00, 0x80 | 0x40 | 0x20 | (0x1 << 2), 0x02, 0x00],
-        _ => return Err(Sense::invalid_cdb_byte(2)),
+        0xb6 => {
+            // Zoned Block Device Characteristics (ZBC-2), page length
+            // 0x3c: URSWRZ (reads past a write pointer return zeros); the
+            // OPTIMAL NUMBER OF OPEN / NON-SEQUENTIALLY WRITTEN SEQUENTIAL
+            // WRITE PREFERRED ZONES not reported (FFFFFFFFh: there are
+            // none); MAXIMUM NUMBER OF OPEN SEQUENTIAL WRITE REQUIRED
+            // ZONES. Offsets are the page's minus 4 (as Linux's scsi_debug
+            // fills it).
+            let mut d = vec![0u8; 0x3c];
+            d[0] = 0x01;
+            d[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+            d[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+            d[12..16].copy_from_slice(&u.max_open_zones.unwrap_or(0).to_be_bytes());
+            d
+        }
+        _ => unreachable!("VPD page {page:#x} listed but not built"),
     };
     Ok(vpd(page, &body))
 }
@@ -114,14 +155,18 @@ pub fn read_capacity10(u: &Unit) -> Vec<u8> {
 }
 
 /// READ CAPACITY(16) parameter data (SBC-4): RC BASIS 01b (the last
-/// LBA), no protection, LBPME (UNMAP deallocates) and LBPRZ (deallocated
-/// blocks read as zeros), as VPD 0xb2 says.
+/// LBA of the medium, zoned or not: ZBC-2 00b would be the end of the
+/// leading non-sequential zones), no protection, LBPME (UNMAP deallocates)
+/// and LBPRZ (deallocated blocks read as zeros), as VPD 0xb2 says, except
+/// on the zoned disk (no thin provisioning).
 pub fn read_capacity16(u: &Unit) -> Vec<u8> {
     let mut r = vec![0u8; 32];
     r[..8].copy_from_slice(&(u.blocks - 1).to_be_bytes());
     r[8..12].copy_from_slice(&u.block_size.to_be_bytes());
     r[12] = 0x01 << 4;
-    r[14] = 0x80 | 0x40;
+    if u.max_open_zones.is_none() {
+        r[14] = 0x80 | 0x40;
+    }
     r
 }
 
@@ -262,9 +307,10 @@ pub fn report_opcodes(
     op: u8,
     sa: u16,
 ) -> Result<Vec<u8>, Sense> {
+    let zoned = u.max_open_zones.is_some();
     if options == 0 {
         let mut r = vec![0u8; 4];
-        for c in COMMANDS {
+        for c in commands(zoned) {
             r.push(c.op);
             r.push(0);
             r.extend_from_slice(&u16::from(c.sa.unwrap_or(0)).to_be_bytes());
@@ -279,14 +325,13 @@ pub fn report_opcodes(
         r[..4].copy_from_slice(&n.to_be_bytes());
         return Ok(r);
     }
-    let with_sa = crate::scsi::has_service_actions(op);
+    let with_sa = crate::scsi::has_service_actions(op, zoned);
     let found: Option<&CmdInfo> = match options {
         1 if with_sa => return Err(Sense::invalid_cdb_byte(3)),
-        2 if !with_sa && COMMANDS.iter().any(|c| c.op == op) => {
+        2 if !with_sa && commands(zoned).any(|c| c.op == op) => {
             return Err(Sense::invalid_cdb_byte(3))
         }
-        _ => COMMANDS
-            .iter()
+        _ => commands(zoned)
             .find(|c| c.op == op && (c.sa.is_none() || c.sa.map(u16::from) == Some(sa))),
     };
     let Some(c) = found else {
@@ -327,7 +372,7 @@ pub fn request_sense(desc: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::{parse, Command};
+    use crate::scsi::{parse, Command, COMMANDS};
 
     fn unit() -> Unit {
         Unit {
@@ -338,12 +383,13 @@ mod tests {
             read_only: false,
             max_transfer: 1024,
             timeout_secs: 30,
+            max_open_zones: None,
         }
     }
 
     #[test]
     fn inquiry_lengths_agree_with_the_data() {
-        let s = standard_inquiry();
+        let s = standard_inquiry(&unit());
         assert_eq!(s[4] as usize + 5, s.len());
         assert_eq!((s[0], s[2], s[3] & 0x0f), (0, 0x07, 2));
         assert_eq!(&s[58..64], &[0x00, 0xc0, 0x05, 0xc0, 0x06, 0x00]);
@@ -377,7 +423,7 @@ mod tests {
     }
 
     fn mode(u: &Unit, cdb: &[u8]) -> Result<Vec<u8>, Sense> {
-        match parse(cdb)? {
+        match parse(cdb, false)? {
             Command::ModeSense {
                 ten,
                 dbd,
@@ -466,14 +512,14 @@ mod tests {
             u32::from_be_bytes(all[..4].try_into().unwrap()) as usize,
             all.len() - 4
         );
-        assert_eq!(all.len(), 4 + 8 * COMMANDS.len());
+        assert_eq!(all.len(), 4 + 8 * commands(false).count());
         let rc16 = &all[4..]
             .chunks(8)
             .find(|d| d[0] == 0x9e)
             .expect("READ CAPACITY(16) listed");
         assert_eq!(&rc16[..8], &[0x9e, 0, 0, 0x10, 0, 0x01, 0, 16]);
         let with_t = report_opcodes(&u, true, 0, 0, 0).unwrap();
-        assert_eq!(with_t.len(), 4 + 20 * COMMANDS.len());
+        assert_eq!(with_t.len(), 4 + 20 * commands(false).count());
         assert_eq!(
             &with_t[4 + 8..4 + 20],
             &[0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 30]
@@ -503,6 +549,52 @@ mod tests {
         assert_eq!(
             report_opcodes(&u, false, 1, 0x04, 0).unwrap(),
             vec![0, 1, 0, 0]
+        );
+    }
+
+    #[test]
+    fn zoned_disk_pages_capacity_and_opcodes() {
+        let u = Unit {
+            max_open_zones: Some(7),
+            ..unit()
+        };
+        assert_eq!(standard_inquiry(&u)[0], 0x14, "host managed zoned");
+        assert_eq!(&vpd_page(&u, 0).unwrap()[4..], ZONED_VPD_PAGES);
+        assert_eq!(vpd_page(&u, 0xb2), Err(Sense::invalid_cdb_byte(2)));
+        assert_eq!(vpd_page(&unit(), 0xb6), Err(Sense::invalid_cdb_byte(2)));
+        let b6 = vpd_page(&u, 0xb6).unwrap();
+        assert_eq!(b6.len(), 64);
+        assert_eq!(&b6[..5], &[0, 0xb6, 0, 0x3c, 0x01], "URSWRZ");
+        assert_eq!(&b6[8..16], &[0xff; 8], "optimal SWP counts not reported");
+        assert_eq!(&b6[16..20], &7u32.to_be_bytes(), "max open SWR zones");
+        let b1 = vpd_page(&u, 0xb1).unwrap();
+        assert_eq!(b1[8] & 0x30, 0, "ZONED 00b");
+        let b0 = vpd_page(&u, 0xb0).unwrap();
+        assert!(b0[20..28].iter().all(|&b| b == 0), "no UNMAP limits");
+        let r = read_capacity16(&u);
+        assert_eq!((r[12], r[14]), (0x10, 0), "RC BASIS 01b, LBPME 0");
+        let all = report_opcodes(&u, false, 0, 0, 0).unwrap();
+        let ops: Vec<(u8, u16)> = all[4..]
+            .chunks(8)
+            .map(|d| (d[0], u16::from_be_bytes([d[2], d[3]])))
+            .collect();
+        for want in [(0x94, 1), (0x94, 2), (0x94, 3), (0x94, 4), (0x95, 0)] {
+            assert!(ops.contains(&want), "{want:x?}");
+        }
+        assert!(!ops
+            .iter()
+            .any(|&(op, sa)| op == 0x42 || (op, sa) == (0x9e, 0x12)));
+        assert_eq!(
+            report_opcodes(&u, false, 1, 0x42, 0).unwrap(),
+            vec![0, 1, 0, 0]
+        );
+        let rz = report_opcodes(&u, false, 2, 0x95, 0).unwrap();
+        assert_eq!(&rz[..4], &[0, 0x03, 0, 16]);
+        assert_eq!(rz[4 + 14], 0xbf, "PARTIAL and REPORTING OPTIONS");
+        assert_eq!(
+            report_opcodes(&unit(), false, 2, 0x95, 0).unwrap(),
+            vec![0, 1, 0, 0],
+            "not on the conventional disk"
         );
     }
 

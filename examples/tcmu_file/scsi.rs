@@ -201,6 +201,18 @@ pub struct CmdInfo {
     /// action where there is one, else a 1 for every bit the device server
     /// uses. Its length is the CDB's.
     pub usage: &'static [u8],
+    /// Which disks have it.
+    pub set: Set,
+}
+
+/// The disks a command belongs to: both, the conventional disk only
+/// (thin provisioning: UNMAP, GET LBA STATUS), or the zoned one only
+/// (`--zbc`: ZBC IN, ZBC OUT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Set {
+    Both,
+    Conventional,
+    Zoned,
 }
 
 const fn c(op: u8, sa: Option<u8>, name: &'static str, usage: &'static [u8]) -> CmdInfo {
@@ -209,7 +221,28 @@ const fn c(op: u8, sa: Option<u8>, name: &'static str, usage: &'static [u8]) -> 
         sa,
         name,
         usage,
+        set: Set::Both,
     }
+}
+
+const fn only(set: Set, c: CmdInfo) -> CmdInfo {
+    CmdInfo { set, ..c }
+}
+
+impl CmdInfo {
+    /// In the command set of a zoned (`true`) or conventional disk.
+    pub fn in_set(&self, zoned: bool) -> bool {
+        match self.set {
+            Set::Both => true,
+            Set::Conventional => !zoned,
+            Set::Zoned => zoned,
+        }
+    }
+}
+
+/// The command set of a zoned or conventional disk, in opcode order.
+pub fn commands(zoned: bool) -> impl Iterator<Item = &'static CmdInfo> {
+    COMMANDS.iter().filter(move |c| c.in_set(zoned))
 }
 
 /// The command set, in opcode order (REPORT SUPPORTED OPERATION CODES
@@ -247,11 +280,14 @@ pub const COMMANDS: &[CmdInfo] = &[
         "WRITE SAME(10)",
         &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
     ),
-    c(
-        0x42,
-        None,
-        "UNMAP",
-        &[0x42, 0, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0],
+    only(
+        Set::Conventional,
+        c(
+            0x42,
+            None,
+            "UNMAP",
+            &[0x42, 0, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0],
+        ),
     ),
     c(
         0x5a,
@@ -266,6 +302,27 @@ pub const COMMANDS: &[CmdInfo] = &[
     c(0x90, None, "PRE-FETCH(16)", &RW16[4]),
     c(0x91, None, "SYNCHRONIZE CACHE(16)", &RW16[5]),
     c(0x93, None, "WRITE SAME(16)", &RW16[6]),
+    only(Set::Zoned, c(0x94, Some(0x01), "CLOSE ZONE", &ZBC_OUT[0])),
+    only(Set::Zoned, c(0x94, Some(0x02), "FINISH ZONE", &ZBC_OUT[1])),
+    only(Set::Zoned, c(0x94, Some(0x03), "OPEN ZONE", &ZBC_OUT[2])),
+    only(
+        Set::Zoned,
+        c(0x94, Some(0x04), "RESET WRITE POINTER", &ZBC_OUT[3]),
+    ),
+    // ZBC-2 REPORT ZONES: ZONE START LBA, ALLOCATION LENGTH, PARTIAL and
+    // REPORTING OPTIONS.
+    only(
+        Set::Zoned,
+        c(
+            0x95,
+            Some(0x00),
+            "REPORT ZONES",
+            &[
+                0x95, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                0xbf, 0,
+            ],
+        ),
+    ),
     c(
         0x9e,
         Some(0x10),
@@ -274,14 +331,17 @@ pub const COMMANDS: &[CmdInfo] = &[
             0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     ),
-    c(
-        0x9e,
-        Some(0x12),
-        "GET LBA STATUS",
-        &[
-            0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
-            0,
-        ],
+    only(
+        Set::Conventional,
+        c(
+            0x9e,
+            Some(0x12),
+            "GET LBA STATUS",
+            &[
+                0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                0, 0,
+            ],
+        ),
     ),
     c(
         0xa0,
@@ -336,6 +396,25 @@ const RW16: [[u8; 16]; 7] = {
     }
     t
 };
+/// ZBC OUT (ZBC-2): ZONE ID, ZONE COUNT, ALL.
+const ZBC_OUT: [[u8; 16]; 4] = {
+    let mut t = [[0u8; 16]; 4];
+    let mut i = 0;
+    while i < 4 {
+        t[i][0] = 0x94;
+        t[i][1] = i as u8 + 1;
+        let mut j = 2;
+        while j < 10 {
+            t[i][j] = 0xff;
+            j += 1;
+        }
+        t[i][12] = 0xff;
+        t[i][13] = 0xff;
+        t[i][14] = 0x01;
+        i += 1;
+    }
+    t
+};
 const RW12: [[u8; 12]; 2] = [
     [
         0xa8, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0,
@@ -357,18 +436,20 @@ pub fn cdb_len(opcode: u8) -> Option<usize> {
     }
 }
 
-/// Whether `op` has service actions in this command set.
-pub fn has_service_actions(op: u8) -> bool {
-    COMMANDS.iter().any(|c| c.op == op && c.sa.is_some())
+/// Whether `op` has service actions in the command set of a zoned or
+/// conventional disk.
+pub fn has_service_actions(op: u8, zoned: bool) -> bool {
+    commands(zoned).any(|c| c.op == op && c.sa.is_some())
 }
 
-/// The command `cdb` names: INVALID COMMAND OPERATION CODE for an opcode
-/// outside the set, INVALID FIELD IN CDB for an unsupported service action.
-pub fn lookup(cdb: &[u8]) -> Result<&'static CmdInfo, Sense> {
+/// The command `cdb` names in the command set of a zoned or conventional
+/// disk: INVALID COMMAND OPERATION CODE for an opcode outside the set,
+/// INVALID FIELD IN CDB for an unsupported service action.
+pub fn lookup(cdb: &[u8], zoned: bool) -> Result<&'static CmdInfo, Sense> {
     let op = *cdb.first().ok_or(Sense::INVALID_OPCODE)?;
     let sa = cdb.get(1).map(|b| b & 0x1f);
     let mut known_op = false;
-    for c in COMMANDS {
+    for c in commands(zoned) {
         if c.op != op {
             continue;
         }
@@ -504,6 +585,20 @@ pub enum Command {
     SyncCache {
         range: Range,
     },
+    /// ZBC IN, REPORT ZONES (zoned disks).
+    ReportZones {
+        lba: u64,
+        alloc: usize,
+        partial: bool,
+        option: u8,
+    },
+    /// ZBC OUT: CLOSE, FINISH, OPEN ZONE, RESET WRITE POINTER (zoned disks).
+    ZoneOut {
+        action: crate::zbc::Action,
+        zone_id: u64,
+        count: u16,
+        all: bool,
+    },
     WriteSame {
         range: Range,
         unmap: bool,
@@ -537,6 +632,7 @@ impl Command {
                 | Command::Verify { .. }
                 | Command::PreFetch { .. }
                 | Command::SyncCache { .. }
+                | Command::ZoneOut { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
         )
@@ -552,9 +648,10 @@ fn bytchk(cdb: &[u8], verify: bool) -> Result<ByteCheck, Sense> {
     }
 }
 
-/// Decode a CDB: [`lookup`], [`check_usage`], then the field values.
-pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
-    let info = lookup(cdb)?;
+/// Decode a CDB of the command set of a zoned or conventional disk:
+/// [`lookup`], [`check_usage`], then the field values.
+pub fn parse(cdb: &[u8], zoned: bool) -> Result<Command, Sense> {
+    let info = lookup(cdb, zoned)?;
     check_usage(info, cdb)?;
     let r10 = || Range {
         lba: be32(&cdb[2..6]),
@@ -612,6 +709,32 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
             }
         }
         0x25 => Command::ReadCapacity10,
+        0x94 => {
+            use crate::zbc::Action;
+            Command::ZoneOut {
+                action: match cdb[1] & 0x1f {
+                    0x01 => Action::Close,
+                    0x02 => Action::Finish,
+                    0x03 => Action::Open,
+                    _ => Action::Reset,
+                },
+                zone_id: be64(&cdb[2..10]),
+                count: be16(&cdb[12..14]) as u16,
+                all: cdb[14] & 0x01 != 0,
+            }
+        }
+        0x95 => {
+            let option = cdb[14] & 0x3f;
+            if !crate::zbc::REPORTING_OPTIONS.contains(&option) {
+                return Err(Sense::invalid_cdb(14, 5));
+            }
+            Command::ReportZones {
+                lba: be64(&cdb[2..10]),
+                alloc: be32(&cdb[10..14]) as usize,
+                partial: cdb[14] & 0x80 != 0,
+                option,
+            }
+        }
         0x9e if cdb[1] & 0x1f == 0x12 => Command::GetLbaStatus {
             lba: be64(&cdb[2..10]),
             alloc: be32(&cdb[10..14]) as usize,
@@ -722,7 +845,12 @@ mod tests {
                 0x1a | 0x5a => cdb[2] = 0xbf, // default values
                 _ => {}
             }
-            assert!(parse(&cdb).is_ok(), "{}: {:02x?}", c.name, cdb);
+            assert!(
+                parse(&cdb, c.set == Set::Zoned).is_ok(),
+                "{}: {:02x?}",
+                c.name,
+                cdb
+            );
             for byte in 1..c.usage.len() {
                 for bit in 0..8u8 {
                     let allowed = if byte == 1 && c.sa.is_some() {
@@ -745,7 +873,7 @@ mod tests {
                         bit
                     };
                     assert_eq!(
-                        parse(&bad),
+                        parse(&bad, c.set == Set::Zoned),
                         Err(Sense::invalid_cdb(byte, want)),
                         "{} byte {byte} bit {bit}",
                         c.name
@@ -775,7 +903,7 @@ mod tests {
                 let mut cdb = vec![0u8; len];
                 cdb[0] = op;
                 cdb[1] = prot << 5;
-                let s = parse(&cdb).unwrap_err();
+                let s = parse(&cdb, false).unwrap_err();
                 assert_eq!((s.key, s.asc, s.ascq), (0x05, 0x24, 0), "{op:#x}");
                 assert_eq!(s.sks, Some([0xc8 | 7, 0, 1]), "{op:#x}: byte 1 bit 7");
             }
@@ -785,41 +913,53 @@ mod tests {
     #[test]
     fn field_values() {
         assert_eq!(
-            lookup(&[0x04, 0, 0, 0, 0, 0]).err(),
+            lookup(&[0x04, 0, 0, 0, 0, 0], false).err(),
             Some(Sense::INVALID_OPCODE)
         );
         let mut rc = [0u8; 16];
         rc[0] = 0x9e;
         rc[1] = 0x11;
-        assert_eq!(parse(&rc), Err(Sense::invalid_cdb(1, 4)), "unknown SA");
         assert_eq!(
-            parse(&[0x12, 0, 0x80, 0, 255, 0]),
+            parse(&rc, false),
+            Err(Sense::invalid_cdb(1, 4)),
+            "unknown SA"
+        );
+        assert_eq!(
+            parse(&[0x12, 0, 0x80, 0, 255, 0], false),
             Err(Sense::invalid_cdb_byte(2)),
             "page code without EVPD"
         );
-        let saved = parse(&[0x1a, 0, 0xc8, 0, 255, 0]).unwrap_err();
+        let saved = parse(&[0x1a, 0, 0xc8, 0, 255, 0], false).unwrap_err();
         assert_eq!((saved.key, saved.asc), (0x05, 0x39));
         let mut wv = [0u8; 10];
         wv[0] = 0x2e;
         wv[1] = 0x06;
-        assert_eq!(parse(&wv), Err(Sense::invalid_cdb(1, 2)), "BYTCHK 11b");
+        assert_eq!(
+            parse(&wv, false),
+            Err(Sense::invalid_cdb(1, 2)),
+            "BYTCHK 11b"
+        );
         wv[0] = 0x2f;
         assert!(matches!(
-            parse(&wv),
+            parse(&wv, false),
             Ok(Command::Verify {
                 check: ByteCheck::One,
                 ..
             })
         ));
         wv[1] = 0x04;
-        assert_eq!(parse(&wv), Err(Sense::invalid_cdb(1, 2)), "BYTCHK 10b");
+        assert_eq!(
+            parse(&wv, false),
+            Err(Sense::invalid_cdb(1, 2)),
+            "BYTCHK 10b"
+        );
         let mut rsoc = [0u8; 12];
         rsoc[0] = 0xa3;
         rsoc[1] = 0x0c;
         rsoc[2] = 4;
-        assert_eq!(parse(&rsoc), Err(Sense::invalid_cdb(2, 2)));
+        assert_eq!(parse(&rsoc, false), Err(Sense::invalid_cdb(2, 2)));
         assert!(matches!(
-            parse(&[0x08, 0, 0, 1, 0, 0]),
+            parse(&[0x08, 0, 0, 1, 0, 0], false),
             Ok(Command::Read {
                 range: Range {
                     lba: 1,
@@ -829,6 +969,73 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn zoned_and_conventional_command_sets() {
+        let mut unmap = [0u8; 10];
+        unmap[0] = 0x42;
+        assert!(parse(&unmap, false).is_ok());
+        assert_eq!(
+            parse(&unmap, true),
+            Err(Sense::INVALID_OPCODE),
+            "no UNMAP when zoned"
+        );
+        let mut gls = [0u8; 16];
+        gls[0] = 0x9e;
+        gls[1] = 0x12;
+        assert_eq!(parse(&gls, true), Err(Sense::invalid_cdb(1, 4)));
+        let mut rz = [0u8; 16];
+        rz[0] = 0x95;
+        assert_eq!(parse(&rz, false), Err(Sense::INVALID_OPCODE));
+        rz[1] = 0x06;
+        assert_eq!(
+            parse(&rz, true),
+            Err(Sense::invalid_cdb(1, 4)),
+            "ZBC IN SA 06h"
+        );
+        rz[1] = 0;
+        rz[2..10].copy_from_slice(&77u64.to_be_bytes());
+        rz[10..14].copy_from_slice(&4096u32.to_be_bytes());
+        for opt in 0..0x40u8 {
+            rz[14] = 0x80 | opt;
+            let r = parse(&rz, true);
+            if crate::zbc::REPORTING_OPTIONS.contains(&opt) {
+                assert_eq!(
+                    r,
+                    Ok(Command::ReportZones {
+                        lba: 77,
+                        alloc: 4096,
+                        partial: true,
+                        option: opt
+                    })
+                );
+            } else {
+                assert_eq!(r, Err(Sense::invalid_cdb(14, 5)), "option {opt:#x}");
+            }
+        }
+        let mut zo = [0u8; 16];
+        zo[0] = 0x94;
+        zo[1] = 0x04;
+        zo[2..10].copy_from_slice(&128u64.to_be_bytes());
+        zo[12..14].copy_from_slice(&3u16.to_be_bytes());
+        zo[14] = 1;
+        assert_eq!(
+            parse(&zo, true),
+            Ok(Command::ZoneOut {
+                action: crate::zbc::Action::Reset,
+                zone_id: 128,
+                count: 3,
+                all: true
+            })
+        );
+        zo[1] = 0x05;
+        assert_eq!(
+            parse(&zo, true),
+            Err(Sense::invalid_cdb(1, 4)),
+            "ZBC OUT SA 05h"
+        );
+        assert_eq!(commands(false).count() + 3, commands(true).count());
     }
 
     #[test]
