@@ -1,0 +1,511 @@
+//! Kernel truth for examples/ublk_file (issue 16): a ublk block device
+//! (`/dev/ublkbN`) served from a file through `NoFsFile`, its queue threads
+//! spawned by the example (not by libublk's `run_target`) and holding an
+//! `IoFlusher`.
+//!
+//! First the device itself, to real clients: brd → ext4 → sparse backing
+//! file → `ublk_file --queues 2` → `mkfs.xfs` on /dev/ublkb0 → `fio` with
+//! verify on the mounted XFS; then `/proc/PID/task/TID/stat`,
+//! `reclaim-scope status --json` and the daemon's own `audit()` (SIGUSR1)
+//! must show every queue thread, and every io_uring worker (`iou-wrk-*`)
+//! of the daemon, NOIO|LOCAL_THROTTLE; SIGTERM deletes the device. The same
+//! with `--no-flusher`: the queue threads are clear between requests.
+//!
+//! Then the seed scenario of `tests/vm_nbd_seed.rs` / `tests/vm_tcmu.rs`
+//! (`common::seed`) with `ublk_file` in a cgroup with `memory.max=32M`:
+//! tracefs reclaim entries and page allocations of the daemon's threads in
+//! the three modes; guarded clean, unprotected reclaiming with FS/IO.
+//!
+//! ublk needs Linux >= 6.0 with `CONFIG_BLK_DEV_UBLK`: of the VM's kernels
+//! only 6.12 (trixie) has it; on 6.1 and 5.10 every test here reports
+//! itself not applicable (`common::not_applicable`).
+
+mod common;
+
+use common::seed::{self, Mode, Stats};
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LOWER_DEV: &str = "/dev/ram1";
+const LOWER: &str = "/mnt/ublk-lower";
+const UPPER: &str = "/mnt/ublk-xfs";
+/// mkfs.xfs refuses file systems smaller than 300 MB.
+const BACKING_MIB: u64 = 320;
+const MEMORY_MAX: &str = "32M";
+const DD_MIB: u64 = 64;
+const DATA_MIB: usize = 16;
+const TRACE_BUFFER_KB: u64 = 16384;
+const CONTROL: &str = "/dev/ublk-control";
+/// The queue thread of a one-queue device (the example names queue N's
+/// thread `ublk-qN`).
+const WORKER: &str = "ublk-q0";
+
+/// Whether ublk can run here; otherwise the calling test is reported not
+/// applicable, with the reason, and must return.
+fn ublk_available() -> bool {
+    require_vm();
+    let kver = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kver = kver.trim();
+    if kernel_version() < (6, 0) {
+        not_applicable(&format!("ublk needs Linux >= 6.0; this is {kver}"));
+        return false;
+    }
+    if !Path::new(CONTROL).exists() {
+        if let Err(e) = run_for(30, "modprobe", &["ublk_drv"]) {
+            not_applicable(&format!(
+                "kernel {kver} has no ublk_drv (Debian's 6.1 cloud kernel is built without \
+                 CONFIG_BLK_DEV_UBLK): {e}"
+            ));
+            return false;
+        }
+        wait_until(CONTROL, 10, || Path::new(CONTROL).exists());
+    }
+    true
+}
+
+fn setup_once() {
+    load_brd();
+    must(30, "modprobe", &["xfs"]);
+    for d in [LOWER, UPPER] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+}
+
+/// Unmounts `dev` wherever it is mounted (other VM tests format the same
+/// ramdisk and may have left it mounted under their own mount point).
+fn unmount_device(dev: &str) {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for mnt in mounts.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(dev)).then(|| f.next().map(str::to_owned))?
+    }) {
+        if run_for(30, "umount", &[&mnt]).is_err() {
+            must(30, "umount", &["-l", &mnt]);
+        }
+    }
+}
+
+/// A fresh ext4 on the ramdisk with a sparse backing file; its path.
+fn fresh_lower() -> String {
+    unmount_device(LOWER_DEV);
+    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
+    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    let backing = format!("{LOWER}/disk.img");
+    fs::File::create(&backing)
+        .and_then(|f| f.set_len(BACKING_MIB << 20))
+        .unwrap_or_else(|e| panic!("create {backing}: {e}"));
+    must(60, "sync", &[]);
+    write_file("/proc/sys/vm/drop_caches", "3");
+    backing
+}
+
+/// ublk devices the driver has (`/sys/class/ublk-char-device/ublkcN`).
+fn ublk_devices() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/sys/class/ublk-char-device")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `ublk_file` (in `cgroup` if given) and its device, torn down on drop.
+struct Rig {
+    daemon: Option<Child>,
+    cgroup: Option<String>,
+    log: String,
+}
+
+impl Rig {
+    /// Starts `ublk_file --file backing FLAGS` and waits for its
+    /// "serving ... as /dev/ublkbN" line; the rig and the device path.
+    fn start(backing: &str, cgroup: Option<String>, flags: &[&str], log: &str) -> (Rig, String) {
+        let join = cgroup
+            .as_ref()
+            .map(|c| format!("echo $$ > {c}/cgroup.procs && "))
+            .unwrap_or_default();
+        let cmd = format!("{join}exec ublk_file --file {backing} {}", flags.join(" "));
+        let child = Command::new("sh")
+            .args(["-c", &cmd])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start ublk_file");
+        let mut rig = Rig {
+            daemon: Some(child),
+            cgroup,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let dev = loop {
+            let text = rig.log();
+            if let Some(i) = text.find(" as /dev/ublkb") {
+                let dev = text[i + 4..].split_whitespace().next().unwrap_or("");
+                break dev.to_owned();
+            }
+            let exited = rig
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "ublk_file without a device ({exited:?}): {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        wait_until(&dev, 20, || Path::new(&dev).exists());
+        (rig, dev)
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon").id()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `audit()` as the daemon prints it on SIGUSR1 (every thread, `{:#}`).
+    fn audit(&self) -> String {
+        let before = self.log().matches("audit of process").count();
+        must(5, "kill", &["-USR1", &self.pid().to_string()]);
+        wait_until("the daemon's audit", 20, || {
+            self.log().matches("audit of process").count() > before
+        });
+        // The report is one eprintln; give it time to be complete.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log();
+        let start = log.rfind("ublk-file: audit of process").expect("audit");
+        log[start..]
+            .lines()
+            .take_while(|l| l.starts_with("ublk-file: audit") || l.starts_with("  "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGTERM, wait for exit 0; the daemon's log.
+    fn stop(&mut self) -> Result<String, String> {
+        let Some(mut child) = self.daemon.take() else {
+            return Ok(self.log());
+        };
+        let _ = run_for(5, "kill", &["-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => break None,
+            }
+        };
+        let log = self.log();
+        match st {
+            Some(st) if st.success() => Ok(log),
+            Some(st) => Err(format!("ublk_file exited with {st}: {log}")),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!(
+                    "ublk_file did not stop within 60 s of SIGTERM: {log}"
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if is_mounted(UPPER) && run_for(30, "umount", &[UPPER]).is_err() {
+            let _ = run_for(10, "umount", &["-l", UPPER]);
+        }
+        if self.daemon.is_some() {
+            let _ = self.stop();
+        }
+        if let Some(cg) = &self.cgroup {
+            for _ in 0..50 {
+                if fs::remove_dir(cg).is_ok() || !Path::new(cg).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// (tid, name, flags) of every thread of `pid` whose name starts with `prefix`.
+fn flags_of(pid: u32, prefix: &str) -> Vec<(i32, String, u32)> {
+    threads(pid)
+        .into_iter()
+        .filter(|(_, n)| n.starts_with(prefix))
+        .filter_map(|(t, n)| Some((t, n, task_flags(pid as i32, t)?)))
+        .collect()
+}
+
+fn fio_verify(dir: &str, tag: &str) -> serde_json::Value {
+    let out = must(
+        180,
+        "fio",
+        &[
+            &format!("--name=ublk-{tag}"),
+            &format!("--directory={dir}"),
+            "--size=16M",
+            "--bs=4k",
+            "--rw=randwrite",
+            "--ioengine=psync",
+            "--direct=1",
+            "--numjobs=2",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--fsync_on_close=1",
+            "--output-format=json",
+        ],
+    );
+    let start = out
+        .find('{')
+        .unwrap_or_else(|| panic!("fio printed no JSON: {out}"));
+    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("fio JSON: {e}: {out}"))
+}
+
+#[test]
+#[ignore = "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs; runs in the VM via `cargo xtask vm-test --kernel 6.12`"]
+fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
+    if !ublk_available() {
+        return;
+    }
+    setup_once();
+    let before = ublk_devices();
+    let backing = fresh_lower();
+    let log = "/tmp/ublk-guarded.log";
+    let (mut rig, dev) = Rig::start(&backing, None, &["--queues", "2"], log);
+    let pid = rig.pid();
+    say(&format!("  ublk_file pid {pid} serves {dev}"));
+    let size: u64 = fs::read_to_string(format!(
+        "/sys/block/{}/size",
+        dev.trim_start_matches("/dev/")
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(size * 512, BACKING_MIB << 20, "{dev}'s size is the file's");
+
+    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+    let t0 = Instant::now();
+    let fio = fio_verify(UPPER, "verify");
+    let jobs = fio["jobs"].as_array().expect("fio jobs");
+    assert!(!jobs.is_empty());
+    for j in jobs {
+        assert_eq!(j["error"], 0, "fio job failed: {j}");
+        assert!(
+            j["write"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
+            "fio wrote too little: {}",
+            j["write"]
+        );
+        // The verify phase reads back everything written.
+        assert!(
+            j["read"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
+            "fio verified too little: {}",
+            j["read"]
+        );
+    }
+    say(&format!(
+        "  fio randwrite 4 KiB + crc32c verify, 2 jobs x 16 MiB on XFS on {dev}: {:.1} s, write {} IOPS, verify-read {} IOPS",
+        t0.elapsed().as_secs_f64(),
+        jobs[0]["write"]["iops"],
+        jobs[0]["read"]["iops"]
+    ));
+
+    // The kernel's flags of the queue threads and of any io_uring worker.
+    let queues = flags_of(pid, "ublk-q");
+    assert_eq!(queues.len(), 2, "two queue threads: {:?}", threads(pid));
+    let workers = flags_of(pid, "iou-");
+    for (tid, name, f) in queues.iter().chain(&workers) {
+        assert_eq!(
+            f & IO_FLUSHER_BITS,
+            IO_FLUSHER_BITS,
+            "{name} ({tid}) is {}",
+            describe_flags(*f)
+        );
+    }
+    say(&format!(
+        "  /proc: {} queue threads, {} io_uring threads, all NOIO|LOCAL_THROTTLE: {:?}",
+        queues.len(),
+        workers.len(),
+        queues
+            .iter()
+            .chain(&workers)
+            .map(|(t, n, f)| format!("{n}/{t} {f:#x}"))
+            .collect::<Vec<_>>()
+    ));
+
+    // reclaim-scope status: the same, read by the tool.
+    let st = must(10, "reclaim-scope", &["status", &pid.to_string(), "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).expect("status JSON");
+    let rows = st[0]["threads"].as_array().expect("status threads").clone();
+    for (tid, name, _) in queues.iter().chain(&workers) {
+        let row = rows
+            .iter()
+            .find(|r| r["tid"] == *tid)
+            .unwrap_or_else(|| panic!("status has no {name} ({tid}): {st}"));
+        assert!(
+            row["noio"] == true && row["local_throttle"] == true && row["io_flusher"] == true,
+            "status: {name} {row}"
+        );
+    }
+
+    // audit() inside the daemon: every queue thread held by its IoFlusher,
+    // nothing missing or unaccounted (an io_uring worker would be flagged
+    // by inheritance, with no guard of its own: unaccounted).
+    let audit = rig.audit();
+    say(&format!("  daemon's audit():\n{audit}"));
+    assert!(
+        audit.contains("every flag is accounted for"),
+        "audit has findings: {audit}"
+    );
+    for (tid, name, _) in &queues {
+        let line = audit
+            .lines()
+            .find(|l| l.contains(&format!("tid {tid} ")))
+            .unwrap_or_else(|| panic!("audit has no {name} ({tid}): {audit}"));
+        assert!(line.contains("held by an IoFlusher guard"), "audit: {line}");
+    }
+    if workers.is_empty() {
+        say(
+            "  no io_uring worker in the daemon: ublk's FETCH/COMMIT commands complete in the \
+             queue thread's task work (the driver accepts them only from the queue's daemon \
+             task, so they are never punted to io-wq), and the backing I/O is synchronous \
+             through NoFsFile",
+        );
+    }
+
+    // The data survives an unmount and remount (fio verified it online).
+    must(60, "umount", &[UPPER]);
+    must(60, "mount", &["-t", "xfs", "-o", "ro", &dev, UPPER]);
+    must(60, "umount", &[UPPER]);
+    let text = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    say(&format!("  daemon: {}", text.trim().replace('\n', " | ")));
+    assert!(text.contains("device deleted"), "{text}");
+    assert!(!Path::new(&dev).exists(), "{dev} still there after SIGTERM");
+    assert_eq!(ublk_devices(), before, "ublk devices left behind");
+    drop(rig);
+
+    // --no-flusher: between requests the queue thread is clear (each file
+    // call is still NOIO-scoped by NoFsFile), and audit() agrees.
+    let (mut rig, dev) = Rig::start(&backing, None, &["--no-flusher"], "/tmp/ublk-noflusher.log");
+    let pid = rig.pid();
+    must(
+        30,
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={dev}"),
+            "bs=1M",
+            "count=4",
+            "oflag=direct",
+        ],
+    );
+    let q = flags_of(pid, "ublk-q");
+    assert_eq!(q.len(), 1, "{:?}", threads(pid));
+    assert_eq!(
+        q[0].2 & IO_FLUSHER_BITS,
+        0,
+        "--no-flusher: {} is {}",
+        q[0].1,
+        describe_flags(q[0].2)
+    );
+    let audit = rig.audit();
+    assert!(audit.contains("every flag is accounted for"), "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(&format!("tid {} ", q[0].0)) && l.ends_with(": clear")),
+        "{audit}"
+    );
+    rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    drop(rig);
+    if is_mounted(LOWER) {
+        let _ = run_for(30, "umount", &[LOWER]);
+    }
+}
+
+fn run_scenario(mode: Mode) -> Stats {
+    let t0 = Instant::now();
+    let mut phase = t0;
+    let mut lap = |what: &str| {
+        say(&format!(
+            "  [{}] {what}: {:.1} s",
+            mode.tag(),
+            phase.elapsed().as_secs_f64()
+        ));
+        phase = Instant::now();
+    };
+    let backing = fresh_lower();
+    let cgroup = format!("/sys/fs/cgroup/ublk-{}", mode.tag());
+    if !Path::new(&cgroup).exists() {
+        fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {cgroup}: {e}"));
+    }
+    write_file(&format!("{cgroup}/memory.max"), MEMORY_MAX);
+    let log = format!("/tmp/ublk-seed-{}.log", mode.tag());
+    let (mut rig, dev) = Rig::start(&backing, Some(cgroup.clone()), mode.flags(), &log);
+    let pid = rig.pid();
+    let in_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        in_cgroup
+            .trim_end()
+            .ends_with(&format!("/ublk-{}", mode.tag())),
+        "daemon not in its cgroup: {in_cgroup:?}"
+    );
+    lap("lower ext4, ublk_file, /dev/ublkb");
+    let mut s = seed::traced_workload(
+        mode,
+        pid,
+        WORKER,
+        &cgroup,
+        &seed::Workload {
+            dev: &dev,
+            upper: UPPER,
+            data_mib: DATA_MIB,
+            dd_mib: DD_MIB,
+            seed: 0x0b1c_0000,
+        },
+        &mut lap,
+    );
+    let daemon_log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+    drop(rig);
+    assert!(!Path::new(&dev).exists(), "{dev} left after SIGTERM");
+    lap("remount, verify, teardown");
+    s.secs = t0.elapsed().as_secs_f64();
+    seed::report(mode, &daemon_log, WORKER, &s);
+    s
+}
+
+#[test]
+#[ignore = "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs, tracefs; runs in the VM via `cargo xtask vm-test --kernel 6.12`"]
+fn seed_scenario_ublk_queue_thread_never_reclaims_with_fs_or_io() {
+    if !ublk_available() {
+        return;
+    }
+    setup_once();
+    seed::run_all_modes(
+        TRACE_BUFFER_KB,
+        LOWER,
+        &format!(
+            "brd → ext4 → {BACKING_MIB} MiB sparse file → ublk_file (cgroup \
+             memory.max={MEMORY_MAX}) → /dev/ublkb0 → XFS; mkfs.xfs + {DATA_MIB} MiB verified \
+             file + {DD_MIB} MiB dd"
+        ),
+        "ublk_file",
+        WORKER,
+        run_scenario,
+    );
+}
