@@ -40,6 +40,20 @@ const EXIT_CANNOT_EXECUTE: u8 = 126;
 /// `exec`: the command was not found.
 const EXIT_NOT_FOUND: u8 = 127;
 
+/// `status --json`'s fields; a test keeps them in step with the output.
+const STATUS_JSON_HELP: &str = "Print JSON: an array with one object per pid, {\"pid\", \"tgid\", \
+     \"nspid\", \"pid_namespace\", \"name\", \"threads\": [{\"tid\", \"name\", \"flags\", \"noio\", \
+     \"nofs\", \"local_throttle\", \"io_flusher\"}]}, or {\"pid\", \"pid_namespace\", \"error\"} for a \
+     pid that cannot be read";
+
+/// `watch --json`'s fields; a test keeps them in step with the output.
+const WATCH_JSON_HELP: &str = "Print the summary as one JSON object: {\"seconds\", \"interrupted\", \
+     \"lost_events\", \"unsafe\", \"missing_events\", \"exited_pids\", \"total\": COUNTS, \"threads\": \
+     [{\"pid\", \"tid\", \"name\", \"flags\", \"noio\", \"local_throttle\", \"exited\", \"counts\": \
+     COUNTS}]}, COUNTS being {\"reclaims\", \"fs_io_reclaims\", \"page_allocs\", \
+     \"fs_io_page_allocs\", \"throttle_events\", \"throttle_pauses\", \"paused_ms\", \
+     \"max_pause_ms\", \"vmscan_throttled\", \"unknown_gfp\"}";
+
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    success (status: every pid was read; probe: the flag can be set)
@@ -131,9 +145,7 @@ enum Cmd {
         /// Process ids
         #[arg(value_name = "PID", required = true, value_parser = clap::value_parser!(i32).range(1..))]
         pids: Vec<i32>,
-        /// Print JSON: an array with one object per pid ({"pid", "name", "threads": [{"tid",
-        /// "name", "flags", "noio", "nofs", "local_throttle", "io_flusher"}]} or {"pid", "error"})
-        #[arg(long)]
+        #[arg(long, help = STATUS_JSON_HELP)]
         json: bool,
     },
     /// Show the kernel version, CAP_SYS_RESOURCE, whether the flag can be set here, and the fix
@@ -163,8 +175,7 @@ enum Cmd {
         /// Stop after this many seconds (default: until interrupted or every pid exits)
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         duration: Option<u64>,
-        /// Print the summary as JSON ({"seconds", "lost_events", "unsafe", "total", "threads": [...]})
-        #[arg(long)]
+        #[arg(long, help = WATCH_JSON_HELP)]
         json: bool,
         /// Per-CPU ring buffer of the trace instance, in KiB (default 4096); a smaller one
         /// loses events sooner
@@ -1017,6 +1028,66 @@ mod tests {
             errno_text(libc::ENOSYS),
             "ENOSYS (Function not implemented)"
         );
+    }
+
+    /// Every key of a JSON value, nested ones too.
+    fn json_keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    out.push(k.clone());
+                    json_keys(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| json_keys(v, out)),
+            _ => {}
+        }
+    }
+
+    /// The help lists exactly the keys the output has.
+    fn assert_help_lists(help: &str, v: &serde_json::Value) {
+        let mut keys = Vec::new();
+        json_keys(v, &mut keys);
+        for k in &keys {
+            assert!(
+                help.contains(&format!("\"{k}\"")),
+                "help lacks {k:?}: {help}"
+            );
+        }
+        for quoted in help.split('"').skip(1).step_by(2) {
+            assert!(
+                keys.iter().any(|k| k == quoted),
+                "help names {quoted:?}, which the output lacks: {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_help_names_every_field_of_the_output() {
+        let me = std::process::id() as i32;
+        let found = [
+            Found {
+                pid: me,
+                result: read_pid(me),
+            },
+            Found {
+                pid: i32::MAX,
+                result: read_pid(i32::MAX),
+            },
+        ];
+        assert!(found[0].result.is_ok() && found[1].result.is_err());
+        let v: serde_json::Value = serde_json::from_str(&status_json(&found, "own")).unwrap();
+        assert_help_lists(STATUS_JSON_HELP, &v);
+        let v: serde_json::Value = serde_json::from_str(&watch::json(
+            &watch::Tally::sample(),
+            &watch::Notes::default(),
+        ))
+        .unwrap();
+        assert!(
+            v["threads"].as_array().is_some_and(|a| !a.is_empty()),
+            "{v}"
+        );
+        assert_help_lists(WATCH_JSON_HELP, &v);
     }
 
     #[test]
