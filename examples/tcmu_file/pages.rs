@@ -142,7 +142,10 @@ pub fn vpd_page(u: &Unit, page: u8) -> Result<Vec<u8>, Sense> {
         }
         _ => unreachable!("VPD page {page:#x} listed but not built"),
     };
-    Ok(vpd(page, &body))
+    let mut r = vpd(page, &body);
+    // PERIPHERAL DEVICE TYPE, as in the standard INQUIRY data.
+    r[0] = standard_inquiry(u)[0];
+    Ok(r)
 }
 
 /// READ CAPACITY(10) parameter data (SBC-4).
@@ -562,9 +565,12 @@ mod tests {
         assert_eq!(&vpd_page(&u, 0).unwrap()[4..], ZONED_VPD_PAGES);
         assert_eq!(vpd_page(&u, 0xb2), Err(Sense::invalid_cdb_byte(2)));
         assert_eq!(vpd_page(&unit(), 0xb6), Err(Sense::invalid_cdb_byte(2)));
+        for &p in ZONED_VPD_PAGES {
+            assert_eq!(vpd_page(&u, p).unwrap()[0], 0x14, "{p:#x}: device type");
+        }
         let b6 = vpd_page(&u, 0xb6).unwrap();
         assert_eq!(b6.len(), 64);
-        assert_eq!(&b6[..5], &[0, 0xb6, 0, 0x3c, 0x01], "URSWRZ");
+        assert_eq!(&b6[..5], &[0x14, 0xb6, 0, 0x3c, 0x01], "URSWRZ");
         assert_eq!(&b6[8..16], &[0xff; 8], "optimal SWP counts not reported");
         assert_eq!(&b6[16..20], &7u32.to_be_bytes(), "max open SWR zones");
         let b1 = vpd_page(&u, 0xb1).unwrap();

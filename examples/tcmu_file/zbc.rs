@@ -759,7 +759,9 @@ impl Zones {
         };
         r[4] = same;
         r[8..16].copy_from_slice(&(g.blocks - 1).to_be_bytes());
-        for &z in listed.iter().take(fit) {
+        // The descriptors `alloc` holds a byte of (the caller sends at most
+        // `alloc` bytes).
+        for &z in listed.iter().take(alloc.saturating_sub(64).div_ceil(64)) {
             let zone = st.zones[z];
             let mut d = [0u8; 64];
             d[0] = g.zone_type(z);
