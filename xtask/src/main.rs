@@ -33,7 +33,8 @@ Commands:
         with -z, for tests/vm_tcmu.rs), dmsetup with dm_mod (tests/vm_fs.rs,
         tests/vm_tcmu.rs: EIO from a device-mapper error target), sg3-utils'
         sg_* and losetup (tests/vm_tcmu.rs), fio and ublk_drv where the kernel
-        has it (tests/vm_ublk.rs).
+        has it (tests/vm_ublk.rs), dm_zoned, blkzone and dmzadm (trixie's
+        dm-zoned-tools, downloaded; tests/vm_zoned.rs).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -255,6 +256,12 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         // ublk_drv; 6.1 and 5.10 do not), XFS and fio with verify on it.
         o.optional_modules.push("ublk_drv".into());
         o.host_bins.push("fio".into());
+        // tests/vm_zoned.rs: tcmu_file --zbc as a host-managed disk, blkzone
+        // on it, dm-zoned over it (dmzadm from trixie's dm-zoned-tools,
+        // fetched, since bookworm has none).
+        o.modules.push("dm_zoned".into());
+        o.host_bins.push("blkzone".into());
+        o.optional_host_bins.push("dmzadm".into());
         o.mem = "1G".into();
     }
     let mut it = args.iter();

@@ -1331,7 +1331,7 @@ fn prepare(
         stage.add_exe(p, &format!("/opt/bin/{n}"), !opts.keep_debug)?;
     }
     for b in opts.host_bins.iter().chain(&opts.optional_host_bins) {
-        match which(b) {
+        match which(b).or_else(|| fetched_host_bin(ws, b)) {
             Some(p) => {
                 let n = p
                     .file_name()
@@ -1356,6 +1356,48 @@ fn prepare(
     }
     stage.add_modules(&k, &modules)?;
     Ok((k, stage, art))
+}
+
+/// Host binaries that bookworm does not package, taken from a later suite's
+/// package: (binary, suite, package, path inside the package). The .deb is
+/// downloaded through [`PrivateApt`] and unpacked under target/vm/fetched,
+/// never installed; its libraries are the host's (checked with ldd when the
+/// binary is staged). dmzadm (dm-zoned-tools) formats dm-zoned's metadata
+/// for tests/vm_zoned.rs.
+const FETCHED_BINS: &[(&str, &str, &str, &str)] =
+    &[("dmzadm", "trixie", "dm-zoned-tools", "usr/sbin/dmzadm")];
+
+/// A [`FETCHED_BINS`] binary, downloaded and unpacked on first use; `None`
+/// (with the reason printed) when it is not one or cannot be had.
+fn fetched_host_bin(ws: &Workspace, bin: &str) -> Option<PathBuf> {
+    let &(_, suite, pkg, inner) = FETCHED_BINS.iter().find(|f| f.0 == bin)?;
+    let dir = ws.vm_dir().join("fetched").join(pkg);
+    let exe = dir.join("root").join(inner);
+    if exe.is_file() {
+        return Some(exe);
+    }
+    let got = (|| -> Result<()> {
+        fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        let deb = PrivateApt::new(ws, suite)?.download(&dir, pkg)?;
+        run(Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")))
+    })();
+    match got {
+        Ok(()) if exe.is_file() => {
+            println!("xtask: {bin} from {suite}'s {pkg}: {}", exe.display());
+            Some(exe)
+        }
+        Ok(()) => {
+            println!("xtask: {suite}'s {pkg} has no {inner}");
+            None
+        }
+        Err(e) => {
+            println!("xtask: cannot fetch {bin} from {suite}'s {pkg}: {e}");
+            None
+        }
+    }
 }
 
 /// A directory private to this run: two `vm-test`s on one machine (a
