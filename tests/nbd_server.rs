@@ -1734,6 +1734,42 @@ fn sigterm_drains_the_request_in_flight() {
     assert!(b.iter().all(|&x| x == 0x6b));
 }
 
+/// `--size` sizes a new backing file only: an existing one keeps its size,
+/// and a `--size` that differs from it is a start-up error (exit 2) naming
+/// both sizes, never a disk of another size than asked for.
+#[test]
+fn a_size_that_disagrees_with_the_existing_backing_file_is_refused() {
+    let _serial = serial();
+    let dir = fresh_dir("size");
+    let _cleanup = Cleanup(dir.clone());
+    let backing = dir.join("disk.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(16 << 20))
+        .unwrap();
+    let sock = dir.join("size.sock");
+    let o = Command::new(example_bin())
+        .arg("--file")
+        .arg(&backing)
+        .args(["--size", "32M", "--listen", "none", "--unix"])
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--size 33554432 bytes") && err.contains("already 16777216 bytes"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&backing).unwrap().len(), 16 << 20);
+    // The same size, or none, serves the file as it is.
+    for extra in [&["--size", "16M"][..], &[]] {
+        let srv = ChildServer::start(&dir, &backing, extra);
+        let mut c = connect(&srv.sock);
+        assert_eq!(go(&mut c).0, 16 << 20, "{extra:?}");
+    }
+}
+
 /// A mistyped device name is refused, never created as a file in devtmpfs;
 /// a character device is refused with what it is; a missing directory names
 /// the path once.

@@ -277,13 +277,25 @@ fn block_device_backing_store_through_the_kernel_client() {
         }
     }
     let mut td = Teardown(Vec::new(), lo.clone());
+    // A device is served at its own size: a --size that differs is refused.
+    let o = Command::new("nbd_server")
+        .args([
+            "--file", &lo, "--listen", "none", "--unix", BSOCK, "--size", "1M",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nbd_server");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(2) && err.contains(&format!("already {} bytes", MIB << 20)),
+        "nbd_server --size 1M on a {MIB} MiB device: {:?} {err}",
+        o.status
+    );
     let start = |td: &mut Teardown, extra: &[&str]| {
         let _ = fs::remove_file(BSOCK);
         let log = fs::File::create("/tmp/blk-server.log").unwrap();
         let c = Command::new("nbd_server")
-            .args([
-                "--file", &lo, "--listen", "none", "--unix", BSOCK, "--size", "1M",
-            ])
+            .args(["--file", &lo, "--listen", "none", "--unix", BSOCK])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -36,6 +36,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A new backing file's size when --size is not given.
+const DEFAULT_SIZE: u64 = 256 << 20;
+
 #[derive(Parser, Debug)]
 #[command(about = "NBD server on reclaim-scope's NoFsFile and IoFlusher")]
 struct Args {
@@ -43,9 +46,11 @@ struct Args {
     /// bytes) when missing or empty.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("reclaim-scope-nbd.img"))]
     file: PathBuf,
-    /// Size of a newly created backing file (suffixes K, M, G, T).
-    #[arg(long, default_value = "256M", value_parser = daemon::parse_size)]
-    size: u64,
+    /// Size of a newly created backing file (suffixes K, M, G, T; default
+    /// 256M). An existing file or device keeps its size: a --size that
+    /// differs from it is refused.
+    #[arg(long, value_parser = daemon::parse_size)]
+    size: Option<u64>,
     /// TCP address to listen on, or "none".
     #[arg(long, default_value = "127.0.0.1:10809")]
     listen: String,
@@ -96,13 +101,27 @@ fn main() -> ExitCode {
         Protection::Strict => Guarding::Strict,
         Protection::NoFlusher | Protection::Unprotected => Guarding::None,
     };
-    let (file, size) = match server::open_backing(&args.file, args.size, args.read_only) {
+    let (file, size) = match server::open_backing(
+        &args.file,
+        args.size.unwrap_or(DEFAULT_SIZE),
+        args.read_only,
+    ) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("nbd-server: {e}");
             return ExitCode::from(2);
         }
     };
+    // Silently serving another size than the one asked for would hand the
+    // client a disk it did not expect (and mkfs would size for it).
+    if let Some(asked) = args.size.filter(|&s| s != size) {
+        eprintln!(
+            "nbd-server: --size {asked} bytes, but {} is already {size} bytes: --size only \
+             sizes a new backing file; drop --size, or resize the file first (truncate -s)",
+            args.file.display()
+        );
+        return ExitCode::from(2);
+    }
     let mut export = Export::new(args.name.clone(), file, size, args.read_only, guarding);
     export.log = !args.quiet;
     export.plain_io = protection == Protection::Unprotected;
