@@ -227,7 +227,9 @@ pub enum Verdict {
     /// [`IoFlusher`](crate::IoFlusher) suspended by an
     /// [`AllowFsReclaim`](crate::AllowFsReclaim)).
     Clear,
-    /// Flagged, and a live [`IoFlusher`](crate::IoFlusher) accounts for it.
+    /// Flagged, and a live [`IoFlusher`](crate::IoFlusher) accounts for it
+    /// (for an io_uring worker: one of the thread it works for, see
+    /// [`audit`]).
     Flusher,
     /// Flagged by a guard of this crate that made the syscall, typically an
     /// outermost [`NoFsScope`](crate::NoFsScope) alive at this moment.
@@ -462,6 +464,17 @@ impl fmt::Display for Audit {
 ///   outermost [`NoFsScope`](crate::NoFsScope) on a clear thread) accounts
 ///   for it.
 ///
+/// io_uring's own threads — io-wq workers (`iou-wrk-TID`) and SQPOLL threads
+/// (`iou-sqp-TID`), recognised by the kernel's `PF_IO_WORKER` bit and that
+/// name — never run the process's code, so no guard of theirs exists: each
+/// copied its flags from thread `TID` when it was created and serves `TID`'s
+/// requests. Such a thread is judged by `TID`'s guards: flagged while `TID`
+/// holds a live `IoFlusher` is [`Flusher`](Verdict::Flusher); **clear while
+/// `TID` holds one is [`Missing`](Verdict::Missing)** (it was created
+/// before the guard, and keeps serving `TID`'s blocking requests
+/// unflagged); flagged while `TID` holds none (or `TID` is gone) is
+/// [`Unaccounted`](Verdict::Unaccounted).
+///
 /// It is a snapshot: a thread whose guards change the flag while it is read
 /// is read again, and reported [`Verdict::Unsettled`] if it never holds
 /// still.
@@ -528,6 +541,25 @@ fn settled(before: Option<u64>, after: Option<u64>) -> bool {
     before == after && before.map_or(true, |w| w & IN_TRANSITION == 0)
 }
 
+/// `PF_IO_WORKER` (`include/linux/sched.h`): an io_uring worker or SQPOLL
+/// thread (`create_io_thread()`).
+const PF_IO_WORKER: u32 = 0x0000_0010;
+
+/// The thread an io_uring thread works for: `TID` of `iou-wrk-TID` (io-wq,
+/// `io_uring/io-wq.c`) or `iou-sqp-TID` (SQPOLL, `io_uring/sqpoll.c`), if
+/// the kernel marks it `PF_IO_WORKER` (a thread of the process could name
+/// itself so).
+fn io_uring_owner(t: &ThreadInfo) -> Option<i32> {
+    if t.flags.bits() & PF_IO_WORKER == 0 {
+        return None;
+    }
+    let n = &t.name;
+    n.strip_prefix("iou-wrk-")
+        .or_else(|| n.strip_prefix("iou-sqp-"))?
+        .parse()
+        .ok()
+}
+
 /// The audit over a thread list and a per-thread re-reader (real `/proc`, or
 /// the fake kernel in unit tests).
 fn audit_with(
@@ -559,6 +591,23 @@ fn audit_with(
             a = word_of(t.tid);
         }
         if gone {
+            continue;
+        }
+        if let Some(owner) = io_uring_owner(&t) {
+            let w = after.get(&owner).copied().unwrap_or(0);
+            let expected = w & FLUSHERS_MASK != 0;
+            let verdict = match (flags.noio(), expected) {
+                (true, true) => Verdict::Flusher,
+                (true, false) => Verdict::Unaccounted,
+                (false, true) => Verdict::Missing,
+                (false, false) => Verdict::Clear,
+            };
+            out.push(AuditedThread {
+                tid: t.tid,
+                name: t.name,
+                flags,
+                verdict,
+            });
             continue;
         }
         let verdict = if settled(b, a) {
@@ -612,6 +661,64 @@ mod tests {
         let a = audit_with(1, || Ok(vec![info]), |_| Ok(me())).unwrap();
         assert_eq!(a.threads().len(), 1);
         a.verdict(tid).unwrap()
+    }
+
+    #[test]
+    fn io_uring_workers_are_judged_by_the_guards_of_the_thread_they_work_for() {
+        use crate::sys::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOIO};
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let tid = current_tid();
+            let me = || ThreadFlags::from_bits(fake::state().unwrap().flags);
+            let flagged =
+                ThreadFlags::from_bits(PF_IO_WORKER | PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE);
+            let clear = ThreadFlags::from_bits(PF_IO_WORKER);
+            let row = |tid: i32, name: &str, flags| ThreadInfo {
+                tid,
+                name: name.to_owned(),
+                flags,
+            };
+            let run = |threads: Vec<ThreadInfo>| {
+                let by_tid: HashMap<i32, ThreadFlags> =
+                    threads.iter().map(|t| (t.tid, t.flags)).collect();
+                audit_with(
+                    1,
+                    || Ok(threads),
+                    |t| Ok(if t == tid { me() } else { by_tid[&t] }),
+                )
+                .unwrap()
+            };
+            let wrk = format!("iou-wrk-{tid}");
+            let sqp = format!("iou-sqp-{tid}");
+            let guard = IoFlusher::try_enter().unwrap();
+            let a = run(vec![
+                row(tid, "fake", me()),
+                row(tid + 1, &wrk, flagged),
+                row(tid + 2, &wrk, clear),
+                row(tid + 3, &sqp, flagged),
+                // Not io_uring's (no PF_IO_WORKER): judged as any thread.
+                row(tid + 4, &wrk, ThreadFlags::from_bits(PF_MEMALLOC_NOIO)),
+                // Works for a thread that holds no guard.
+                row(tid + 5, "iou-wrk-999999", flagged),
+            ]);
+            assert_eq!(a.verdict(tid), Some(Verdict::Flusher));
+            assert_eq!(a.verdict(tid + 1), Some(Verdict::Flusher));
+            assert_eq!(
+                a.verdict(tid + 2),
+                Some(Verdict::Missing),
+                "created before the guard"
+            );
+            assert_eq!(a.verdict(tid + 3), Some(Verdict::Flusher));
+            assert_eq!(a.verdict(tid + 4), Some(Verdict::Unaccounted));
+            assert_eq!(a.verdict(tid + 5), Some(Verdict::Unaccounted));
+            drop(guard);
+            let a = run(vec![row(tid + 1, &wrk, flagged), row(tid + 2, &wrk, clear)]);
+            assert_eq!(
+                a.verdict(tid + 1),
+                Some(Verdict::Unaccounted),
+                "outlived the guard"
+            );
+            assert_eq!(a.verdict(tid + 2), Some(Verdict::Clear));
+        });
     }
 
     #[test]
