@@ -364,29 +364,33 @@ fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
     }
 
     // audit() inside the daemon: every queue thread held by its IoFlusher,
-    // nothing missing or unaccounted (an io_uring worker would be flagged
-    // by inheritance, with no guard of its own: unaccounted).
+    // every io_uring worker accounted for by the IoFlusher of the thread it
+    // works for (iou-wrk-TID), nothing missing or unaccounted.
     let audit = rig.audit();
     say(&format!("  daemon's audit():\n{audit}"));
     assert!(
         audit.contains("every flag is accounted for"),
         "audit has findings: {audit}"
     );
-    for (tid, name, _) in &queues {
+    for (tid, name, _) in queues.iter().chain(&workers) {
         let line = audit
             .lines()
             .find(|l| l.contains(&format!("tid {tid} ")))
             .unwrap_or_else(|| panic!("audit has no {name} ({tid}): {audit}"));
         assert!(line.contains("held by an IoFlusher guard"), "audit: {line}");
     }
-    if workers.is_empty() {
-        say(
-            "  no io_uring worker in the daemon: ublk's FETCH/COMMIT commands complete in the \
-             queue thread's task work (the driver accepts them only from the queue's daemon \
-             task, so they are never punted to io-wq), and the backing I/O is synchronous \
-             through NoFsFile",
-        );
-    }
+    let owners: Vec<String> = workers
+        .iter()
+        .map(|(t, n, _)| {
+            let owner: u32 = n.trim_start_matches("iou-wrk-").parse().unwrap_or(0);
+            let of = threads(pid)
+                .into_iter()
+                .find(|(o, _)| *o as u32 == owner)
+                .map_or("gone".to_owned(), |(_, c)| c);
+            format!("{n} ({t}) works for {of}")
+        })
+        .collect();
+    say(&format!("  io_uring workers: {owners:?}"));
 
     // The data survives an unmount and remount (fio verified it online).
     must(60, "umount", &[UPPER]);
@@ -423,6 +427,14 @@ fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
         q[0].1,
         describe_flags(q[0].2)
     );
+    for (tid, name, f) in flags_of(pid, "iou-") {
+        assert_eq!(
+            f & IO_FLUSHER_BITS,
+            0,
+            "--no-flusher: {name} ({tid}) is {}",
+            describe_flags(f)
+        );
+    }
     let audit = rig.audit();
     assert!(audit.contains("every flag is accounted for"), "{audit}");
     assert!(
@@ -456,7 +468,11 @@ fn run_scenario(mode: Mode) -> Stats {
     }
     write_file(&format!("{cgroup}/memory.max"), MEMORY_MAX);
     let log = format!("/tmp/ublk-seed-{}.log", mode.tag());
-    let (mut rig, dev) = Rig::start(&backing, Some(cgroup.clone()), mode.flags(), &log);
+    // 16 tags of 128 KiB: 2 MiB of request buffers, well inside the memcg
+    // (libublk's 64 x 512 KiB default alone would fill it).
+    let mut flags = vec!["--depth", "16", "--io-buf", "128K"];
+    flags.extend_from_slice(mode.flags());
+    let (mut rig, dev) = Rig::start(&backing, Some(cgroup.clone()), &flags, &log);
     let pid = rig.pid();
     let in_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     assert!(

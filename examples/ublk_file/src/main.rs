@@ -15,7 +15,8 @@
 //! threads libublk ≥ 0.4.7 flags with a raw `prctl`, outside any guard):
 //! each holds an `IoFlusher` from before its ring exists until it exits, so
 //! the flag is set, accounted for by `audit()`, and inherited by anything
-//! its ring creates. Without CAP_SYS_RESOURCE it serves anyway after a
+//! its ring creates. So does the main thread, whose control ring's io-wq
+//! worker runs START_DEV and STOP_DEV. Without CAP_SYS_RESOURCE it serves anyway after a
 //! one-line warning; `--strict` refuses (exit 3). `--no-flusher` serves
 //! without the `IoFlusher` (each file I/O still NOIO-scoped by `NoFsFile`);
 //! `--unprotected` also bypasses `NoFsFile` (plain `pread`/`pwrite`/
@@ -46,8 +47,6 @@ use std::sync::{mpsc, Arc};
 
 const CONTROL: &str = "/dev/ublk-control";
 const DEFAULT_SIZE: u64 = 256 << 20;
-/// Largest request (and each tag's buffer): 512 KiB, libublk's default.
-const IO_BUF_BYTES: u32 = 512 << 10;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,8 +59,13 @@ const IO_BUF_BYTES: u32 = 512 << 10;
 struct Args {
     /// Backing file or block device. A missing or empty file is created
     /// sparse with --size bytes; a block device is served at its own size.
-    #[arg(long)]
-    file: PathBuf,
+    #[arg(long, required_unless_present = "delete")]
+    file: Option<PathBuf>,
+    /// Instead of serving: delete ublk device ID (/dev/ublkcID) left behind
+    /// by a daemon that was killed (SIGKILL cannot delete its device), and
+    /// exit.
+    #[arg(long, value_name = "ID", conflicts_with = "file")]
+    delete: Option<u32>,
     /// Size of a newly created backing file (suffixes K, M, G, T); default
     /// 256M. An existing file keeps its size; a block device must match.
     #[arg(long, value_parser = daemon::parse_size)]
@@ -72,6 +76,11 @@ struct Args {
     /// Requests in flight per queue (tags).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
     depth: u16,
+    /// Largest request, and the size of each tag's buffer (suffixes K, M):
+    /// a multiple of 4096, at most 32M. Each queue's buffers take depth x
+    /// this much memory (touched as requests that large arrive).
+    #[arg(long, default_value = "512K", value_parser = parse_io_buf)]
+    io_buf: u32,
     /// Serve read-only: the backing store is opened read-only and the
     /// device is marked read-only (UBLK_ATTR_READ_ONLY).
     #[arg(long)]
@@ -228,8 +237,7 @@ impl Backing {
 }
 
 /// Open (or create) the backing store: canonical path, file, size.
-fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64), String> {
-    let path = &args.file;
+fn open_backing(args: &Args, path: &std::path::Path) -> Result<(PathBuf, NoFsFile, u64), String> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
             return Err(format!(
@@ -297,6 +305,14 @@ fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64), String> {
         return Err(format!("{}: smaller than one sector", path.display()));
     }
     Ok((path, file, size))
+}
+
+fn parse_io_buf(s: &str) -> Result<u32, String> {
+    let n = daemon::parse_size(s)?;
+    if n % 4096 != 0 || n > 32 << 20 {
+        return Err(format!("{s:?}: a multiple of 4096 bytes, at most 32M"));
+    }
+    Ok(n as u32)
 }
 
 /// Why the ublk control device cannot be used, in words an operator can act on.
@@ -380,6 +396,34 @@ fn queue_thread(
     });
 }
 
+/// `--delete ID`: DEL_DEV of a device whose daemon is gone.
+fn delete(id: u32) -> ExitCode {
+    let ctrl = match i32::try_from(id).map(libublk::ctrl::UblkCtrl::new_simple) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            eprintln!("ublk-file: {}", ublk_error(&format!("device {id}"), e));
+            return ExitCode::from(2);
+        }
+        Err(_) => {
+            eprintln!("ublk-file: --delete {id}: out of range");
+            return ExitCode::from(2);
+        }
+    };
+    match ctrl.del_dev() {
+        Ok(_) => {
+            eprintln!("ublk-file: device {id} deleted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "ublk-file: {}",
+                ublk_error(&format!("delete device {id}"), e)
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn print_audit() {
     match reclaim_scope::audit() {
         Ok(a) => eprintln!("ublk-file: {a:#}"),
@@ -389,15 +433,21 @@ fn print_audit() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let protection = args.protection.protection();
-    if daemon::announce("ublk-file", "queue threads", protection).is_err() {
-        return ExitCode::from(3);
-    }
     if let Err(e) = check_control() {
         eprintln!("ublk-file: {e}");
         return ExitCode::from(2);
     }
-    let (path, file, size) = match open_backing(&args) {
+    if let Some(id) = args.delete {
+        return delete(id);
+    }
+    let protection = args.protection.protection();
+    if daemon::announce("ublk-file", "queue threads", protection).is_err() {
+        return ExitCode::from(3);
+    }
+    let Some(file) = &args.file else {
+        unreachable!("clap requires --file without --delete");
+    };
+    let (path, file, size) = match open_backing(&args, file) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("ublk-file: {e}");
@@ -429,12 +479,28 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    // The main thread adds, starts, stops and deletes the device through
+    // its own io_uring (libublk's control ring, created by build()); START
+    // and STOP wait, so io_uring hands them to an io-wq worker of this
+    // thread, which copies this thread's flags when it is created. So this
+    // thread is an I/O flusher too, from before its ring exists.
+    let _main_guard = match protection {
+        Protection::IoFlusher | Protection::Strict => match IoFlusher::try_enter() {
+            Ok(g) => Some(g),
+            Err(e) if protection == Protection::Strict => {
+                eprintln!("ublk-file: --strict: {e}");
+                return ExitCode::from(3);
+            }
+            Err(_) => None,
+        },
+        Protection::NoFlusher | Protection::Unprotected => None,
+    };
     let ctrl = match UblkCtrlBuilder::default()
         .name("ublk_file")
         .id(-1)
         .nr_queues(args.queues)
         .depth(args.depth)
-        .io_buf_bytes(IO_BUF_BYTES)
+        .io_buf_bytes(args.io_buf)
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()
     {
@@ -745,5 +811,9 @@ mod tests {
         let e = Args::try_parse_from(["ublk_file", "--file", "x", "--strict", "--unprotected"])
             .unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let e = Args::try_parse_from(["ublk_file", "--file", "x", "--delete", "0"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let a = Args::try_parse_from(["ublk_file", "--delete", "3"]).unwrap();
+        assert_eq!((a.delete, a.file), (Some(3), None));
     }
 }
