@@ -525,3 +525,346 @@ fn seed_scenario_ublk_queue_thread_never_reclaims_with_fs_or_io() {
         run_scenario,
     );
 }
+
+// ---------------------------------------------------------------------------
+// The dirty-throttling scenario of tests/vm_throttle.rs, on ublk
+// ---------------------------------------------------------------------------
+
+/// Sparse; only what the XFS writes lands on the 384 MiB ramdisk.
+const THR_BACKING_MIB: u64 = 768;
+/// 10x `vm.dirty_bytes`: the system is over its dirty limit for most of the run.
+const THR_DD_MIB: u64 = 160;
+const DIRTY_BYTES: u64 = 16 << 20;
+const DIRTY_BACKGROUND_BYTES: u64 = 4 << 20;
+/// Past it the run counts as hung.
+const THR_DEADLINE_S: u64 = 60;
+const THR_TRACE_BUFFER_KB: u64 = 8192;
+const EV_BDP: &str = "writeback:balance_dirty_pages";
+
+/// `pause=` and the device (`bdi 259:1:`) of one balance_dirty_pages line.
+fn parse_bdp(line: &str) -> Option<(String, i64)> {
+    let rest = line.split_once("balance_dirty_pages: ")?.1;
+    let bdi = rest.strip_prefix("bdi ")?.split_once(": ")?.0.to_owned();
+    let pause = rest
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("pause="))?
+        .parse()
+        .ok()?;
+    Some((bdi, pause))
+}
+
+#[derive(Debug, Default)]
+struct ThrRun {
+    bdp_events: usize,
+    paused_events: usize,
+    paused_ms: i64,
+    max_pause_ms: i64,
+    bdis: Vec<(String, usize)>,
+    /// dd + sync wall time; `None` past the deadline.
+    secs: Option<f64>,
+    proc_samples: usize,
+    proc_flagged: usize,
+    /// Samples with the queue thread asleep in balance_dirty_pages (wchan).
+    proc_in_bdp: usize,
+    evidence: String,
+}
+
+fn read_sysctl(name: &str) -> String {
+    fs::read_to_string(format!("/proc/sys/vm/{name}"))
+        .unwrap_or_else(|e| panic!("read vm.{name}: {e}"))
+        .trim()
+        .to_owned()
+}
+
+/// Restores the dirty ratios (writing a ratio clears the `_bytes`) and
+/// kills what a hung run left: the workload, the daemon (ublk then fails
+/// its requests), the mount, the device.
+struct ThrRig {
+    ublk: Option<Rig>,
+    workload: Option<Child>,
+    dev_id: Option<String>,
+    ratios: (String, String),
+}
+
+impl Drop for ThrRig {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/vm/dirty_ratio", &self.ratios.0);
+        let _ = fs::write("/proc/sys/vm/dirty_background_ratio", &self.ratios.1);
+        if let Some(mut w) = self.workload.take() {
+            if let Some(mut r) = self.ublk.take() {
+                if let Some(mut d) = r.daemon.take() {
+                    let _ = d.kill();
+                    let _ = d.wait();
+                }
+            }
+            let _ = w.kill();
+            let _ = w.wait();
+            if is_mounted(UPPER) && run_for(60, "umount", &[UPPER]).is_err() {
+                let _ = run_for(10, "umount", &["-l", UPPER]);
+            }
+            if let Some(id) = &self.dev_id {
+                let _ = run_for(30, "ublk_file", &["--delete", id]);
+            }
+        }
+        drop(self.ublk.take());
+    }
+}
+
+/// State, wchan and the top of the stack of every thread of `pid`.
+fn thread_evidence(pid: u32) -> String {
+    let mut out = String::new();
+    for (tid, comm) in threads(pid) {
+        let base = format!("/proc/{pid}/task/{tid}");
+        let stat = fs::read_to_string(format!("{base}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned();
+        let wchan = fs::read_to_string(format!("{base}/wchan")).unwrap_or_default();
+        let stack: Vec<String> = fs::read_to_string(format!("{base}/stack"))
+            .unwrap_or_default()
+            .lines()
+            .take(6)
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_owned())
+            .collect();
+        out.push_str(&format!(
+            "    {tid} {comm}: state {state}, wchan {}, stack {}\n",
+            if wchan.is_empty() { "-" } else { wchan.trim() },
+            stack.join(" < ")
+        ));
+    }
+    out
+}
+
+fn throttle_run(mode: Mode) -> ThrRun {
+    let tag = mode.tag();
+    unmount_device(LOWER_DEV);
+    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
+    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    let backing = format!("{LOWER}/disk.img");
+    fs::File::create(&backing)
+        .and_then(|f| f.set_len(THR_BACKING_MIB << 20))
+        .unwrap_or_else(|e| panic!("create {backing}: {e}"));
+    must(60, "sync", &[]);
+    write_file("/proc/sys/vm/drop_caches", "3");
+
+    let log = format!("/tmp/ublk-thr-{tag}.log");
+    let (rig, dev) = Rig::start(&backing, None, mode.flags(), &log);
+    let pid = rig.pid();
+    let mut thr = ThrRig {
+        ublk: Some(rig),
+        workload: None,
+        dev_id: Some(dev.trim_start_matches("/dev/ublkb").to_owned()),
+        ratios: (
+            read_sysctl("dirty_ratio"),
+            read_sysctl("dirty_background_ratio"),
+        ),
+    };
+    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
+    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+    must(60, "sync", &[]);
+    write_file("/proc/sys/vm/dirty_bytes", &DIRTY_BYTES.to_string());
+    write_file(
+        "/proc/sys/vm/dirty_background_bytes",
+        &DIRTY_BACKGROUND_BYTES.to_string(),
+    );
+    let traced = threads(pid);
+    let tids: Vec<i32> = traced.iter().map(|(t, _)| *t).collect();
+    let queue: Vec<i32> = traced
+        .iter()
+        .filter(|(_, c)| c == WORKER)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(queue.len(), 1, "{traced:?}");
+    let tracer = Tracer::start(&[EV_BDP], &tids).expect("start tracing");
+    let t0 = Instant::now();
+    thr.workload = Some(
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "dd if=/dev/zero of={UPPER}/big bs=1M count={THR_DD_MIB} 2>/dev/null && sync"
+                ),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dd"),
+    );
+    let mut run = ThrRun::default();
+    let deadline = t0 + Duration::from_secs(THR_DEADLINE_S);
+    loop {
+        for &t in &queue {
+            if let Some(f) = task_flags(pid as i32, t) {
+                run.proc_samples += 1;
+                if f & IO_FLUSHER_BITS == IO_FLUSHER_BITS {
+                    run.proc_flagged += 1;
+                }
+                let wchan = fs::read_to_string(format!("/proc/{pid}/task/{t}/wchan"));
+                if wchan.is_ok_and(|w| w.trim() == "balance_dirty_pages") {
+                    run.proc_in_bdp += 1;
+                }
+            }
+        }
+        let w = thr.workload.as_mut().unwrap();
+        match w.try_wait().expect("wait for dd") {
+            Some(st) => {
+                assert!(
+                    st.success(),
+                    "{}: dd + sync failed: {st}\n{}",
+                    mode.label(),
+                    thread_evidence(pid)
+                );
+                run.secs = Some(t0.elapsed().as_secs_f64());
+                thr.workload = None;
+                break;
+            }
+            None if Instant::now() >= deadline => {
+                run.evidence = thread_evidence(pid);
+                break;
+            }
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let after = threads(pid);
+    let events = tracer.stop().expect("read trace");
+    let lost = trace_lost_events().expect("read per_cpu stats");
+    assert_eq!(lost, 0, "the trace lost {lost} events");
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        tids,
+        "threads appeared that were not traced: {after:?} vs {traced:?}"
+    );
+    for e in events.iter().filter(|e| e.is(EV_BDP)) {
+        let (bdi, pause) = parse_bdp(&e.line).unwrap_or_else(|| panic!("parse {}", e.line));
+        run.bdp_events += 1;
+        if pause > 0 {
+            run.paused_events += 1;
+            run.paused_ms += pause;
+            run.max_pause_ms = run.max_pause_ms.max(pause);
+            match run.bdis.iter_mut().find(|(n, _)| *n == bdi) {
+                Some((_, n)) => *n += 1,
+                None => run.bdis.push((bdi, 1)),
+            }
+        }
+    }
+    if run.secs.is_some() {
+        let big = fs::metadata(format!("{UPPER}/big")).unwrap().len();
+        assert_eq!(big, THR_DD_MIB << 20, "size of the dd file");
+        must(60, "umount", &[UPPER]);
+    }
+    let log_text = thr.ublk.as_ref().map(Rig::log).unwrap_or_default();
+    drop(thr);
+    if is_mounted(LOWER) {
+        let _ = run_for(30, "umount", &[LOWER]);
+    }
+    say(&format!(
+        "  [{tag}] daemon: {}",
+        log_text.trim().replace('\n', " | ")
+    ));
+    say(&format!(
+        "  [{tag}] {} balance_dirty_pages events, {} with pause>0 ({} ms, max {} ms), by bdi {:?}; \
+         {WORKER} NOIO|LOCAL_THROTTLE in {}/{} samples, in balance_dirty_pages in {}; {}",
+        run.bdp_events,
+        run.paused_events,
+        run.paused_ms,
+        run.max_pause_ms,
+        run.bdis,
+        run.proc_flagged,
+        run.proc_samples,
+        run.proc_in_bdp,
+        match run.secs {
+            Some(s) => format!("dd + sync {s:.1} s"),
+            None => format!("dd + sync NOT DONE after {THR_DEADLINE_S} s"),
+        }
+    ));
+    if !run.evidence.is_empty() {
+        say(&format!(
+            "  [{tag}] evidence at the deadline:\n{}",
+            run.evidence
+        ));
+    }
+    run
+}
+
+#[test]
+#[ignore = "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs, tracefs; runs in the VM via `cargo xtask vm-test --kernel 6.12`"]
+fn dirty_throttle_io_flusher_ublk_queue_is_not_paused_for_the_device_it_serves() {
+    if !ublk_available() {
+        return;
+    }
+    setup_once();
+    let old_kb = set_trace_buffer_kb(THR_TRACE_BUFFER_KB).expect("size the trace buffer");
+    let runs: Vec<(Mode, ThrRun)> = Mode::ALL.iter().map(|&m| (m, throttle_run(m))).collect();
+    let _ = set_trace_buffer_kb(old_kb);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut t = format!(
+        "dirty throttling (kernel {}): brd → ext4 → {THR_BACKING_MIB} MiB sparse file → \
+         ublk_file → /dev/ublkb0 → XFS; vm.dirty_bytes=16M, dirty_background_bytes=4M; \
+         dd {THR_DD_MIB} MiB + sync, deadline {THR_DEADLINE_S} s\n\
+         | ublk_file | balance_dirty_pages events | with pause > 0 | total paused | max pause | \
+         {WORKER} NOIO\\|LOCAL_THROTTLE in /proc | {WORKER} in balance_dirty_pages (wchan) | \
+         dd + sync |\n|---|---|---|---|---|---|---|---|\n",
+        kernel.trim()
+    );
+    for (m, r) in &runs {
+        t.push_str(&format!(
+            "| {} | {} | {} | {:.2} s | {} ms | {}/{} samples | {} samples | {} |\n",
+            m.label(),
+            r.bdp_events,
+            r.paused_events,
+            r.paused_ms as f64 / 1000.0,
+            r.max_pause_ms,
+            r.proc_flagged,
+            r.proc_samples,
+            r.proc_in_bdp,
+            r.secs.map_or_else(
+                || format!("not done after {THR_DEADLINE_S} s"),
+                |s| format!("{s:.0} s")
+            ),
+        ));
+    }
+    say(&format!("\n{t}"));
+    let get = |m: Mode| {
+        &runs
+            .iter()
+            .find(|(x, _)| *x == m)
+            .expect("every mode ran")
+            .1
+    };
+    let g = get(Mode::Guarded);
+    assert!(
+        g.secs.is_some(),
+        "guarded: dd + sync did not finish within {THR_DEADLINE_S} s:\n{}",
+        g.evidence
+    );
+    assert!(
+        g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
+        "guarded: {WORKER} flagged in only {}/{} samples",
+        g.proc_flagged,
+        g.proc_samples
+    );
+    assert!(
+        g.paused_events <= 5 && g.paused_ms <= 500,
+        "guarded: {} pauses, {} ms in balance_dirty_pages",
+        g.paused_events,
+        g.paused_ms
+    );
+    let u = get(Mode::Unprotected);
+    assert!(
+        u.proc_flagged < u.proc_samples,
+        "unprotected: {WORKER} flagged in {}/{} samples",
+        u.proc_flagged,
+        u.proc_samples
+    );
+    assert!(
+        u.paused_events >= 20 && u.paused_ms > 10 * g.paused_ms.max(100),
+        "unprotected: only {} pauses, {} ms: the setup does not show the throttling",
+        u.paused_events,
+        u.paused_ms
+    );
+    assert!(
+        u.proc_in_bdp > 0,
+        "unprotected: /proc never showed {WORKER} asleep in balance_dirty_pages"
+    );
+}
