@@ -446,6 +446,13 @@ fn fuse_sigterm_on_a_busy_mount_detaches_lazily_and_exits() {
             "grace period over"
         };
         assert!(log.contains(why), "want {why:?} in the log: {log}");
+        // The closing line is printed on this way out too.
+        assert!(
+            log.lines()
+                .skip_while(|l| !l.contains(why))
+                .any(|l| l.contains(" requests served; ")),
+            "no closing stats line after {why:?}: {log}"
+        );
         let mut buf = Vec::new();
         let e = held.read_to_end(&mut buf).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");

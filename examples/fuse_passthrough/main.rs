@@ -29,7 +29,7 @@ mod passthrough;
 
 use clap::Parser;
 use daemon::Protection;
-use passthrough::{Guarding, Passthrough, Unmounted};
+use passthrough::{Guarding, Passthrough, Stats, Unmounted};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
@@ -67,6 +67,16 @@ struct Args {
     grace: u64,
     #[command(flatten)]
     protection: daemon::ProtectionArgs,
+}
+
+/// The closing line, on every way out.
+fn print_stats(stats: &Stats) {
+    eprintln!(
+        "fuse-passthrough: {} requests served; {} inodes known at the end ({} kernel references forgotten)",
+        stats.requests.load(Ordering::Relaxed),
+        stats.inodes.load(Ordering::Relaxed),
+        stats.forgotten.load(Ordering::Relaxed)
+    );
 }
 
 fn main() -> ExitCode {
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
     let mut unmounter = mounted.take_unmounter().expect("fresh mount");
     let handle = signals.handle();
     let grace = Duration::from_secs(args.grace);
+    let exit_stats = stats.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -156,25 +167,23 @@ fn main() -> ExitCode {
             // Busy or failed: the session may never end by itself (an open
             // file, a working directory). Exit after the grace period, or at
             // a second signal; closing /dev/fuse ends the connection.
+            let grace_stats = exit_stats.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(grace);
                 eprintln!("fuse-passthrough: grace period over: exiting");
+                print_stats(&grace_stats);
                 std::process::exit(0);
             });
             if let Some(sig) = signals.next() {
                 eprintln!("fuse-passthrough: signal {sig} again: exiting now");
             }
+            print_stats(&exit_stats);
             std::process::exit(0);
         })
         .expect("spawn the signal thread");
     let r = mounted.join();
     handle.close();
-    eprintln!(
-        "fuse-passthrough: {} requests served; {} inodes known at the end ({} kernel references forgotten)",
-        stats.requests.load(Ordering::Relaxed),
-        stats.inodes.load(Ordering::Relaxed),
-        stats.forgotten.load(Ordering::Relaxed)
-    );
+    print_stats(&stats);
     match r {
         Ok(()) => {
             eprintln!("fuse-passthrough: unmounted");
