@@ -129,7 +129,7 @@ pub use audit::{audit, Audit, AuditedThread, Verdict};
 pub use context::{Context, ContextGuard};
 pub use error::{Error, ErrorKind};
 pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
-pub use report::{degradation, set_degradation_hook};
+pub use report::{degradation, set_degradation_hook, HookAlreadySet};
 #[cfg(feature = "unstable-bench")]
 #[doc(hidden)]
 pub use scope::__bench;

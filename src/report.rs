@@ -120,9 +120,14 @@ pub fn degradation() -> Option<Error> {
 /// standard error).
 ///
 /// The hook is called at most once per process, on the thread whose scope
-/// failed, with no lock held. Returns `Err(())` if a hook was installed
-/// already. Install it early (before the first scope): a degradation that
-/// happened before was reported the default way.
+/// failed, with no lock held. Install it early (before the first scope): a
+/// degradation that happened before was reported the default way.
+///
+/// # Errors
+///
+/// [`HookAlreadySet`] if a hook was installed already (the first one stays).
+///
+/// # Examples
 ///
 /// ```
 /// let installed = reclaim_scope::set_degradation_hook(|err| {
@@ -130,12 +135,31 @@ pub fn degradation() -> Option<Error> {
 ///     eprintln!("storage daemon is unprotected: {err}");
 /// });
 /// assert!(installed.is_ok());
-/// assert!(reclaim_scope::set_degradation_hook(|_| {}).is_err());
+/// assert_eq!(
+///     reclaim_scope::set_degradation_hook(|_| {}),
+///     Err(reclaim_scope::HookAlreadySet)
+/// );
 /// ```
-#[allow(clippy::result_unit_err)]
-pub fn set_degradation_hook(hook: impl Fn(&Error) + Send + Sync + 'static) -> Result<(), ()> {
-    REPORTER.set_hook(Box::new(hook)).map_err(drop)
+pub fn set_degradation_hook(
+    hook: impl Fn(&Error) + Send + Sync + 'static,
+) -> Result<(), HookAlreadySet> {
+    REPORTER
+        .set_hook(Box::new(hook))
+        .map_err(|_| HookAlreadySet)
 }
+
+/// [`set_degradation_hook`] was called when a hook was installed already;
+/// the first hook stays installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HookAlreadySet;
+
+impl std::fmt::Display for HookAlreadySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a degradation hook is installed already")
+    }
+}
+
+impl std::error::Error for HookAlreadySet {}
 
 #[cfg(test)]
 mod tests {
