@@ -158,6 +158,7 @@ impl<F: Future> Future for InContext<F> {
 }
 
 #[cfg(feature = "futures-core")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-core")))]
 impl<S: futures_core::Stream> futures_core::Stream for InContext<S> {
     type Item = S::Item;
 

@@ -106,6 +106,7 @@
 //!   strict form, or watch [`degradation`].
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
 mod audit;
@@ -114,12 +115,14 @@ mod error;
 mod fs;
 pub mod future;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod launch;
 mod report;
 mod scope;
 mod status;
 pub mod thread;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 // The only module allowed `unsafe`: every block carries a `// SAFETY:` comment.
 #[allow(unsafe_code)]
