@@ -40,30 +40,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// splitmix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// What an operation answered: a value rendered as text, or an errno.
 type Outcome = Result<String, i32>;
@@ -472,7 +451,7 @@ fn draw(rng: &mut Rng, existing: &[String]) -> Op {
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = Rng(seed);
+    let mut r = Rng::new(seed);
     (0..len).map(|_| r.next() as u8).collect()
 }
 
@@ -944,7 +923,7 @@ fn differential(configure: impl FnOnce(&mut passthrough::Passthrough), threads: 
         root: plain.clone(),
         slots: (0..SLOTS).map(|_| None).collect(),
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut counts: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     let mut existing = Vec::new();
     // FUSE_DIFF_TRACE=1 prints each operation before it runs.

@@ -7,6 +7,9 @@
 mod server;
 
 mod common;
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 use common::scratch::require_root;
 use server::*;
@@ -191,19 +194,8 @@ fn qemu_io_with(opts: &[&str], uri: &str, cmds: &[String]) -> String {
     text
 }
 
-/// A seeded xorshift, so failures are reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn patterns_round_trip(s: &Served, uri: &str, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     // Non-overlapping slots so every pattern can be verified afterwards.
     let slot = 256 << 10;
     let mut writes = Vec::new();
@@ -259,7 +251,7 @@ fn qemu_img_convert_and_compare_round_trip() {
     let s = serve();
     let src = s.dir.join("src.img");
     // 16 MiB of mixed content: random data, zeros, a repeated pattern.
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut data = vec![0u8; 16 << 20];
     for (i, chunk) in data.chunks_mut(1 << 20).enumerate() {
         match i % 3 {

@@ -690,27 +690,19 @@ fn o_direct_round_trip_with_aligned_buffers() {
 
 // --- Model-based round trips -----------------------------------------
 
-/// xorshift64*: a seeded generator, so a failure is reproducible with
-/// `RECLAIM_SCOPE_SEED=<seed> cargo test fs::tests::model`.
-struct Rng(u64);
+// The project's one test generator; a failure is reproducible with
+// `RECLAIM_SCOPE_SEED=<seed> cargo test fs::tests::model`.
+#[path = "../../tests/support/rng.rs"]
+mod rng;
+use rng::Rng;
 
-impl Rng {
-    fn from_env(default: u64) -> (Rng, u64) {
-        let seed = std::env::var("RECLAIM_SCOPE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default);
-        (Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1), seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// The shapes of I/O the model tests draw.
+trait IoShapes {
+    fn len(&mut self) -> usize;
+    fn offset(&mut self) -> u64;
+}
+
+impl IoShapes for Rng {
     /// Mostly small, sometimes page-crossing, sometimes large.
     fn len(&mut self) -> usize {
         match self.below(4) {
@@ -726,9 +718,6 @@ impl Rng {
             1 => 4096 * self.below(64),
             _ => self.below(300_000),
         }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
     }
 }
 
