@@ -73,7 +73,7 @@ pub(crate) fn thread_flags_self() -> io::Result<u32> {
         return Ok(flags);
     }
     let stat = os::read_thread_self_stat()?;
-    crate::status::parse_stat(&stat).map(|s| s.flags)
+    procfs::parse_stat(&stat).map(|s| s.flags)
 }
 
 /// The kernel's id of the calling thread (`gettid(2)`).

@@ -154,9 +154,96 @@ pub(crate) fn unrelated() -> io::Error {
     )
 }
 
+/// The fields of a `stat` line this crate uses.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub comm: String,
+    pub flags: u32,
+}
+
+/// Parses a `/proc/<pid>/task/<tid>/stat` line.
+///
+/// `comm` (field 2) is enclosed in parentheses but may itself contain spaces
+/// and parentheses, so the fields are counted after the **last** `)`: the
+/// first one there is field 3 (`state`), the seventh is field 9 (`flags`).
+pub(crate) fn parse_stat(raw: &[u8]) -> io::Result<Stat> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "malformed /proc stat line ({why}): {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(120)])
+            ),
+        )
+    };
+    let open = raw
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or_else(|| bad("no '('"))?;
+    let close = raw
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or_else(|| bad("no ')'"))?;
+    if close < open {
+        return Err(bad("')' before '('"));
+    }
+    let comm = String::from_utf8_lossy(&raw[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(&raw[close + 1..]).map_err(|_| bad("not UTF-8"))?;
+    let flags = rest
+        .split_ascii_whitespace()
+        .nth(6)
+        .ok_or_else(|| bad("fewer than 9 fields"))?
+        .parse::<u32>()
+        .map_err(|_| bad("flags is not a number"))?;
+    Ok(Stat { comm, flags })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(comm: &str, flags: u32) -> Vec<u8> {
+        format!("4242 ({comm}) S 1 4242 4242 0 -1 {flags} 120 0 0 0 5 3 0 0 20 0 3 0 99 1 2")
+            .into_bytes()
+    }
+
+    #[test]
+    fn parses_plain_line() {
+        let s = parse_stat(&line("nbd-worker", 0x0018_0040)).unwrap();
+        assert_eq!(s.comm, "nbd-worker");
+        assert_eq!(s.flags, 0x0018_0040);
+    }
+
+    #[test]
+    fn hostile_comm_names() {
+        for comm in [
+            "a) b (c",
+            "",
+            ")))))))))))))))",
+            "((((",
+            ") S 1 2 3 4 5 999 ",
+            "x y",
+        ] {
+            let s = parse_stat(&line(comm, 4_194_560)).unwrap();
+            assert_eq!(s.comm, comm);
+            assert_eq!(s.flags, 4_194_560, "comm {comm:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_not_panics() {
+        for raw in [
+            &b""[..],
+            b"12 comm S 1",
+            b"12 (comm) S 1 2 3",
+            b"12 (comm) S 1 2 3 4 5 notanumber",
+            b") 12 (",
+            b"12 (comm) S 1 2 3 4 5 \xff\xfe",
+        ] {
+            let e = parse_stat(raw).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{raw:?}");
+        }
+    }
 
     #[test]
     fn parses_identity_lines() {
