@@ -56,12 +56,12 @@ fn per_poll(c: &mut Criterion) {
 
     reclaim_scope::__bench::assume_thread_flag(true);
     let worker = IoFlusher::enter(); // the runtime hook's guard
-    poll_loop(c, "poll/wrapped_flagged_worker", Spin(0).io_flusher());
+    poll_loop(c, "poll/wrapped_flagged_worker", Spin(0).nofs());
     drop(worker);
 
     reclaim_scope::__bench::assume_thread_flag(false);
     let _ = reclaim_scope::NoFsScope::enter(); // meet and remember the refusal
-    poll_loop(c, "poll/wrapped_refused_host", Spin(0).io_flusher());
+    poll_loop(c, "poll/wrapped_refused_host", Spin(0).nofs());
 }
 
 fn spawn(c: &mut Criterion) {

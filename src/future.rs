@@ -183,9 +183,15 @@ impl<F: fmt::Debug> fmt::Debug for InContext<F> {
     }
 }
 
-/// Runs a future in a reclaim context: `fut.nofs()`, `fut.io_flusher()`,
-/// `fut.allow_fs_reclaim()`, `fut.in_context(ctx)`,
-/// `fut.in_current_context()`. Implemented for every [`Future`].
+/// Runs a future (or, with the `futures-core` feature, a `Stream`) in a
+/// reclaim context: `fut.nofs()`, `fut.allow_fs_reclaim()`,
+/// `fut.in_context(ctx)`, `fut.in_current_context()`.
+///
+/// Implemented for every type, as tracing's `Instrument` is: the wrapper
+/// [`InContext`] is a [`Future`] when the inner value is one, and a `Stream`
+/// when it is one.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{future::NoFsFutureExt, Context};
@@ -194,9 +200,11 @@ impl<F: fmt::Debug> fmt::Debug for InContext<F> {
 /// let task = async { 42 }.in_context(ctx);
 /// # let _ = task;
 /// ```
-pub trait NoFsFutureExt: Future + Sized {
+pub trait NoFsFutureExt: Sized {
     /// Polls (and drops) the future inside a [`NoFsScope`](crate::NoFsScope):
-    /// its allocations cannot recurse into file-system or I/O reclaim.
+    /// its allocations cannot recurse into file-system or I/O reclaim
+    /// ([`Context::io_flusher`]: the same kernel state for a region of a
+    /// task as for a task that is the daemon's whole I/O path).
     ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
@@ -204,19 +212,6 @@ pub trait NoFsFutureExt: Future + Sized {
     /// # let _ = fut;
     /// ```
     fn nofs(self) -> InContext<Self> {
-        InContext::new(self, Context::io_flusher())
-    }
-
-    /// Polls (and drops) the future as an I/O flusher: the same kernel
-    /// state as [`nofs`](NoFsFutureExt::nofs), named for a task that *is*
-    /// the daemon's I/O path (a queue loop) rather than a region of it.
-    ///
-    /// ```
-    /// use reclaim_scope::future::NoFsFutureExt;
-    /// let queue_loop = async { /* serve requests */ }.io_flusher();
-    /// # let _ = queue_loop;
-    /// ```
-    fn io_flusher(self) -> InContext<Self> {
         InContext::new(self, Context::io_flusher())
     }
 
@@ -257,7 +252,7 @@ pub trait NoFsFutureExt: Future + Sized {
     }
 }
 
-impl<F: Future> NoFsFutureExt for F {}
+impl<T> NoFsFutureExt for T {}
 
 #[cfg(test)]
 mod tests {
@@ -335,7 +330,7 @@ mod tests {
     fn dropped_midway_is_dropped_in_context() {
         on_fake(FakeThread::new(Mode::Permitted), || {
             let (tx, rx) = mpsc::channel();
-            let mut fut = Box::pin(Probe { left: 10, log: tx }.io_flusher());
+            let mut fut = Box::pin(Probe { left: 10, log: tx }.nofs());
             assert!(poll_once(&mut fut).is_pending());
             drop(fut);
             assert_eq!(rx.iter().last(), Some(("drop", BOTH)));
@@ -415,7 +410,8 @@ mod tests {
             }
         }
         on_fake(FakeThread::new(Mode::Permitted), || {
-            let mut s = Box::pin(InContext::new(Count(0), Context::io_flusher()));
+            // The extension trait applies to streams too.
+            let mut s = Box::pin(Count(0).nofs());
             let waker = Arc::new(Noop).into();
             let mut cx = task::Context::from_waker(&waker);
             assert_eq!(s.as_mut().poll_next(&mut cx), Poll::Ready(Some(BOTH)));

@@ -369,7 +369,7 @@ fn future_dropped_midway_is_dropped_flagged() {
         let (tx, rx) = mpsc::channel();
         let waker = Waker::from(Arc::new(Noop));
         let mut cx = std::task::Context::from_waker(&waker);
-        let mut fut = Box::pin(Probe { left: 100, log: tx }.io_flusher());
+        let mut fut = Box::pin(Probe { left: 100, log: tx }.nofs());
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert_clear(thread_flags(), "between polls");
         drop(fut);
