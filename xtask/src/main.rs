@@ -7,6 +7,7 @@
 mod nbd_bench;
 mod util;
 mod vm;
+mod vm_bench;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -40,6 +41,16 @@ Commands:
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
         binaries of reclaim-scope are built and put on the guest PATH (/opt/bin).
+  vm-bench [VM-OPTIONS] [-- CRITERION-ARGS]
+        Build benches/scope.rs and benches/fs.rs (release, --features
+        unstable-bench) and run them in the VM, where PID 1 has CAP_SYS_RESOURCE:
+        criterion, then the paired ratios (outermost scope / raw prctl pair,
+        pread_nofs / pread, pwrite_nofs / pwrite on an unflagged thread), then
+        callgrind (valgrind copied from the host) for the user-space instructions
+        per iteration of the raw prctl pair and the outermost, nested and
+        already-flagged scopes. CRITERION-ARGS go to both bench binaries (a
+        filter; `-- none` skips criterion and keeps the ratios and counts).
+        Profiles land in target/vm-bench/.
   nbd-bench [--count N] [--rounds N] [--size MiB] [--dir DIR]
         Benchmark examples/nbd_server (release) against nbdkit's file plugin
         and qemu-nbd on one pre-filled backing file over unix sockets with
@@ -194,6 +205,10 @@ fn real_main() -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        "vm-bench" => {
+            let (opts, tail) = parse_vm_opts(rest, false)?;
+            vm_bench::main(&Workspace::locate()?, opts, &tail).map(|()| ExitCode::SUCCESS)
         }
         "nbd-bench" => nbd_bench::main(&Workspace::locate()?, rest).map(|()| ExitCode::SUCCESS),
         other => bail!("unknown command `{other}`; try `cargo xtask help`"),
