@@ -120,19 +120,34 @@ fn set_refused(errno: i32) {
     REFUSED.store(errno, Ordering::Relaxed);
 }
 
+/// `prctl(PR_SET_IO_FLUSHER, on)`, published for `audit()`: the one call
+/// every guard that changes the kernel's state makes, kept out of line and
+/// lean (an `Errno` in a register, no `Error` built) because it is the
+/// outermost guard's common path, not a cold one.
+#[inline(never)]
+fn set_kernel_flag(on: bool) -> Result<(), sys::Errno> {
+    crate::audit::guard_set(on, sys::set_io_flusher)
+}
+
+/// A refused set: remembered for the process when it is a missing
+/// capability (`EPERM`) or an old kernel (`EINVAL`), so later scopes make no
+/// syscall; any other errno (a seccomp filter, an LSM) is asked again.
+#[cold]
+#[inline(never)]
+fn refusal(errno: sys::Errno) -> Error {
+    if errno == sys::EPERM || errno == sys::EINVAL {
+        set_refused(errno);
+    }
+    Error::from_errno(OP_SET, errno)
+}
+
 /// Sets the flag unless a refusal is remembered; remembers a new refusal.
 fn apply(on: bool) -> Result<(), Error> {
     let memo = refused();
     if memo != 0 {
         return Err(Error::from_errno(OP_SET, memo));
     }
-    // Publishes the state this guard set, for `audit()`.
-    crate::audit::guard_set(on, sys::set_io_flusher).map_err(|errno| {
-        if errno == sys::EPERM || errno == sys::EINVAL {
-            set_refused(errno);
-        }
-        Error::from_errno(OP_SET, errno)
-    })
+    set_kernel_flag(on).map_err(refusal)
 }
 
 /// Reads the calling thread's real flag (once per thread).
@@ -177,7 +192,7 @@ fn change(state: &Cell<Word>, on: bool, strict: bool) -> Result<bool, Error> {
 
 /// Pushes a level asking for `on`; the guard restores the current
 /// `DESIRED` bit.
-#[inline]
+#[inline(always)]
 fn push(state: &Cell<Word>, w: Word, on: bool, effective: bool) -> Scope {
     if w.depth() >= MAX_DEPTH {
         too_deep();
@@ -193,14 +208,57 @@ fn too_deep() -> ! {
     panic!("reclaim-scope: more than {MAX_DEPTH} nested scopes on one thread")
 }
 
-#[inline]
-fn enter(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error> {
+/// The fast path of every guard: already in the requested state (nested,
+/// or inherited), no syscall. `None`: the state must change.
+#[inline(always)]
+fn enter_fast(state: &Cell<Word>, on: bool) -> Option<Scope> {
     let w = state.get();
     if w.kernel() == kernel_bits(on) {
-        // Already in the requested state (nested, or inherited): no syscall.
-        return Ok(push(state, w, on, true));
+        return Some(push(state, w, on, true));
     }
-    enter_slow(state, on, strict)
+    None
+}
+
+/// A guard that changes the kernel's state: out of line, so that the fast
+/// path stays a few inlined instructions.
+#[inline(never)]
+fn enter_change(on: bool, strict: bool) -> Result<Scope, Error> {
+    // Small closures, each a thread-local access: one that returned the
+    // whole `Result` would copy it through the stack.
+    let Ok(w) = STATE.try_with(Cell::get) else {
+        // Thread-local teardown; `Scope::enter` checked, but stay total.
+        return Ok(Scope::from_packed(DETACHED << DEPTH_SHIFT));
+    };
+    if w.kernel() == kernel_bits(!on) && refused() == 0 {
+        // Known to be in the other state, nothing refused: the outermost
+        // guard's set. The guard restores the DESIRED bit of `w`.
+        return match set_kernel_flag(on) {
+            Ok(()) => Ok(STATE.with(|state| {
+                push(state, Word(w.0 & !KERNEL_MASK | kernel_bits(on)), on, true)
+            })),
+            Err(errno) => STATE.with(|state| enter_refused(state, w, on, strict, errno)),
+        };
+    }
+    STATE.with(|state| enter_slow(state, on, strict))
+}
+
+/// The kernel refused the outermost guard's set: fail (strict) or push a
+/// level that is not effective (best effort, reported once).
+#[cold]
+#[inline(never)]
+fn enter_refused(
+    state: &Cell<Word>,
+    w: Word,
+    on: bool,
+    strict: bool,
+    errno: sys::Errno,
+) -> Result<Scope, Error> {
+    let e = refusal(errno);
+    if strict {
+        return Err(e);
+    }
+    report::degraded(&e);
+    Ok(push(state, w, on, false))
 }
 
 #[cold]
@@ -221,7 +279,7 @@ fn enter_slow(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error
     ))
 }
 
-#[inline]
+#[inline(always)]
 fn exit(state: &Cell<Word>, scope: &Scope) {
     let w = state.get();
     let g = scope.packed;
@@ -233,10 +291,27 @@ fn exit(state: &Cell<Word>, scope: &Scope) {
     let down = Word(w.0 & KERNEL_MASK | (g - DEPTH_ONE) & !KERNEL_MASK);
     state.set(down);
     if !down.in_desired_state() {
-        // Best effort: a drop cannot fail. A refusal here can only follow a
-        // refusal at entry, which was reported already.
-        let _ = change(state, scope.restore(), false);
+        restore(down, scope.restore());
     }
+}
+
+/// Puts the kernel flag back to `on` when a guard that changed it ends.
+/// Best effort: a drop cannot fail. A refusal here can only follow a
+/// refusal at entry, which was reported already.
+#[inline(never)]
+fn restore(down: Word, on: bool) {
+    let _ = STATE.try_with(|state| {
+        if down.kernel() & KNOWN != 0 && refused() == 0 {
+            // Known to be in the other state (else `down` would be in the
+            // desired one), nothing refused: the outermost guard's restore.
+            match set_kernel_flag(on) {
+                Ok(()) => state.set(Word(down.0 & !KERNEL_MASK | kernel_bits(on))),
+                Err(errno) => report::degraded(&refusal(errno)),
+            }
+        } else {
+            let _ = change(state, on, false);
+        }
+    });
 }
 
 /// Out-of-order drops, pending out-of-order entries, and detached guards.
@@ -318,17 +393,20 @@ impl Scope {
         self.packed & 1 != 0
     }
 
-    #[inline]
+    #[inline(always)]
     fn enter(on: bool, strict: bool) -> Result<Scope, Error> {
-        STATE
-            .try_with(|st| enter(st, on, strict))
-            // Lazily: an unused fallback guard would be dropped, i.e. exited.
-            .unwrap_or_else(|_| Ok(Scope::from_packed(DETACHED << DEPTH_SHIFT)))
+        match STATE.try_with(|st| enter_fast(st, on)) {
+            Ok(Some(scope)) => Ok(scope),
+            Ok(None) => enter_change(on, strict),
+            // Thread-local teardown. Lazily: an unused fallback guard would
+            // be dropped, i.e. exited.
+            Err(_) => Ok(Scope::from_packed(DETACHED << DEPTH_SHIFT)),
+        }
     }
 }
 
 impl Drop for Scope {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         let _ = STATE.try_with(|st| exit(st, self));
     }
@@ -853,6 +931,18 @@ pub mod __bench {
     /// Forgets a remembered refusal, so the next scope asks the kernel again.
     pub fn forget_refusal() {
         set_refused(0);
+    }
+
+    /// One raw `prctl(PR_SET_IO_FLUSHER, on)` on the calling thread: the
+    /// syscall wrapper the guards call, with nothing of the crate around it
+    /// (no thread state, no audit registry, no refusal memo): the baseline
+    /// the outermost scope is measured against. `Err` is the errno.
+    ///
+    /// The crate does not see the change: restore the thread's state before
+    /// any guard runs on it.
+    #[inline]
+    pub fn raw_set_io_flusher(on: bool) -> Result<(), i32> {
+        sys::set_io_flusher(on)
     }
 }
 
