@@ -36,8 +36,11 @@ const OP_GET: &str = "prctl(PR_GET_IO_FLUSHER)";
 /// | 3 | `OUT_OF_ORDER`: guards dropped before the guards above them are pending |
 /// | 4–31 | depth: guards on this thread's stack |
 ///
-/// A guard is packed the same way (`level << 4 | restore << 2 | effective`),
-/// so "dropped in order, nothing pending" is `(word ^ guard) >> 3 == 0`.
+/// A guard keeps the word to go back to, packed the same way
+/// (`(level - 1) << 4 | restore << 2 | effective`): "dropped in order,
+/// nothing pending" is `(word ^ (guard + DEPTH_ONE)) >> 3 == 0`, and the word
+/// after the drop is the guard's bits with the kernel's, two instructions
+/// on the load → store chain of the drop.
 ///
 /// A `Cell<u32>` has no destructor, so the thread-local is usable (and never
 /// panics) during thread-local teardown.
@@ -199,7 +202,7 @@ fn push(state: &Cell<Word>, w: Word, on: bool, effective: bool) -> Scope {
     }
     let up = w.0 + DEPTH_ONE;
     state.set(Word(up & !DESIRED | u32::from(on) << 2));
-    Scope::from_packed(up & !(KERNEL_MASK | OUT_OF_ORDER) | u32::from(effective))
+    Scope::from_packed(w.0 & !(KERNEL_MASK | OUT_OF_ORDER) | u32::from(effective))
 }
 
 #[cold]
@@ -227,7 +230,7 @@ fn enter_change(on: bool, strict: bool) -> Result<Scope, Error> {
     // whole `Result` would copy it through the stack.
     let Ok(w) = STATE.try_with(Cell::get) else {
         // Thread-local teardown; `Scope::enter` checked, but stay total.
-        return Ok(Scope::from_packed(DETACHED << DEPTH_SHIFT));
+        return Ok(Scope::detached());
     };
     if w.kernel() == kernel_bits(!on) && refused() == 0 {
         // Known to be in the other state, nothing refused: the outermost
@@ -284,11 +287,11 @@ fn exit(state: &Cell<Word>, scope: &Scope) {
     let w = state.get();
     let g = scope.packed;
     // Same level and nothing pending (the guard's bit 3 is always 0).
-    if (w.0 ^ g) >> 3 != 0 {
+    if (w.0 ^ (g + DEPTH_ONE)) >> 3 != 0 {
         return exit_slow(state, scope);
     }
     // Down one level; DESIRED becomes what this guard restores.
-    let down = Word(w.0 & KERNEL_MASK | (g - DEPTH_ONE) & !KERNEL_MASK);
+    let down = Word(w.0 & KERNEL_MASK | g & !KERNEL_MASK);
     state.set(down);
     if !down.in_desired_state() {
         restore(down, scope.restore());
@@ -365,7 +368,7 @@ fn exit_slow(state: &Cell<Word>, scope: &Scope) {
 }
 
 /// The mechanics behind every guard: one level of the thread's stack,
-/// packed as `level << 4 | restore << 2 | effective`.
+/// packed as `(level - 1) << 4 | restore << 2 | effective` (see [`Word`]).
 struct Scope {
     packed: u32,
     /// `!Send` and `!Sync`: the flag belongs to the thread.
@@ -380,9 +383,14 @@ impl Scope {
             _not_send: PhantomData,
         }
     }
+    /// The guard of a thread whose thread-local state is gone: does nothing.
+    #[inline]
+    fn detached() -> Scope {
+        Scope::from_packed((DETACHED - 1) << DEPTH_SHIFT)
+    }
     #[inline]
     fn level(&self) -> u32 {
-        self.packed >> DEPTH_SHIFT
+        (self.packed >> DEPTH_SHIFT) + 1
     }
     #[inline]
     fn restore(&self) -> bool {
@@ -400,7 +408,7 @@ impl Scope {
             Ok(None) => enter_change(on, strict),
             // Thread-local teardown. Lazily: an unused fallback guard would
             // be dropped, i.e. exited.
-            Err(_) => Ok(Scope::from_packed(DETACHED << DEPTH_SHIFT)),
+            Err(_) => Ok(Scope::detached()),
         }
     }
 }
