@@ -797,6 +797,11 @@ fn dirty_throttle_io_flusher_ublk_queue_is_not_paused_for_the_device_it_serves()
     let old_kb = set_trace_buffer_kb(THR_TRACE_BUFFER_KB).expect("size the trace buffer");
     let runs: Vec<(Mode, ThrRun)> = Mode::ALL.iter().map(|&m| (m, throttle_run(m))).collect();
     let _ = set_trace_buffer_kb(old_kb);
+    assert_eq!(
+        ublk_devices(),
+        Vec::<String>::new(),
+        "ublk devices left behind (a hung run is killed and its device deleted with --delete)"
+    );
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut t = format!(
         "dirty throttling (kernel {}): brd → ext4 → {THR_BACKING_MIB} MiB sparse file → \

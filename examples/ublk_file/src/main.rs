@@ -622,6 +622,8 @@ fn main() -> ExitCode {
         let _ = h.join();
     }
     let synced = if read_only { Ok(()) } else { backing.sync() };
+    // DEL_DEV waits until /dev/ublkcN is closed: the UblkDev holds it open.
+    drop(dev);
     if let Err(e) = ctrl.del_dev() {
         eprintln!("ublk-file: delete the device: {e:?}");
     }
