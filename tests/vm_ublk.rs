@@ -120,6 +120,9 @@ struct Rig {
     daemon: Option<Child>,
     cgroup: Option<String>,
     log: String,
+    /// N of /dev/ublkbN, once known: deleted with `ublk_file --delete N`
+    /// if the daemon has to be killed.
+    dev_id: Option<String>,
 }
 
 impl Rig {
@@ -142,6 +145,7 @@ impl Rig {
             daemon: Some(child),
             cgroup,
             log: log.to_owned(),
+            dev_id: None,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let dev = loop {
@@ -161,6 +165,7 @@ impl Rig {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
+        rig.dev_id = Some(dev.trim_start_matches("/dev/ublkb").to_owned());
         wait_until(&dev, 20, || Path::new(&dev).exists());
         (rig, dev)
     }
@@ -214,6 +219,9 @@ impl Rig {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
+                if let Some(id) = &self.dev_id {
+                    let _ = run_for(30, "ublk_file", &["--delete", id]);
+                }
                 Err(format!(
                     "ublk_file did not stop within 60 s of SIGTERM: {log}"
                 ))
