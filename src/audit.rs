@@ -22,16 +22,19 @@
 //!   thread-local access and two atomic stores beside a ~200 ns syscall.
 //!   Guards that make no syscall — nested scopes, scopes on a thread that is
 //!   already in the state they ask for: the hot paths — touch nothing here.
-//! - A thread's entry is removed when the thread exits.
+//! - A thread's entry leaves the registry when the thread exits and is kept
+//!   for the next thread that registers: entries are never freed, so the
+//!   memory is bounded by the most threads that had a guard at once (16
+//!   bytes each), and the guards reach theirs through a destructor-less
+//!   thread-local (a load and a test).
 
 use crate::{status, sys, ThreadFlags, ThreadInfo};
 use parking_lot::Mutex;
-use std::cell::OnceCell;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 // ---------------------------------------------------------------------------
 // The registry (written by the guards)
@@ -56,8 +59,16 @@ const LOW_MASK: u64 = (1 << 32) - 1;
 const GENERATION_ONE: u64 = 1 << 32;
 
 /// What the guards of one thread account for.
+///
+/// Entries are `'static`: allocated once and never freed, an exited
+/// thread's entry is kept for the next thread that registers. So a
+/// thread's entry is a plain reference in a destructor-less thread-local
+/// (the guards' path checks no thread-local state and no `OnceCell`), and
+/// the memory is bounded by the most threads that ever had a guard at the
+/// same time (16 bytes each).
 struct Entry {
-    tid: i32,
+    /// The owning thread; written under the registry's lock.
+    tid: AtomicI32,
     word: AtomicU64,
 }
 
@@ -76,71 +87,111 @@ impl Entry {
     fn read(&self) -> u64 {
         self.word.load(Ordering::Acquire)
     }
+
+    fn tid(&self) -> i32 {
+        self.tid.load(Ordering::Relaxed)
+    }
 }
 
-/// Every thread's entry. Locked when a thread gets its entry, when it exits,
-/// and by [`audit`].
-static REGISTRY: Mutex<Vec<Arc<Entry>>> = parking_lot::const_mutex(Vec::new());
+/// The entries of live threads, and those of exited threads for reuse.
+struct Registry {
+    live: Vec<&'static Entry>,
+    free: Vec<&'static Entry>,
+}
 
-/// The calling thread's entry; unregistered by its destructor at thread exit.
-struct Slot(OnceCell<Arc<Entry>>);
+/// Locked when a thread gets its entry, when it exits, and by [`audit`].
+static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry {
+    live: Vec::new(),
+    free: Vec::new(),
+});
+
+/// Gives the calling thread's entry back at thread exit.
+struct Slot;
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(e) = self.0.get() {
-            REGISTRY.lock().retain(|x| !Arc::ptr_eq(x, e));
+        if let Ok(Some(e)) = ENTRY.try_with(Cell::take) {
+            let mut reg = REGISTRY.lock();
+            reg.live.retain(|x| !std::ptr::eq(*x, e));
+            reg.free.push(e);
         }
     }
 }
 
 thread_local! {
-    static SLOT: Slot = const { Slot(OnceCell::new()) };
+    /// The calling thread's entry, once it registered. No destructor: the
+    /// guards' path is a load and a test.
+    static ENTRY: Cell<Option<&'static Entry>> = const { Cell::new(None) };
+    /// Armed at registration; its destructor unregisters.
+    static SLOT: Slot = const { Slot };
+}
+
+/// The calling thread's entry, created on first use; `None` during
+/// thread-local teardown (after [`Slot`]'s destructor).
+#[inline]
+fn entry() -> Option<&'static Entry> {
+    match ENTRY.try_with(Cell::get) {
+        Ok(Some(e)) => Some(e),
+        Ok(None) => register(),
+        Err(_) => None,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn register() -> Option<&'static Entry> {
+    // Arms the destructor that gives the entry back; fails once the
+    // thread-local teardown has begun, and then no entry is made.
+    SLOT.try_with(|_| ()).ok()?;
+    let e = {
+        let mut reg = REGISTRY.lock();
+        let e = reg.free.pop().unwrap_or_else(|| {
+            Box::leak(Box::new(Entry {
+                tid: AtomicI32::new(0),
+                word: AtomicU64::new(0),
+            }))
+        });
+        e.tid.store(sys::gettid(), Ordering::Relaxed);
+        e.word.store(0, Ordering::Relaxed);
+        reg.live.push(e);
+        e
+    };
+    ENTRY.try_with(|c| c.set(Some(e))).ok()?;
+    Some(e)
 }
 
 /// Runs `f` on the calling thread's entry, creating it on first use. Does
 /// nothing during thread-local teardown.
+#[inline]
 fn with_entry(f: impl FnOnce(&Entry)) {
-    let _ = SLOT.try_with(|slot| {
-        let e = slot.0.get_or_init(|| {
-            let e = Arc::new(Entry {
-                tid: sys::gettid(),
-                word: AtomicU64::new(0),
-            });
-            REGISTRY.lock().push(Arc::clone(&e));
-            e
-        });
+    if let Some(e) = entry() {
         f(e)
-    });
+    }
 }
 
 /// Runs a guard's `prctl(PR_SET_IO_FLUSHER, on)` and publishes the state
 /// it set. Marks the thread in transition around the syscall, so that an
 /// audit never judges a state the registry does not show yet.
 ///
-/// Beside the ~200 ns syscall this costs one thread-local access and two
-/// plain stores.
+/// Beside the ~200 ns syscall this costs one thread-local load and test,
+/// and two plain load + store pairs.
 #[inline]
 pub(crate) fn guard_set<E>(on: bool, set: impl FnOnce(bool) -> Result<(), E>) -> Result<(), E> {
-    let mut set = Some(set);
-    let mut result = None;
-    with_entry(|e| {
-        e.update(|w| w | IN_TRANSITION);
-        let r = (set.take().expect("called once"))(on);
-        e.update(|w| {
-            let w = w & !IN_TRANSITION;
-            match (&r, on) {
-                (Err(_), _) => w,
-                (Ok(()), true) => w & !SCOPED_MASK | SCOPED_ON,
-                (Ok(()), false) => w & !SCOPED_MASK | SCOPED_OFF,
-            }
-        });
-        result = Some(r);
-    });
-    match (result, set) {
-        (Some(r), _) => r,
+    let Some(e) = entry() else {
         // Thread-local teardown: no entry, the syscall all the same.
-        (None, Some(set)) => set(on),
-        (None, None) => unreachable!("the syscall ran but its result is lost"),
+        return set(on);
+    };
+    e.update(|w| w | IN_TRANSITION);
+    match set(on) {
+        Ok(()) => {
+            let scoped = if on { SCOPED_ON } else { SCOPED_OFF };
+            e.update(|w| w & !(IN_TRANSITION | SCOPED_MASK) | scoped);
+            Ok(())
+        }
+        Err(err) => {
+            e.update(|w| w & !IN_TRANSITION);
+            Err(err)
+        }
     }
 }
 
@@ -525,15 +576,21 @@ pub fn audit() -> io::Result<Audit> {
 const REREADS: u32 = 16;
 
 fn snapshot() -> HashMap<i32, u64> {
-    REGISTRY.lock().iter().map(|e| (e.tid, e.read())).collect()
+    REGISTRY
+        .lock()
+        .live
+        .iter()
+        .map(|e| (e.tid(), e.read()))
+        .collect()
 }
 
 fn word_of(tid: i32) -> Option<u64> {
     REGISTRY
         .lock()
+        .live
         .iter()
         .rev()
-        .find(|e| e.tid == tid)
+        .find(|e| e.tid() == tid)
         .map(|e| e.read())
 }
 
@@ -856,7 +913,37 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(!REGISTRY.lock().iter().any(|e| e.tid == tid));
+        assert!(!REGISTRY.lock().live.iter().any(|e| e.tid() == tid));
+    }
+
+    /// An exited thread's entry goes back to the free list, and the next
+    /// thread to register (which may get it) starts from a clean word under
+    /// its own tid: nothing of the old thread's accounting leaks into it.
+    #[test]
+    fn an_exited_threads_entry_is_reused_clean() {
+        for _ in 0..4 {
+            let (old_tid, addr) = std::thread::spawn(|| {
+                with_entry(|e| e.update(|w| (w + (1 << FLUSHERS_SHIFT)) | SCOPED_ON));
+                (current_tid(), entry().unwrap() as *const Entry as usize)
+            })
+            .join()
+            .unwrap();
+            {
+                let reg = REGISTRY.lock();
+                assert!(!reg.live.iter().any(|e| e.tid() == old_tid));
+                let freed = reg.free.iter().any(|e| *e as *const Entry as usize == addr);
+                let reused = reg.live.iter().any(|e| *e as *const Entry as usize == addr);
+                // Another test's thread may have taken it again already.
+                assert!(freed || reused, "an exited thread's entry was lost");
+            }
+            std::thread::spawn(|| {
+                with_entry(|_| {});
+                assert_eq!(word_of(current_tid()), Some(0));
+                assert_eq!(entry().unwrap().tid(), current_tid());
+            })
+            .join()
+            .unwrap();
+        }
     }
 
     #[test]

@@ -236,9 +236,8 @@ fn enter_change(on: bool, strict: bool) -> Result<Scope, Error> {
         // Known to be in the other state, nothing refused: the outermost
         // guard's set. The guard restores the DESIRED bit of `w`.
         return match set_kernel_flag(on) {
-            Ok(()) => Ok(STATE.with(|state| {
-                push(state, Word(w.0 & !KERNEL_MASK | kernel_bits(on)), on, true)
-            })),
+            Ok(()) => Ok(STATE
+                .with(|state| push(state, Word(w.0 & !KERNEL_MASK | kernel_bits(on)), on, true))),
             Err(errno) => STATE.with(|state| enter_refused(state, w, on, strict, errno)),
         };
     }

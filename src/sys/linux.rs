@@ -10,6 +10,10 @@ const PR_SET_IO_FLUSHER: c_int = 57;
 /// `PR_GET_IO_FLUSHER` from `<linux/prctl.h>` (Linux 5.6).
 const PR_GET_IO_FLUSHER: c_int = 58;
 
+/// The calling thread's `errno`. Cold: only failed calls read it, and out
+/// of line it keeps the callers' success paths short.
+#[cold]
+#[inline(never)]
 fn errno() -> Errno {
     io::Error::last_os_error()
         .raw_os_error()
