@@ -1036,9 +1036,33 @@ impl Stage {
                 self.write(&format!("{gdir}/{f}"), &data, 0o644)?;
             }
         }
+        self.add_kmod_indexes(&gdir, &k.kver);
         let names: Vec<String> = closure.iter().map(|p| module_name(p)).collect();
         println!("xtask: modules in initramfs: {}", names.join(" "));
         Ok(())
+    }
+
+    /// The binary indexes (modules.dep.bin, modules.alias.bin, ...) of the
+    /// staged modules, built by the host's depmod: libkmod reads only those
+    /// (dmzadm looks dm-zoned up through it), busybox modprobe the text
+    /// files, which are kept as written. Best effort: without them only
+    /// libkmod users fail.
+    fn add_kmod_indexes(&mut self, gdir: &str, kver: &str) {
+        let dir = self.at(gdir);
+        let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .filter_map(|e| fs::read(e.path()).ok().map(|d| (e.path(), d)))
+            .collect();
+        let r = run(Command::new("depmod").arg("-b").arg(self.at("/usr")).arg(kver));
+        for (p, d) in before {
+            let _ = fs::write(p, d);
+        }
+        if let Err(e) = r {
+            println!("xtask: warning: depmod for the kmod indexes: {e}");
+        }
     }
 
     /// Write /init: mount the kernel file systems the tests rely on, run the
