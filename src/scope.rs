@@ -124,10 +124,11 @@ fn set_refused(errno: i32) {
 }
 
 /// `prctl(PR_SET_IO_FLUSHER, on)`, published for `audit()`: the one call
-/// every guard that changes the kernel's state makes, kept out of line and
-/// lean (an `Errno` in a register, no `Error` built) because it is the
-/// outermost guard's common path, not a cold one.
-#[inline(never)]
+/// every guard that changes the kernel's state makes. Lean (an `Errno` in a
+/// register, no `Error` built) because it is the outermost guard's common
+/// path, not a cold one; inlined into the two out-of-line callers of that
+/// path ([`enter_change`], [`restore`]), so each is one call deep.
+#[inline(always)]
 fn set_kernel_flag(on: bool) -> Result<(), sys::Errno> {
     crate::audit::guard_set(on, sys::set_io_flusher)
 }
