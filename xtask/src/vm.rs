@@ -1375,7 +1375,10 @@ fn prepare(
         if k.has_module(m) {
             modules.push(m.clone());
         } else {
-            println!("xtask: kernel {} has no module {m} (optional): not added", k.kver);
+            println!(
+                "xtask: kernel {} has no module {m} (optional): not added",
+                k.kver
+            );
         }
     }
     stage.add_modules(&k, &modules)?;
