@@ -382,11 +382,8 @@ impl DmZoned {
     /// chunks it maps).
     fn create(disk: &str) -> DmZoned {
         let seq = format!("--seq={RESERVED_SEQ}");
-        let fmt = run_for(
-            300,
-            "dmzadm",
-            &["--format", disk, &seq, "--force", "--label", DM_NAME],
-        );
+        let label = format!("--label={DM_NAME}");
+        let fmt = run_for(300, "dmzadm", &["--format", disk, &seq, "--force", &label]);
         let fmt = fmt.unwrap_or_else(|e| panic!("dmzadm --format {disk}: {e}"));
         say(&format!(
             "  [dm-zoned] dmzadm: {}",
