@@ -41,9 +41,10 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 // ---------------------------------------------------------------------------
 
 /// Layout of an [`Entry`] word. Only the entry's own thread writes it; every
-/// write also bumps the generation, so a reader that sees the same word
-/// before and after reading `/proc` knows the thread changed nothing (of
-/// what the crate does) in between.
+/// write bumps the generation but the in-transition mark (which changes the
+/// word by itself, and whose end bumps it), so a reader that sees the same
+/// word, not in transition, before and after reading `/proc` knows the
+/// thread changed nothing (of what the crate does) in between.
 const SCOPED_MASK: u64 = 0b11;
 /// No guard of this thread made a syscall since the thread had no guard.
 const SCOPED_NONE: u64 = 0;
@@ -81,6 +82,15 @@ impl Entry {
         let high = (old & !LOW_MASK).wrapping_add(GENERATION_ONE);
         self.word
             .store(high | (f(old & LOW_MASK) & LOW_MASK), Ordering::Release);
+    }
+
+    /// Marks the entry in transition: a guard's syscall is under way. No
+    /// generation bump: the bit itself changes the word, and the update
+    /// that ends the transition bumps it (so set + clear is never ABA).
+    #[inline]
+    fn mark_in_transition(&self) {
+        let old = self.word.load(Ordering::Relaxed);
+        self.word.store(old | IN_TRANSITION, Ordering::Release);
     }
 
     #[inline]
@@ -181,7 +191,7 @@ pub(crate) fn guard_set<E>(on: bool, set: impl FnOnce(bool) -> Result<(), E>) ->
         // Thread-local teardown: no entry, the syscall all the same.
         return set(on);
     };
-    e.update(|w| w | IN_TRANSITION);
+    e.mark_in_transition();
     match set(on) {
         Ok(()) => {
             let scoped = if on { SCOPED_ON } else { SCOPED_OFF };

@@ -233,40 +233,41 @@ fn enter_change(on: bool, strict: bool) -> Result<Scope, Error> {
         // Thread-local teardown; `Scope::enter` checked, but stay total.
         return Ok(Scope::detached());
     };
-    if w.kernel() == kernel_bits(!on) && refused() == 0 {
-        // Known to be in the other state, nothing refused: the outermost
-        // guard's set. The guard restores the DESIRED bit of `w`.
+    // `enter_fast` failed, so a known kernel flag is in the other state
+    // (`KERNEL_ON` is never set without `KNOWN`).
+    if w.0 & KNOWN != 0 && refused() == 0 {
+        debug_assert!(w.kernel() == kernel_bits(!on));
+        // Nothing refused: the outermost guard's set. The guard restores
+        // the DESIRED bit of `w`.
         return match set_kernel_flag(on) {
             Ok(()) => Ok(STATE
                 .with(|state| push(state, Word(w.0 & !KERNEL_MASK | kernel_bits(on)), on, true))),
-            Err(errno) => STATE.with(|state| enter_refused(state, w, on, strict, errno)),
+            Err(errno) => enter_refused(w, on, strict, errno),
         };
     }
-    STATE.with(|state| enter_slow(state, on, strict))
+    enter_slow(on, strict)
 }
 
 /// The kernel refused the outermost guard's set: fail (strict) or push a
 /// level that is not effective (best effort, reported once).
 #[cold]
 #[inline(never)]
-fn enter_refused(
-    state: &Cell<Word>,
-    w: Word,
-    on: bool,
-    strict: bool,
-    errno: sys::Errno,
-) -> Result<Scope, Error> {
+fn enter_refused(w: Word, on: bool, strict: bool, errno: sys::Errno) -> Result<Scope, Error> {
     let e = refusal(errno);
     if strict {
         return Err(e);
     }
     report::degraded(&e);
-    Ok(push(state, w, on, false))
+    Ok(STATE.with(|state| push(state, w, on, false)))
 }
 
 #[cold]
 #[inline(never)]
-fn enter_slow(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error> {
+fn enter_slow(on: bool, strict: bool) -> Result<Scope, Error> {
+    STATE.with(|state| enter_slow_at(state, on, strict))
+}
+
+fn enter_slow_at(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error> {
     if state.get().kernel() & KNOWN == 0 {
         probe(state);
     }
