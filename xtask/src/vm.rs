@@ -1056,7 +1056,10 @@ impl Stage {
             .filter(|e| e.path().is_file())
             .filter_map(|e| fs::read(e.path()).ok().map(|d| (e.path(), d)))
             .collect();
-        let r = run(Command::new("depmod").arg("-b").arg(self.at("/usr")).arg(kver));
+        let r = run(Command::new("depmod")
+            .arg("-b")
+            .arg(self.at("/usr"))
+            .arg(kver));
         for (p, d) in before {
             let _ = fs::write(p, d);
         }
