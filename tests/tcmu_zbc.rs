@@ -568,6 +568,13 @@ fn write_pointer_rules_refuse_and_change_nothing() {
     assert!(at(2 * ZB + 4).iter().all(|&x| x == 0x22));
     assert!(at(7 * ZB + 1).iter().all(|&x| x == 0x77));
     assert!(at(ZB + 11).iter().all(|&x| x == 0xc1));
+    // Zone-rule refusals are not logged as unsupported opcodes (WRITE SAME
+    // and WRITE AND VERIFY were refused with 21h/04h only).
+    let refused = rig.disk().counters.refused_opcodes();
+    assert!(
+        !refused.contains(&0x93) && !refused.contains(&0x8e),
+        "{refused:02x?}"
+    );
 }
 
 #[test]

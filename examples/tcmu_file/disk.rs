@@ -150,7 +150,10 @@ impl Disk {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
             let op = cdb.first().copied().unwrap_or(0);
             if let Fail::Check(sense) = fail {
-                if sense.key == ILLEGAL_REQUEST && self.counters.refuse(op) {
+                // The zone rules' refusals (21h/04h, 05h, 07h) are the
+                // initiator's addressing, not an opcode this disk lacks.
+                let zone_rule = sense.asc == 0x21 && matches!(sense.ascq, 0x04 | 0x05 | 0x07);
+                if sense.key == ILLEGAL_REQUEST && !zone_rule && self.counters.refuse(op) {
                     let hex: Vec<String> = cdb.iter().map(|b| format!("{b:02x}")).collect();
                     let name = crate::scsi::lookup(cdb, zoned).map_or("unsupported", |c| c.name);
                     eprintln!(
