@@ -8,11 +8,14 @@ use std::io;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The kernel refused the request: the caller lacks `CAP_SYS_RESOURCE`
-    /// in the initial user namespace (`EPERM`).
+    /// The request was refused with `EPERM`: almost always the caller lacks
+    /// `CAP_SYS_RESOURCE` in the initial user namespace; a seccomp filter or
+    /// a Linux security module answering `EPERM` looks the same (the
+    /// message says which is likelier here; `reclaim-scope probe` tells).
     NotPermitted,
-    /// The request does not exist here: Linux older than 5.6 (`EINVAL`), or
-    /// a target other than Linux.
+    /// The request does not exist here (`EINVAL`): Linux older than 5.6, or
+    /// a seccomp filter or LSM answering `EINVAL` on a newer kernel (the
+    /// message says which), or a target other than Linux.
     Unsupported,
     /// Any other error from the operating system.
     Os,
@@ -79,9 +82,37 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// What the running system says about a refusal, for its message.
+#[derive(Clone, Copy, Debug, Default)]
+struct Here {
+    /// `major.minor` of the running kernel.
+    kernel: Option<(u32, u32)>,
+    /// Whether the thread holds `CAP_SYS_RESOURCE` (effective set).
+    cap_sys_resource: Option<bool>,
+}
+
+impl Here {
+    fn now() -> Here {
+        Here {
+            kernel: sys::procfs::kernel_version(),
+            cap_sys_resource: sys::procfs::thread_has_capability(sys::CAP_SYS_RESOURCE),
+        }
+    }
+}
+
+impl Error {
+    fn describe(&self, f: &mut fmt::Formatter<'_>, here: Here) -> fmt::Result {
         match self.kind {
+            ErrorKind::NotPermitted if here.cap_sys_resource == Some(true) => write!(
+                f,
+                "{} was refused (EPERM) although this thread holds CAP_SYS_RESOURCE: either \
+                 it holds it only inside a user namespace (the kernel checks the initial \
+                 one: run the daemon outside it, or give the container SYS_RESOURCE from the \
+                 host), or a seccomp filter or a Linux security module refused the call \
+                 (allow prctl(57/58), e.g. in systemd's SystemCallFilter=); \
+                 `reclaim-scope probe` tells which",
+                self.op
+            ),
             ErrorKind::NotPermitted => write!(
                 f,
                 "{} was refused (EPERM): it needs CAP_SYS_RESOURCE in the initial user \
@@ -90,11 +121,27 @@ impl fmt::Display for Error {
                  `AmbientCapabilities=CAP_SYS_RESOURCE` in its systemd unit",
                 self.op
             ),
-            ErrorKind::Unsupported if cfg!(target_os = "linux") => write!(
-                f,
-                "{} is not supported by this kernel (EINVAL): it needs Linux 5.6 or newer",
-                self.op
-            ),
+            ErrorKind::Unsupported if cfg!(target_os = "linux") => match here.kernel {
+                Some((maj, min)) if (maj, min) >= (5, 6) => write!(
+                    f,
+                    "{} was refused with EINVAL although Linux {maj}.{min} has it (Linux 5.6 \
+                     or newer): a seccomp filter or a Linux security module answers EINVAL \
+                     for it; allow prctl(57/58) in the daemon's profile (`reclaim-scope \
+                     probe` tells which)",
+                    self.op
+                ),
+                Some((maj, min)) => write!(
+                    f,
+                    "{} is not supported by this kernel (EINVAL): it needs Linux 5.6 or \
+                     newer, this is {maj}.{min}",
+                    self.op
+                ),
+                None => write!(
+                    f,
+                    "{} is not supported by this kernel (EINVAL): it needs Linux 5.6 or newer",
+                    self.op
+                ),
+            },
             ErrorKind::Unsupported => write!(
                 f,
                 "{} is not supported: PR_SET_IO_FLUSHER exists only on Linux 5.6 or newer",
@@ -120,6 +167,19 @@ impl fmt::Display for Error {
                 Ok(())
             }
         }
+    }
+}
+
+/// The message names the fix; for `EPERM` and `EINVAL` it reads the
+/// running kernel's version and the thread's capabilities from `/proc` to
+/// tell a missing capability or an old kernel from a filter.
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let here = match self.kind {
+            ErrorKind::NotPermitted | ErrorKind::Unsupported => Here::now(),
+            ErrorKind::Os => Here::default(),
+        };
+        self.describe(f, here)
     }
 }
 
@@ -167,6 +227,73 @@ mod tests {
         assert!(e.to_string().contains("5.6"));
         let io: io::Error = e.into();
         assert_eq!(io.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// The message as it would read on a system described by `here`.
+    fn text(e: &Error, here: Here) -> String {
+        struct With<'a>(&'a Error, Here);
+        impl fmt::Display for With<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.describe(f, self.1)
+            }
+        }
+        With(e, here).to_string()
+    }
+
+    #[test]
+    fn refusals_name_the_likely_cause_on_the_running_system() {
+        let eperm = Error::from_errno("prctl(PR_SET_IO_FLUSHER)", sys::EPERM);
+        let einval = Error::from_errno("prctl(PR_SET_IO_FLUSHER)", sys::EINVAL);
+        // No capability: the capability is the fix.
+        let m = text(
+            &eperm,
+            Here {
+                kernel: Some((6, 1)),
+                cap_sys_resource: Some(false),
+            },
+        );
+        assert!(
+            m.contains("it needs CAP_SYS_RESOURCE") && !m.contains("seccomp"),
+            "{m}"
+        );
+        // Capability held: a user namespace, a filter or an LSM.
+        let m = text(
+            &eperm,
+            Here {
+                kernel: Some((6, 1)),
+                cap_sys_resource: Some(true),
+            },
+        );
+        assert!(
+            m.contains("although this thread holds CAP_SYS_RESOURCE")
+                && m.contains("user namespace")
+                && m.contains("seccomp"),
+            "{m}"
+        );
+        // Old kernel: the version is the fix, and named.
+        let m = text(
+            &einval,
+            Here {
+                kernel: Some((5, 4)),
+                cap_sys_resource: Some(true),
+            },
+        );
+        assert!(m.contains("needs Linux 5.6 or newer, this is 5.4"), "{m}");
+        // A kernel that has it: EINVAL comes from a filter.
+        let m = text(
+            &einval,
+            Here {
+                kernel: Some((6, 12)),
+                cap_sys_resource: None,
+            },
+        );
+        assert!(
+            m.contains("although Linux 6.12 has it") && m.contains("seccomp"),
+            "{m}"
+        );
+        // Nothing known: the general fixes.
+        let m = text(&einval, Here::default());
+        assert!(m.contains("needs Linux 5.6 or newer"), "{m}");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub(crate) type Errno = i32;
 
 pub(crate) const EPERM: Errno = libc::EPERM;
 pub(crate) const EINVAL: Errno = libc::EINVAL;
+/// `CAP_SYS_RESOURCE` from `<linux/capability.h>`: what `PR_SET_IO_FLUSHER` checks.
+pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
 
 /// `prctl(PR_SET_IO_FLUSHER, on)` on the calling thread.
 #[inline]

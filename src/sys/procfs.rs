@@ -154,6 +154,26 @@ pub(crate) fn unrelated() -> io::Error {
     )
 }
 
+/// `major.minor` of the running kernel, from `/proc/sys/kernel/osrelease`.
+pub(crate) fn kernel_version() -> Option<(u32, u32)> {
+    parse_kernel_version(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+}
+
+/// `major.minor` of a release string such as `6.1.0-13-cloud-amd64`.
+pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Whether the calling thread holds capability `cap` in its effective set
+/// (`CapEff:` of `/proc/thread-self/status`); `None` if that cannot be read.
+pub(crate) fn thread_has_capability(cap: u32) -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let bits = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(cap < 64 && bits & (1 << cap) != 0)
+}
+
 /// The fields of a `stat` line this crate uses.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Stat {
@@ -201,6 +221,15 @@ pub(crate) fn parse_stat(raw: &[u8]) -> io::Result<Stat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(parse_kernel_version("6.1.0-13-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_kernel_version("5.10.223\n"), Some((5, 10)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+        assert!(kernel_version().is_some());
+        assert!(thread_has_capability(0).is_some());
+    }
 
     fn line(comm: &str, flags: u32) -> Vec<u8> {
         format!("4242 ({comm}) S 1 4242 4242 0 -1 {flags} 120 0 0 0 5 3 0 0 20 0 3 0 99 1 2")
