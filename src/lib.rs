@@ -21,9 +21,15 @@
 //! ```
 //! use reclaim_scope::NoFsScope;
 //!
-//! let scope = NoFsScope::enter();            // the thread is an I/O flusher...
-//! let page_cache_hungry = vec![0u8; 1 << 16]; // ...so this cannot recurse into FS reclaim
-//! drop(scope);                               // ...and now it is back as it was
+//! let scope = NoFsScope::enter(); // an I/O flusher, if the kernel agreed...
+//! let page_cache_hungry = vec![0u8; 1 << 16];
+//! if scope.is_effective() {
+//!     // ...and it did: that allocation could not recurse into FS/IO reclaim
+//! } else {
+//!     // no CAP_SYS_RESOURCE (or Linux < 5.6): nothing changed, and the
+//!     // refusal was reported once; `NoFsScope::try_enter` fails instead
+//! }
+//! drop(scope); // the thread is back as it was
 //! # drop(page_cache_hungry);
 //! ```
 //!

@@ -1720,6 +1720,11 @@ fn sigterm_drains_the_request_in_flight() {
     let status = srv.child.wait().unwrap();
     assert!(status.success(), "exit {status}:\n{}", srv.text());
     srv.wait_log("drained, backing store synced", 1);
+    assert!(
+        !srv.sock.exists(),
+        "the unix socket {} outlived a clean exit",
+        srv.sock.display()
+    );
     let f = std::fs::File::open(&backing).unwrap();
     let mut b = vec![0u8; 1 << 20];
     f.read_exact_at(&mut b, 1 << 20).unwrap();
@@ -1780,6 +1785,13 @@ fn backing_store_paths_that_are_not_files_or_disks_are_refused() {
             .contains("not a regular file or a block device"),
         "{e}"
     );
+
+    // --read-only never creates the file it is to serve, and says so.
+    let absent = std::env::temp_dir().join(format!("rs-ro-absent-{}.img", std::process::id()));
+    let e = open_backing(&absent, 1 << 20, true).expect_err("a missing read-only file");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    assert!(e.to_string().contains("--read-only never creates"), "{e}");
+    assert!(!absent.exists(), "{} was created", absent.display());
 
     let missing = PathBuf::from(format!("/nonexistent-{}/disk.img", std::process::id()));
     let e = open_backing(&missing, 1 << 20, false).expect_err("a missing directory");

@@ -202,6 +202,11 @@ fn main() -> ExitCode {
         .forever()
         .next()
         .unwrap_or(signal_hook::consts::SIGTERM);
+    // No new client can reach a server that is going away; the socket file
+    // it bound goes with it.
+    if let Some(path) = &args.unix {
+        let _ = std::fs::remove_file(path);
+    }
     drain(&export, sig, args.drain_timeout)
 }
 

@@ -1221,8 +1221,17 @@ pub fn open_backing(
                 ),
             ));
         }
+        Err(_) if read_only => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: no such file (--read-only never creates a backing file)",
+                    path.display()
+                ),
+            ));
+        }
         Err(_) => {
-            opts.create(!read_only);
+            opts.create(true);
         }
     }
     // The error names the path and keeps its kind.
