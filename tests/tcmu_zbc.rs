@@ -939,3 +939,81 @@ fn start_up_refuses_a_zone_state_that_does_not_fit_or_is_corrupt() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zbc"));
 }
+
+/// A start-up that fails leaves nothing behind: the zone geometry a new
+/// backing file's size must satisfy is checked before the file is created,
+/// a `--size` that differs from an existing file is refused (never silently
+/// ignored), and a new file the daemon never got to serve is removed.
+#[test]
+fn failed_start_ups_create_nothing_and_a_different_size_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tcmu-zbc-create-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let new = dir.join("new.img");
+    let state = dir.join("new.img.zones");
+    for (flags, want) in [
+        (
+            &["--size", "256M", "--zone-size", "512M"][..],
+            "not a whole number",
+        ),
+        (&["--size", "256M", "--zone-size", "48M"], "a power of two"),
+        (
+            &[
+                "--size",
+                "64M",
+                "--zone-size",
+                "16M",
+                "--conventional-zones",
+                "4",
+            ],
+            "--conventional-zones 4",
+        ),
+        (
+            &[
+                "--size",
+                "64M",
+                "--zone-size",
+                "16M",
+                "--max-open-zones",
+                "0",
+            ],
+            "--max-open-zones",
+        ),
+    ] {
+        let (code, err) = start(&new, flags);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        assert!(err.contains(want), "{flags:?}: want {want:?} in {err}");
+        assert!(
+            !new.exists() && !state.exists(),
+            "{flags:?} left files: {err}"
+        );
+    }
+    // An existing file keeps its size: another --size is refused, with the fix.
+    let old = dir.join("old.img");
+    fs::File::create(&old)
+        .and_then(|f| f.set_len(256 << 20))
+        .unwrap();
+    let (code, err) = start(&old, &["--size", "4G", "--zone-size", "64M"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("already 268435456 bytes") && err.contains("truncate -s"),
+        "{err}"
+    );
+    assert_eq!(fs::metadata(&old).unwrap().len(), 256 << 20);
+    // Where the kernel's target is missing (as on the project's hosts), the
+    // daemon fails after creating a valid new file: it removes it again.
+    if !Path::new("/sys/kernel/config/target/core").exists() {
+        let (code, err) = start(&new, &["--size", "64M", "--zone-size", "16M"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("created by this run and never served"),
+            "{err}"
+        );
+        assert!(!new.exists() && !state.exists(), "left files: {err}");
+        assert!(
+            !err.contains(" commands ("),
+            "a run summary of nothing: {err}"
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+}

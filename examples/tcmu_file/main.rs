@@ -110,6 +110,26 @@ struct Args {
 const DEFAULT_ZONE_SIZE: u64 = 256 << 20;
 const DEFAULT_MAX_OPEN_ZONES: u32 = 32;
 
+/// The zone geometry the flags ask for over `bytes` bytes.
+fn zbc_geometry(args: &Args, bytes: u64) -> Result<zbc::Geometry, String> {
+    zbc::Geometry::new(
+        bytes,
+        args.block_size,
+        args.zone_size.unwrap_or(DEFAULT_ZONE_SIZE),
+        args.conventional_zones.unwrap_or(0),
+        args.max_open_zones.unwrap_or(DEFAULT_MAX_OPEN_ZONES),
+    )
+}
+
+/// The zone-state file `--zbc` uses for `backing`.
+fn zone_state_path(args: &Args, backing: &Path) -> PathBuf {
+    args.zone_state.clone().unwrap_or_else(|| {
+        let mut p = backing.as_os_str().to_owned();
+        p.push(".zones");
+        PathBuf::from(p)
+    })
+}
+
 /// The zones of `--zbc` over `bytes` bytes of `backing`; `None` without it.
 fn open_zones(
     args: &Args,
@@ -121,27 +141,14 @@ fn open_zones(
     if !args.zbc {
         return Ok(None);
     }
-    let geo = zbc::Geometry::new(
-        bytes,
-        args.block_size,
-        args.zone_size.unwrap_or(DEFAULT_ZONE_SIZE),
-        args.conventional_zones.unwrap_or(0),
-        args.max_open_zones.unwrap_or(DEFAULT_MAX_OPEN_ZONES),
-    )?;
-    let state = match &args.zone_state {
-        Some(p) => p.clone(),
-        None if block_device => {
-            return Err(format!(
-                "{}: a block device: --zbc needs --zone-state",
-                backing.display()
-            ))
-        }
-        None => {
-            let mut p = backing.as_os_str().to_owned();
-            p.push(".zones");
-            PathBuf::from(p)
-        }
-    };
+    let geo = zbc_geometry(args, bytes)?;
+    if args.zone_state.is_none() && block_device {
+        return Err(format!(
+            "{}: a block device: --zbc needs --zone-state",
+            backing.display()
+        ));
+    }
+    let state = zone_state_path(args, backing);
     zbc::Zones::open(&state, geo, args.read_only, plain_io).map(Some)
 }
 
@@ -154,9 +161,43 @@ fn hash(s: &str) -> u64 {
     })
 }
 
-/// Open (or create) the backing store; the file and its size.
-fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64), String> {
+/// A backing file (and zone-state file) this run created, removed again
+/// on drop unless the daemon got to serve it: a start-up that fails leaves
+/// nothing behind.
+#[derive(Default)]
+struct Created {
+    paths: Vec<PathBuf>,
+}
+
+impl Created {
+    fn keep(&mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Open (or create) the backing store; the file, its size and whether this
+/// call created it. Everything a new file's size must satisfy (`--zbc`'s
+/// zone geometry) is checked before it is created.
+fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64, bool), String> {
     let exists = args.file.exists();
+    let new_size = args.size.unwrap_or(DEFAULT_SIZE);
+    let check_zones = |bytes: u64| -> Result<(), String> {
+        if args.zbc {
+            let bs = u64::from(args.block_size);
+            zbc_geometry(args, bytes - bytes % bs.max(1))
+                .map(drop)
+                .map_err(|e| format!("--zbc: {e}"))?;
+        }
+        Ok(())
+    };
     if !exists {
         if args.read_only {
             return Err(format!(
@@ -170,6 +211,7 @@ fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64), String> {
                 args.file.display()
             ));
         }
+        check_zones(new_size)?;
         OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -204,11 +246,20 @@ fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64), String> {
         if args.read_only {
             return Err(format!("{}: empty (and --read-only)", path.display()));
         }
-        size = args.size.unwrap_or(DEFAULT_SIZE);
+        check_zones(new_size)?;
+        size = new_size;
         file.set_len_nofs(size)
             .map_err(|e| format!("size {}: {e}", path.display()))?;
+    } else if let Some(asked) = args.size.filter(|&s| s != size) {
+        // Serving another size than asked for would hand the initiator a
+        // disk it did not expect.
+        return Err(format!(
+            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
+             backing file; drop --size, or resize the file first (truncate -s)",
+            path.display()
+        ));
     }
-    Ok((path, file, size))
+    Ok((path, file, size, !exists))
 }
 
 /// The handler thread: opens the ring (after `reset` of an adopted
@@ -342,13 +393,21 @@ fn main() -> ExitCode {
     if daemon::announce("tcmu-file", "handler threads", protection).is_err() {
         return ExitCode::from(3);
     }
-    let (path, file, size) = match open_backing(&args) {
+    let (path, file, size, created) = match open_backing(&args) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("tcmu-file: {e}");
             return ExitCode::from(2);
         }
     };
+    let mut created_files = Created::default();
+    if created {
+        created_files.paths.push(path.clone());
+        let state = zone_state_path(&args, &path);
+        if args.zbc && !state.exists() {
+            created_files.paths.push(state);
+        }
+    }
     let blocks = size / args.block_size as u64;
     if blocks == 0 {
         eprintln!("tcmu-file: {}: smaller than one block", path.display());
@@ -494,6 +553,10 @@ fn main() -> ExitCode {
             (ExitCode::from(2), None)
         }
     };
+    let served = handler.is_some();
+    if served {
+        created_files.keep();
+    }
     // The LUN goes first, while the handler still serves the final
     // SYNCHRONIZE CACHE of the SCSI disk's removal.
     tgt.remove_loopback();
@@ -502,6 +565,17 @@ fn main() -> ExitCode {
         let _ = h.join();
     }
     tgt.remove_backstore();
+    if !served {
+        // Nothing was served: no zone state or counters to report, and a
+        // backing file this run created goes again (`created_files`).
+        if created {
+            eprintln!(
+                "tcmu-file: removing {}, created by this run and never served",
+                path.display()
+            );
+        }
+        return code;
+    }
     if let Err(e) = disk.persist_zones() {
         eprintln!("tcmu-file: writing the zone state at exit: {e:?}");
     }

@@ -67,7 +67,8 @@ struct Args {
     #[arg(long, value_name = "ID", conflicts_with = "file")]
     delete: Option<u32>,
     /// Size of a newly created backing file (suffixes K, M, G, T); default
-    /// 256M. An existing file keeps its size; a block device must match.
+    /// 256M. An existing file or block device keeps its size: a --size that
+    /// differs from it is refused.
     #[arg(long, value_parser = daemon::parse_size)]
     size: Option<u64>,
     /// Hardware queues, one queue thread each.
@@ -287,11 +288,14 @@ fn open_backing(args: &Args, path: &std::path::Path) -> Result<(PathBuf, NoFsFil
         size = args.size.unwrap_or(DEFAULT_SIZE);
         file.set_len_nofs(size)
             .map_err(|e| format!("size {}: {e}", path.display()))?;
-    } else if args.size.is_some_and(|s| s != size) {
-        eprintln!(
-            "ublk-file: {} exists with {size} bytes; served at that size (--size applies to a new file)",
+    } else if let Some(asked) = args.size.filter(|&s| s != size) {
+        // As nbd_server and tcmu_file: never a disk of another size than
+        // the one asked for.
+        return Err(format!(
+            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
+             backing file; drop --size, or resize the file first (truncate -s)",
             path.display()
-        );
+        ));
     }
     if size % 512 != 0 {
         eprintln!(
