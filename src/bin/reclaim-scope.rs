@@ -173,7 +173,7 @@ enum Cmd {
         #[arg(value_name = "PID", required = true, value_parser = clap::value_parser!(i32).range(1..))]
         pids: Vec<i32>,
         /// Stop after this many seconds (default: until interrupted or every pid exits)
-        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECS", value_parser = parse_duration_secs)]
         duration: Option<u64>,
         #[arg(long, help = WATCH_JSON_HELP)]
         json: bool,
@@ -182,6 +182,17 @@ enum Cmd {
         #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         buffer_kb: Option<u64>,
     },
+}
+
+/// `watch --duration`: whole seconds, at least one.
+fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => {
+            Err("must be at least 1 second (omit --duration to watch until interrupted)".into())
+        }
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number of seconds")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -1088,6 +1099,21 @@ mod tests {
             "{v}"
         );
         assert_help_lists(WATCH_JSON_HELP, &v);
+    }
+
+    #[test]
+    fn watch_duration_is_whole_seconds_from_one() {
+        assert_eq!(parse_duration_secs("60"), Ok(60));
+        assert!(parse_duration_secs("0")
+            .unwrap_err()
+            .contains("at least 1 second"));
+        assert!(parse_duration_secs("1.5")
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(parse_duration_secs("-3").is_err());
+        let e =
+            Cli::try_parse_from(["reclaim-scope", "watch", "1", "--duration", "0"]).unwrap_err();
+        assert!(e.to_string().contains("at least 1 second"), "{e}");
     }
 
     #[test]
