@@ -413,12 +413,48 @@ fn argument_errors_exit_2_with_usage() {
 
 #[test]
 fn help_documents_exit_codes() {
-    for args in [&["--help"][..], &["exec", "--help"], &["help", "status"]] {
+    // The program's help lists every status; each subcommand's only its own.
+    let cases: &[(&[&str], &[&str], &[&str])] = &[
+        (
+            &["--help"],
+            &["125", "126", "127", "watch: 0", "usage error"],
+            &[],
+        ),
+        (
+            &["exec", "--help"],
+            &["125", "126", "127", "usage error"],
+            &["tracefs"],
+        ),
+        (
+            &["help", "status"],
+            &["  1    a pid does not exist", "usage error"],
+            &["125", "tracefs"],
+        ),
+        (
+            &["probe", "--help"],
+            &["cannot be set here", "usage error"],
+            &["125", "tracefs"],
+        ),
+        (
+            &["watch", "--help"],
+            &["  3    tracefs", "  5    nothing unsafe", "usage error"],
+            &["125"],
+        ),
+    ];
+    for (args, has, lacks) in cases {
         let o = run(args);
         assert!(o.status.success(), "{args:?}: {o:?}");
         let out = text(&o.stdout);
-        for needle in ["Exit status:", "125", "126", "127", "usage error"] {
+        assert!(out.contains("Exit status:"), "{args:?}:\n{out}");
+        for needle in *has {
             assert!(out.contains(needle), "{args:?}: {needle:?} missing:\n{out}");
+        }
+        let statuses = &out[out.find("Exit status:").unwrap()..];
+        for needle in *lacks {
+            assert!(
+                !statuses.contains(needle),
+                "{args:?}: {needle:?} is not its status:\n{out}"
+            );
         }
     }
     let o = run(&["exec", "--help"]);

@@ -54,6 +54,54 @@ const WATCH_JSON_HELP: &str = "Print the summary as one JSON object: {\"seconds\
      \"fs_io_page_allocs\", \"throttle_events\", \"throttle_pauses\", \"paused_ms\", \
      \"max_pause_ms\", \"vmscan_throttled\", \"unknown_gfp\"}";
 
+/// Each subcommand's help shows its own exit statuses; the program's help
+/// shows them all ([`EXIT_STATUS_HELP`]).
+const EXEC_EXIT_HELP: &str = "\
+Exit status:
+  125  --strict: the kernel refused PR_SET_IO_FLUSHER; nothing was run
+  126  the command was found but cannot be executed (not executable, a
+       directory, or its #! interpreter or ELF dynamic loader is missing)
+  127  the command was not found
+  2    usage error
+  Once the command has started, the status and signals are the command's own.
+
+Example:
+  reclaim-scope exec -- qemu-nbd -k /run/nbd.sock -f raw /srv/disk.img";
+
+const STATUS_EXIT_HELP: &str = "\
+Exit status:
+  0    every pid was read
+  1    a pid does not exist or exited while it was read (the others are still
+       reported), or standard output could not be written
+  2    usage error
+
+Example:
+  reclaim-scope status $(pidof qemu-nbd) --json";
+
+const PROBE_EXIT_HELP: &str = "\
+Exit status:
+  0    the flag can be set here
+  1    the flag cannot be set here (the reason and the fix are printed), or
+       standard output could not be written
+  2    usage error
+
+Example:
+  reclaim-scope probe";
+
+const WATCH_EXIT_HELP: &str = "\
+Exit status:
+  0    nothing unsafe seen
+  1    FS/IO-capable reclaim or a dirty-throttle pause of a watched thread seen
+  2    usage error
+  3    tracefs not mounted or not permitted (the fix is printed)
+  4    a pid does not exist, tracefs failed otherwise, or standard output could
+       not be written
+  5    nothing unsafe seen but trace events were lost (not proved safe: rerun
+       with a larger --buffer-kb)
+
+Example:
+  reclaim-scope watch $(pidof qemu-nbd) --duration 60";
+
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    success (status: every pid was read; probe: the flag can be set)
@@ -116,7 +164,7 @@ enum Cmd {
                       where the dynamic loader drops LD_LIBRARY_PATH and similar variables). \
                       If this process is flagged already (inherited), it is left as it is. \
                       Warnings are best effort: an unwritable stderr never stops the command.",
-        after_help = EXIT_STATUS_HELP
+        after_help = EXEC_EXIT_HELP
     )]
     Exec {
         /// Exit with status 125 instead of running COMMAND unflagged when the kernel refuses
@@ -139,7 +187,7 @@ enum Cmd {
                       (PF_MEMALLOC_NOIO), NOFS (PF_MEMALLOC_NOFS), LOCAL_THROTTLE \
                       (PF_LOCAL_THROTTLE) and IO_FLUSHER (both bits PR_SET_IO_FLUSHER sets). \
                       Needs no capability.",
-        after_help = EXIT_STATUS_HELP
+        after_help = STATUS_EXIT_HELP
     )]
     Status {
         /// Process ids
@@ -149,7 +197,7 @@ enum Cmd {
         json: bool,
     },
     /// Show the kernel version, CAP_SYS_RESOURCE, whether the flag can be set here, and the fix
-    #[command(after_help = EXIT_STATUS_HELP)]
+    #[command(after_help = PROBE_EXIT_HELP)]
     Probe,
     /// Watch live processes: FS/IO-capable reclaim, page allocations, dirty-throttle pauses
     #[command(
@@ -166,7 +214,7 @@ enum Cmd {
                       Ends after --duration, when every pid has exited, or on SIGINT/SIGTERM; \
                       then prints a table (or one JSON object with --json). On a terminal a \
                       progress line is updated every second on stderr (not with --json).",
-        after_help = EXIT_STATUS_HELP
+        after_help = WATCH_EXIT_HELP
     )]
     Watch {
         /// Process ids
