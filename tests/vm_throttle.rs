@@ -673,15 +673,50 @@ fn dirty_throttle_io_flusher_tcmu_handler_is_not_paused_for_the_disk_it_serves()
     throttle_scenario(Daemon::Tcmu);
 }
 
+/// Unprotected runs made at most until one shows the throttling.
+const BASELINE_ATTEMPTS: u32 = 3;
+
+/// The unprotected daemon was paused again and again: the effect the
+/// guarded run is compared with.
+fn shows_throttling(u: &Run) -> bool {
+    u.paused_events >= 20 && u.paused_ms >= 2000
+}
+
 fn throttle_scenario(daemon: Daemon) {
     require_vm();
     setup_once();
     let worker = daemon.worker();
     let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
-    let runs: Vec<(Mode, Run)> = Mode::ALL
+    let mut runs: Vec<(Mode, Run)> = Mode::ALL
         .iter()
         .map(|&m| (m, run_mode(daemon, m)))
         .collect();
+    // The baseline must show the throttling for the contrast to mean
+    // anything, and on 5.10 it sometimes does not build up (measured: 4
+    // pauses and done in 11 s in one run of three; 347–622 pauses in the
+    // others). The unprotected run is repeated, at most twice, until it
+    // shows the effect; every attempt is printed. The guarded runs are
+    // never repeated.
+    for attempt in 2..=BASELINE_ATTEMPTS {
+        let u = &runs
+            .iter()
+            .find(|(m, _)| *m == Mode::Unprotected)
+            .unwrap()
+            .1;
+        if shows_throttling(u) {
+            break;
+        }
+        say(&format!(
+            "  unprotected {}: only {} pauses ({} ms): the baseline did not build up; \
+             attempt {attempt} of {BASELINE_ATTEMPTS}",
+            daemon.name(),
+            u.paused_events,
+            u.paused_ms
+        ));
+        let again = run_mode(daemon, Mode::Unprotected);
+        runs.retain(|(m, _)| *m != Mode::Unprotected);
+        runs.push((Mode::Unprotected, again));
+    }
     let _ = set_trace_buffer_kb(old_kb);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut t = format!(
@@ -767,8 +802,9 @@ fn throttle_scenario(daemon: Daemon) {
     // Paused again and again for the dirty pages of the device the server
     // itself serves — up to a hang, whose evidence is then on the console.
     assert!(
-        u.paused_events >= 20 && u.paused_ms > 10 * g.paused_ms.max(100),
-        "unprotected: only {} pauses, {} ms: the setup does not show the throttling",
+        shows_throttling(u) && u.paused_ms > 10 * g.paused_ms.max(100),
+        "unprotected: only {} pauses, {} ms in {BASELINE_ATTEMPTS} attempts: the setup does \
+         not show the throttling",
         u.paused_events,
         u.paused_ms
     );
