@@ -824,8 +824,20 @@ fn throttle_scenario(daemon: Daemon) {
             .unwrap_or_else(|| panic!("watch reported no {worker} thread: {}", w.json))
     };
     let gw = g.watch.as_ref().expect("watch ran on the guarded server");
-    assert_eq!(gw.status, Some(0), "watch on the guarded server: {gw:?}");
-    assert_eq!(gw.json["unsafe"], false);
+    // watch calls any dirty-throttle pause of a watched thread unsafe; a
+    // flagged daemon may still be paused now and then for its own backing
+    // device's dirty pages (measured on 6.12: one 200 ms pause of the
+    // guarded tcmu-handler), which the test's own trace allows above. So
+    // watch must agree with that trace: 0 when it saw no pause, 1 with the
+    // same count when it did.
+    let want = if g.paused_events == 0 { 0 } else { 1 };
+    assert_eq!(
+        gw.status,
+        Some(want),
+        "watch on the guarded server ({} pauses traced): {gw:?}",
+        g.paused_events
+    );
+    assert_eq!(gw.json["unsafe"], g.paused_events > 0);
     assert_eq!(gw.json["interrupted"], true, "{}", gw.json);
     assert_eq!(gw.json["lost_events"], 0);
     assert_eq!(gw.json["total"]["fs_io_reclaims"], 0);
