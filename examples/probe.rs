@@ -8,7 +8,10 @@
 //! Exit status 0. With `--require` it is 1 when scopes do not take effect
 //! (the reason is printed), so a script can use it as a preflight check.
 
-use reclaim_scope::{support, threads_of, IoFlusher, NoFsScope, ThreadFlags};
+use reclaim_scope::{
+    proc::{threads_of, ThreadFlags},
+    support, IoFlusher, NoFsScope,
+};
 use std::process::ExitCode;
 
 fn flags() -> String {

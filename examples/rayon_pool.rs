@@ -1,5 +1,5 @@
 //! A rayon pool whose every thread is an I/O flusher, and per-job context
-//! with `Context::wrap` — with each claim read back from `/proc`.
+//! with `AllocContext::wrap` — with each claim read back from `/proc`.
 //!
 //! ```sh
 //! cargo run --example rayon_pool            # here: EPERM, shows "not effective"
@@ -18,7 +18,7 @@
 //! expectation (used by the kernel-truth suite), else 0.
 
 use rayon::ThreadPoolBuilder;
-use reclaim_scope::{Context, IoFlusher, NoFsScope, ThreadFlags};
+use reclaim_scope::{proc::ThreadFlags, AllocContext, IoFlusher, NoFsScope};
 use std::cell::RefCell;
 use std::process::ExitCode;
 
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         .expect("build the plain pool");
     let job = {
         let _scope = NoFsScope::enter();
-        Context::current().wrap(flagged)
+        AllocContext::current().wrap(flagged)
     };
     let in_job = plain.install(job);
     let after: Vec<bool> = plain.broadcast(|_| flagged());
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 
     // 3. Background work on the flusher pool that must not be an I/O
     //    flusher (it may use full reclaim): the clear context.
-    let cleared = flushers.install(Context::clear().wrap(flagged));
+    let cleared = flushers.install(AllocContext::clear().wrap(flagged));
     let back: Vec<bool> = flushers.broadcast(|_| flagged());
     println!("flusher pool, clear job flagged: {cleared}; threads after: {back:?}");
 

@@ -6,7 +6,7 @@
 //! mistakes are silent: a worker that should be an I/O flusher and is not
 //! (the ublksrv and libublk-rs bug), and a thread that is one by accident (a
 //! `std::thread::spawn` inside a scope: exempt from dirty throttling and
-//! allocating with `GFP_NOIO` for its whole life). [`audit`] compares the
+//! allocating with `GFP_NOIO` for its whole life). [`Audit::current`] compares the
 //! kernel's state of every thread, read from `/proc`, with a registry that
 //! the guards keep.
 //!
@@ -28,7 +28,8 @@
 //!   bytes each), and the guards reach theirs through a destructor-less
 //!   thread-local (a load and a test).
 
-use crate::{status, sys, ThreadFlags, ThreadInfo};
+use crate::proc::{ThreadFlags, ThreadInfo};
+use crate::sys;
 use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -109,7 +110,7 @@ struct Registry {
     free: Vec<&'static Entry>,
 }
 
-/// Locked when a thread gets its entry, when it exits, and by [`audit`].
+/// Locked when a thread gets its entry, when it exits, and by [`Audit::current`].
 static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry {
     live: Vec::new(),
     free: Vec::new(),
@@ -270,9 +271,9 @@ impl Drop for Claim {
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// use reclaim_scope::{audit, current_tid, Verdict};
+/// use reclaim_scope::{proc::current_tid, audit::{Audit, Verdict}};
 ///
-/// let report = audit()?;
+/// let report = Audit::current()?;
 /// match report.verdict(current_tid()) {
 ///     Some(Verdict::Missing) => eprintln!("this worker lost its I/O-flusher flag"),
 ///     Some(v) => println!("this thread: {v}"),
@@ -290,7 +291,7 @@ pub enum Verdict {
     Clear,
     /// Flagged, and a live [`IoFlusher`](crate::IoFlusher) accounts for it
     /// (for an io_uring worker: one of the thread it works for, see
-    /// [`audit`]).
+    /// [`Audit::current`]).
     Flusher,
     /// Flagged by a guard of this crate that made the syscall, typically an
     /// outermost [`NoFsScope`](crate::NoFsScope) alive at this moment.
@@ -314,7 +315,7 @@ impl Verdict {
     /// [`Unaccounted`](Verdict::Unaccounted).
     ///
     /// ```
-    /// use reclaim_scope::Verdict;
+    /// use reclaim_scope::audit::Verdict;
     /// assert!(Verdict::Missing.is_finding());
     /// assert!(!Verdict::Flusher.is_finding());
     /// ```
@@ -348,7 +349,7 @@ impl fmt::Display for Verdict {
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// for t in reclaim_scope::audit()?.threads() {
+/// for t in reclaim_scope::audit::Audit::current()?.threads() {
 ///     println!("{:>7} {:<16} {} -> {}", t.tid, t.name, t.flags, t.verdict);
 /// }
 /// # }
@@ -367,14 +368,14 @@ pub struct AuditedThread {
     pub verdict: Verdict,
 }
 
-/// The result of [`audit`]: every thread of the process with a [`Verdict`].
+/// The result of [`Audit::current`]: every thread of the process with a [`Verdict`].
 ///
 /// `Display` prints a summary line and the findings; the alternate form
 /// (`{:#}`) lists every thread.
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// let report = reclaim_scope::audit()?;
+/// let report = reclaim_scope::audit::Audit::current()?;
 /// if !report.is_clean() {
 ///     eprintln!("{report}"); // "audit of process 42: 5 threads, 2 flagged; 1 missing, ..."
 /// }
@@ -393,7 +394,7 @@ impl Audit {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// assert_eq!(reclaim_scope::audit()?.pid(), std::process::id() as i32);
+    /// assert_eq!(reclaim_scope::audit::Audit::current()?.pid(), std::process::id() as i32);
     /// # }
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -405,8 +406,8 @@ impl Audit {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// let report = reclaim_scope::audit()?;
-    /// assert!(report.threads().iter().any(|t| t.tid == reclaim_scope::current_tid()));
+    /// let report = reclaim_scope::audit::Audit::current()?;
+    /// assert!(report.threads().iter().any(|t| t.tid == reclaim_scope::proc::current_tid()));
     /// # }
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -421,7 +422,7 @@ impl Audit {
     /// # #[cfg(target_os = "linux")] {
     /// let _flusher = reclaim_scope::IoFlusher::enter();
     /// // ... a C library calls prctl(PR_SET_IO_FLUSHER, 0) on this thread ...
-    /// for t in reclaim_scope::audit()?.missing() {
+    /// for t in reclaim_scope::audit::Audit::current()?.missing() {
     ///     eprintln!("worker {} ({}) is not protected", t.tid, t.name);
     /// }
     /// # }
@@ -435,7 +436,7 @@ impl Audit {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// let n = reclaim_scope::audit()?.unaccounted().count();
+    /// let n = reclaim_scope::audit::Audit::current()?.unaccounted().count();
     /// println!("{n} threads are I/O flushers without a guard");
     /// # }
     /// # Ok::<(), std::io::Error>(())
@@ -448,8 +449,8 @@ impl Audit {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// use reclaim_scope::{audit, current_tid};
-    /// assert!(audit()?.verdict(current_tid()).is_some());
+    /// use reclaim_scope::{proc::current_tid, audit::Audit};
+    /// assert!(Audit::current()?.verdict(current_tid()).is_some());
     /// # }
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -464,7 +465,7 @@ impl Audit {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// let report = reclaim_scope::audit()?;
+    /// let report = reclaim_scope::audit::Audit::current()?;
     /// assert_eq!(report.is_clean(), report.missing().count() + report.unaccounted().count() == 0);
     /// # }
     /// # Ok::<(), std::io::Error>(())
@@ -514,72 +515,74 @@ impl fmt::Display for Audit {
     }
 }
 
-/// Audits the calling process: compares the kernel's flag of every thread
-/// (read from `/proc/self/task`, no capability needed) with what live
-/// guards account for.
-///
-/// - [`missing`](Audit::missing): a live [`IoFlusher`](crate::IoFlusher)
-///   expects the flag, the kernel has it clear.
-/// - [`unaccounted`](Audit::unaccounted): the kernel has the flag set, and
-///   neither a live `IoFlusher` nor a guard that made the syscall (an
-///   outermost [`NoFsScope`](crate::NoFsScope) on a clear thread) accounts
-///   for it.
-///
-/// io_uring's own threads — io-wq workers (`iou-wrk-TID`) and SQPOLL threads
-/// (`iou-sqp-TID`), recognised by the kernel's `PF_IO_WORKER` bit and that
-/// name — never run the process's code, so no guard of theirs exists: each
-/// copied its flags from thread `TID` when it was created and serves `TID`'s
-/// requests. Such a thread is judged by `TID`'s guards: flagged while `TID`
-/// holds a live `IoFlusher` is [`Flusher`](Verdict::Flusher); **clear while
-/// `TID` holds one is [`Missing`](Verdict::Missing)** (it was created
-/// before the guard, and keeps serving `TID`'s blocking requests
-/// unflagged); flagged while `TID` holds none (or `TID` is gone) is
-/// [`Unaccounted`](Verdict::Unaccounted).
-///
-/// It is a snapshot: a thread whose guards change the flag while it is read
-/// is read again, and reported [`Verdict::Unsettled`] if it never holds
-/// still.
-///
-/// # What it cannot know
-///
-/// A [`NoFsScope`](crate::NoFsScope) on a thread that was flagged already
-/// makes no syscall and registers nothing (that is what keeps it at a few
-/// instructions), so such a thread is [`Unaccounted`](Verdict::Unaccounted)
-/// — rightly: it stays flagged after the scope ends. For the same reason a
-/// thread that inherited the flag, then changed it with guards and returned
-/// to depth 0, may still count as [`InScope`](Verdict::InScope). Raw
-/// `prctl` calls made *outside* any guard are seen only through the
-/// kernel's state. After `fork()` the child does not know the guards taken
-/// before it.
-///
-/// # Errors
-///
-/// When `/proc` cannot be read (not mounted, not Linux).
-///
-/// # Examples
-///
-/// ```
-/// # #[cfg(target_os = "linux")] {
-/// let report = reclaim_scope::audit()?;
-/// println!("{report}");
-/// for t in report.unaccounted() {
-///     eprintln!("thread {} ({}) is an I/O flusher by accident", t.tid, t.name);
-/// }
-/// // This program never flagged anything, nor were its threads inherited
-/// // flagged (unless it was started by `reclaim-scope exec`).
-/// if !reclaim_scope::ThreadFlags::current()?.noio() {
-///     assert!(report.is_clean());
-/// }
-/// # }
-/// # Ok::<(), std::io::Error>(())
-/// ```
-pub fn audit() -> io::Result<Audit> {
-    let pid = std::process::id() as i32;
-    audit_with(
-        pid,
-        || status::threads_of(pid),
-        |tid| ThreadFlags::of_task(pid, tid),
-    )
+impl Audit {
+    /// Audits the calling process: compares the kernel's flag of every thread
+    /// (read from `/proc/self/task`, no capability needed) with what live
+    /// guards account for.
+    ///
+    /// - [`missing`](Audit::missing): a live [`IoFlusher`](crate::IoFlusher)
+    ///   expects the flag, the kernel has it clear.
+    /// - [`unaccounted`](Audit::unaccounted): the kernel has the flag set, and
+    ///   neither a live `IoFlusher` nor a guard that made the syscall (an
+    ///   outermost [`NoFsScope`](crate::NoFsScope) on a clear thread) accounts
+    ///   for it.
+    ///
+    /// io_uring's own threads — io-wq workers (`iou-wrk-TID`) and SQPOLL threads
+    /// (`iou-sqp-TID`), recognised by the kernel's `PF_IO_WORKER` bit and that
+    /// name — never run the process's code, so no guard of theirs exists: each
+    /// copied its flags from thread `TID` when it was created and serves `TID`'s
+    /// requests. Such a thread is judged by `TID`'s guards: flagged while `TID`
+    /// holds a live `IoFlusher` is [`Flusher`](Verdict::Flusher); **clear while
+    /// `TID` holds one is [`Missing`](Verdict::Missing)** (it was created
+    /// before the guard, and keeps serving `TID`'s blocking requests
+    /// unflagged); flagged while `TID` holds none (or `TID` is gone) is
+    /// [`Unaccounted`](Verdict::Unaccounted).
+    ///
+    /// It is a snapshot: a thread whose guards change the flag while it is read
+    /// is read again, and reported [`Verdict::Unsettled`] if it never holds
+    /// still.
+    ///
+    /// # What it cannot know
+    ///
+    /// A [`NoFsScope`](crate::NoFsScope) on a thread that was flagged already
+    /// makes no syscall and registers nothing (that is what keeps it at a few
+    /// instructions), so such a thread is [`Unaccounted`](Verdict::Unaccounted)
+    /// — rightly: it stays flagged after the scope ends. For the same reason a
+    /// thread that inherited the flag, then changed it with guards and returned
+    /// to depth 0, may still count as [`InScope`](Verdict::InScope). Raw
+    /// `prctl` calls made *outside* any guard are seen only through the
+    /// kernel's state. After `fork()` the child does not know the guards taken
+    /// before it.
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read (not mounted, not Linux).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(target_os = "linux")] {
+    /// let report = reclaim_scope::audit::Audit::current()?;
+    /// println!("{report}");
+    /// for t in report.unaccounted() {
+    ///     eprintln!("thread {} ({}) is an I/O flusher by accident", t.tid, t.name);
+    /// }
+    /// // This program never flagged anything, nor were its threads inherited
+    /// // flagged (unless it was started by `reclaim-scope exec`).
+    /// if !reclaim_scope::proc::ThreadFlags::current()?.noio() {
+    ///     assert!(report.is_clean());
+    /// }
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn current() -> io::Result<Audit> {
+        let pid = std::process::id() as i32;
+        audit_with(
+            pid,
+            || crate::proc::threads_of(pid),
+            |tid| ThreadFlags::of_task(pid, tid),
+        )
+    }
 }
 
 /// How often a thread that changed during the read is read again.
@@ -713,7 +716,8 @@ mod tests {
     use crate::scope::tests::on_fake;
     use crate::sys::fake::{self, FakeThread, Mode};
     use crate::{
-        current_tid, set_thread_io_flusher, AllowFsReclaim, IoFlusher, NoFsScope, ThreadFlags,
+        proc::{current_tid, ThreadFlags},
+        set_thread_io_flusher, AllowFsReclaim, IoFlusher, NoFsScope,
     };
 
     /// Audits the calling (fake-kernel) thread alone.

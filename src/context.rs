@@ -1,7 +1,7 @@
-//! [`Context`]: the crate's reclaim context as a value that can travel to
+//! [`AllocContext`]: the crate's reclaim context as a value that can travel to
 //! another thread, a pool job or an async task.
 //!
-//! See [`Context`] for which context counts.
+//! See [`AllocContext`] for which context counts.
 
 use crate::scope::propagation;
 use crate::{AllowFsReclaim, Error, IoFlusher, NoFsScope};
@@ -11,8 +11,8 @@ use std::fmt;
 /// with the flag explicitly clear, on whatever thread it lands.
 ///
 /// A `Copy + Send + Sync` value of one byte. Capture it where the work is
-/// created ([`Context::current`]) and apply it where the work runs
-/// ([`run`](Context::run), [`wrap`](Context::wrap), [`enter`](Context::enter),
+/// created ([`AllocContext::current`]) and apply it where the work runs
+/// ([`run`](AllocContext::run), [`wrap`](AllocContext::wrap), [`enter`](AllocContext::enter),
 /// the future wrapper [`InContext`](crate::future::InContext), the spawn
 /// helpers of [`thread`](crate::thread)).
 ///
@@ -24,9 +24,9 @@ use std::fmt;
 /// `main()` set the flag is clear. This crate propagates its **explicit**
 /// context instead — the guards alive on the calling thread:
 ///
-/// - inside a [`NoFsScope`] or an [`IoFlusher`]: [`Context::io_flusher`];
+/// - inside a [`NoFsScope`] or an [`IoFlusher`]: [`AllocContext::io_flusher`];
 /// - inside an [`AllowFsReclaim`], or with **no guard alive**:
-///   [`Context::clear`], even when the thread itself carries an inherited
+///   [`AllocContext::clear`], even when the thread itself carries an inherited
 ///   flag.
 ///
 /// Inherited flags are exactly the accident the crate exists to stop, so a
@@ -36,11 +36,11 @@ use std::fmt;
 /// already-flagged thread that costs no syscall.
 ///
 /// ```
-/// use reclaim_scope::{Context, NoFsScope};
+/// use reclaim_scope::{AllocContext, NoFsScope};
 ///
 /// let ctx = {
 ///     let _scope = NoFsScope::enter();
-///     Context::current() // captured inside the scope...
+///     AllocContext::current() // captured inside the scope...
 /// };
 /// assert!(ctx.is_io_flusher());
 /// let job = ctx.wrap(|| vec![0u8; 4096]); // ...applied wherever the job runs
@@ -48,29 +48,29 @@ use std::fmt;
 /// assert_eq!(buf.len(), 4096);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Context {
+pub struct AllocContext {
     io_flusher: bool,
 }
 
-impl Context {
-    /// The calling thread's context: [`io_flusher`](Context::io_flusher)
+impl AllocContext {
+    /// The calling thread's context: [`io_flusher`](AllocContext::io_flusher)
     /// while a [`NoFsScope`] or [`IoFlusher`] is the innermost live guard,
-    /// else [`clear`](Context::clear) (no guard, or an [`AllowFsReclaim`]).
+    /// else [`clear`](AllocContext::clear) (no guard, or an [`AllowFsReclaim`]).
     ///
     /// A thread-local load: no syscall, no `/proc` read.
     ///
     /// ```
-    /// use reclaim_scope::{AllowFsReclaim, Context, IoFlusher};
+    /// use reclaim_scope::{AllowFsReclaim, AllocContext, IoFlusher};
     ///
-    /// assert_eq!(Context::current(), Context::clear());
+    /// assert_eq!(AllocContext::current(), AllocContext::clear());
     /// let _worker = IoFlusher::enter();
-    /// assert_eq!(Context::current(), Context::io_flusher());
+    /// assert_eq!(AllocContext::current(), AllocContext::io_flusher());
     /// let _clear = AllowFsReclaim::enter();
-    /// assert_eq!(Context::current(), Context::clear());
+    /// assert_eq!(AllocContext::current(), AllocContext::clear());
     /// ```
     #[inline]
-    pub fn current() -> Context {
-        Context {
+    pub fn current() -> AllocContext {
+        AllocContext {
             io_flusher: propagation::desired().unwrap_or(false),
         }
     }
@@ -78,30 +78,30 @@ impl Context {
     /// The I/O-flusher context: work runs inside an [`IoFlusher`].
     ///
     /// ```
-    /// assert!(reclaim_scope::Context::io_flusher().is_io_flusher());
+    /// assert!(reclaim_scope::AllocContext::io_flusher().is_io_flusher());
     /// ```
     #[inline]
-    pub const fn io_flusher() -> Context {
-        Context { io_flusher: true }
+    pub const fn io_flusher() -> AllocContext {
+        AllocContext { io_flusher: true }
     }
 
     /// The clear context: work runs inside an [`AllowFsReclaim`], so even
     /// a flagged thread runs it with the flag cleared.
     ///
     /// ```
-    /// assert!(!reclaim_scope::Context::clear().is_io_flusher());
+    /// assert!(!reclaim_scope::AllocContext::clear().is_io_flusher());
     /// ```
     #[inline]
-    pub const fn clear() -> Context {
-        Context { io_flusher: false }
+    pub const fn clear() -> AllocContext {
+        AllocContext { io_flusher: false }
     }
 
     /// Whether work in this context runs as an I/O flusher.
     ///
     /// ```
-    /// use reclaim_scope::Context;
-    /// assert!(Context::io_flusher().is_io_flusher());
-    /// assert!(!Context::clear().is_io_flusher());
+    /// use reclaim_scope::AllocContext;
+    /// assert!(AllocContext::io_flusher().is_io_flusher());
+    /// assert!(!AllocContext::clear().is_io_flusher());
     /// ```
     #[inline]
     pub const fn is_io_flusher(self) -> bool {
@@ -113,18 +113,18 @@ impl Context {
     /// region — the building block of custom executors and pools.
     ///
     /// ```
-    /// use reclaim_scope::Context;
+    /// use reclaim_scope::AllocContext;
     ///
-    /// let ctx = Context::io_flusher();
+    /// let ctx = AllocContext::io_flusher();
     /// let guard = ctx.enter();
-    /// assert_eq!(Context::current(), ctx);
+    /// assert_eq!(AllocContext::current(), ctx);
     /// println!("in effect: {}", guard.is_effective());
     /// drop(guard);
-    /// assert_eq!(Context::current(), Context::clear());
+    /// assert_eq!(AllocContext::current(), AllocContext::clear());
     /// ```
     #[inline]
-    pub fn enter(self) -> ContextGuard {
-        ContextGuard {
+    pub fn enter(self) -> AllocContextGuard {
+        AllocContextGuard {
             inner: if self.io_flusher {
                 Inner::NoFs(NoFsScope::enter())
             } else {
@@ -136,8 +136,8 @@ impl Context {
     /// Enters this context as the role of the calling thread for the rest
     /// of its life (an [`IoFlusher`] rather than a [`NoFsScope`] region):
     /// for threads the crate starts or pins.
-    pub(crate) fn enter_for_thread(self) -> ContextGuard {
-        ContextGuard {
+    pub(crate) fn enter_for_thread(self) -> AllocContextGuard {
+        AllocContextGuard {
             inner: if self.io_flusher {
                 Inner::IoFlusher(IoFlusher::enter())
             } else {
@@ -150,14 +150,14 @@ impl Context {
     /// refuses the change (see [`NoFsScope::try_enter`]).
     ///
     /// ```
-    /// match reclaim_scope::Context::io_flusher().try_enter() {
+    /// match reclaim_scope::AllocContext::io_flusher().try_enter() {
     ///     Ok(_guard) => println!("protected"),
     ///     Err(e) => eprintln!("not protected: {e}"),
     /// }
     /// ```
     #[inline]
-    pub fn try_enter(self) -> Result<ContextGuard, Error> {
-        Ok(ContextGuard {
+    pub fn try_enter(self) -> Result<AllocContextGuard, Error> {
+        Ok(AllocContextGuard {
             inner: if self.io_flusher {
                 Inner::NoFs(NoFsScope::try_enter()?)
             } else {
@@ -169,14 +169,14 @@ impl Context {
     /// Runs `f` in this context on the calling thread, best effort.
     ///
     /// ```
-    /// use reclaim_scope::Context;
+    /// use reclaim_scope::AllocContext;
     ///
-    /// let inside = Context::io_flusher().run(Context::current);
+    /// let inside = AllocContext::io_flusher().run(AllocContext::current);
     /// assert!(inside.is_io_flusher());
     /// ```
     #[inline]
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        // One branch per guard type (not the `ContextGuard` enum), so that
+        // One branch per guard type (not the `AllocContextGuard` enum), so that
         // each guard's enter and drop inline: this is the per-poll path of
         // the future wrapper.
         if self.io_flusher {
@@ -192,7 +192,7 @@ impl Context {
     /// `f` does not run).
     ///
     /// ```
-    /// match reclaim_scope::Context::io_flusher().try_run(|| 7) {
+    /// match reclaim_scope::AllocContext::io_flusher().try_run(|| 7) {
     ///     Ok(v) => assert_eq!(v, 7),
     ///     Err(e) => eprintln!("not run: {e}"),
     /// }
@@ -209,11 +209,11 @@ impl Context {
     /// `f` is.
     ///
     /// ```
-    /// use reclaim_scope::Context;
+    /// use reclaim_scope::AllocContext;
     ///
-    /// let job = Context::io_flusher().wrap(|| Context::current());
+    /// let job = AllocContext::io_flusher().wrap(|| AllocContext::current());
     /// let seen = std::thread::spawn(job).join().unwrap();
-    /// assert_eq!(seen, Context::io_flusher());
+    /// assert_eq!(seen, AllocContext::io_flusher());
     /// ```
     #[inline]
     pub fn wrap<R, F: FnOnce() -> R>(self, f: F) -> impl FnOnce() -> R {
@@ -221,40 +221,40 @@ impl Context {
     }
 }
 
-impl Default for Context {
-    /// [`Context::current`].
+impl Default for AllocContext {
+    /// [`AllocContext::current`].
     fn default() -> Self {
-        Context::current()
+        AllocContext::current()
     }
 }
 
-impl fmt::Debug for Context {
+impl fmt::Debug for AllocContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.io_flusher {
-            "Context::io_flusher()"
+            "AllocContext::io_flusher()"
         } else {
-            "Context::clear()"
+            "AllocContext::clear()"
         })
     }
 }
 
-/// A [`Context`] entered on the calling thread: a [`NoFsScope`] (or, for a
+/// A [`AllocContext`] entered on the calling thread: a [`NoFsScope`] (or, for a
 /// thread's role, an [`IoFlusher`]) or an [`AllowFsReclaim`]. Same rules as those guards: `!Send`, strictly
 /// nested, restores on drop.
 ///
 /// ```
-/// let guard = reclaim_scope::Context::clear().enter();
-/// assert!(guard.is_effective() || reclaim_scope::ThreadFlags::current()?.noio());
+/// let guard = reclaim_scope::AllocContext::clear().enter();
+/// assert!(guard.is_effective() || reclaim_scope::proc::ThreadFlags::current()?.noio());
 /// # Ok::<(), std::io::Error>(())
 /// ```
 ///
 /// ```compile_fail
 /// fn assert_send<T: Send>() {}
-/// assert_send::<reclaim_scope::ContextGuard>();
+/// assert_send::<reclaim_scope::AllocContextGuard>();
 /// ```
 #[must_use = "the context ends as soon as the guard is dropped: bind it with `let _ctx = …`"]
 #[clippy::has_significant_drop]
-pub struct ContextGuard {
+pub struct AllocContextGuard {
     inner: Inner,
 }
 
@@ -264,11 +264,11 @@ enum Inner {
     Clear(AllowFsReclaim),
 }
 
-impl ContextGuard {
+impl AllocContextGuard {
     /// Whether the kernel flag is in the state the context asks for.
     ///
     /// ```
-    /// let g = reclaim_scope::Context::io_flusher().enter();
+    /// let g = reclaim_scope::AllocContext::io_flusher().enter();
     /// println!("protected: {}", g.is_effective());
     /// ```
     #[inline]
@@ -281,7 +281,7 @@ impl ContextGuard {
     }
 }
 
-impl fmt::Debug for ContextGuard {
+impl fmt::Debug for AllocContextGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Inner::NoFs(g) => g.fmt(f),
@@ -307,26 +307,26 @@ mod tests {
     #[test]
     fn current_follows_the_innermost_guard() {
         on_fake(FakeThread::new(Mode::Permitted), || {
-            assert_eq!(Context::current(), Context::clear());
+            assert_eq!(AllocContext::current(), AllocContext::clear());
             let a = NoFsScope::enter();
-            assert_eq!(Context::current(), Context::io_flusher());
+            assert_eq!(AllocContext::current(), AllocContext::io_flusher());
             {
                 let _c = AllowFsReclaim::enter();
-                assert_eq!(Context::current(), Context::clear());
+                assert_eq!(AllocContext::current(), AllocContext::clear());
                 let _f = IoFlusher::enter();
-                assert_eq!(Context::current(), Context::io_flusher());
+                assert_eq!(AllocContext::current(), AllocContext::io_flusher());
             }
             drop(a);
-            assert_eq!(Context::current(), Context::clear());
+            assert_eq!(AllocContext::current(), AllocContext::clear());
         });
     }
 
     #[test]
     fn inherited_flag_without_guard_is_clear() {
         on_fake(FakeThread::flagged(Mode::Permitted), || {
-            assert_eq!(Context::current(), Context::clear());
+            assert_eq!(AllocContext::current(), AllocContext::clear());
             // Running the clear context on this flagged thread clears it.
-            Context::current().run(|| assert_eq!(flags(), 0));
+            AllocContext::current().run(|| assert_eq!(flags(), 0));
             assert_eq!(flags(), BOTH, "restored the inherited flag");
         });
     }
@@ -334,15 +334,15 @@ mod tests {
     #[test]
     fn run_sets_and_restores() {
         on_fake(FakeThread::new(Mode::Permitted), || {
-            let r = Context::io_flusher().run(|| {
+            let r = AllocContext::io_flusher().run(|| {
                 assert_eq!(flags(), BOTH);
-                assert_eq!(Context::current(), Context::io_flusher());
+                assert_eq!(AllocContext::current(), AllocContext::io_flusher());
                 7
             });
             assert_eq!(r, 7);
             assert_eq!(flags(), 0);
             let _f = IoFlusher::enter();
-            Context::clear().run(|| assert_eq!(flags(), 0));
+            AllocContext::clear().run(|| assert_eq!(flags(), 0));
             assert_eq!(flags(), BOTH);
         });
     }
@@ -352,7 +352,7 @@ mod tests {
         on_fake(FakeThread::new(Mode::Permitted), || {
             let job = {
                 let _s = NoFsScope::enter();
-                Context::current().wrap(|| (flags(), Context::current()))
+                AllocContext::current().wrap(|| (flags(), AllocContext::current()))
             };
             // A pool thread with its own (clear) fake kernel.
             let (seen, ctx) = std::thread::spawn(move || {
@@ -364,20 +364,20 @@ mod tests {
             .join()
             .unwrap();
             assert_eq!(seen, BOTH);
-            assert_eq!(ctx, Context::io_flusher());
+            assert_eq!(ctx, AllocContext::io_flusher());
         });
     }
 
     #[test]
     fn strict_forms_fail_without_running() {
         on_fake(FakeThread::new(Mode::NotPermitted), || {
-            let e = Context::io_flusher()
+            let e = AllocContext::io_flusher()
                 .try_run(|| unreachable!())
                 .unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::NotPermitted);
             // Clearing a clear thread needs no syscall, so it succeeds.
-            assert_eq!(Context::clear().try_run(|| 1).unwrap(), 1);
-            let g = Context::io_flusher().enter();
+            assert_eq!(AllocContext::clear().try_run(|| 1).unwrap(), 1);
+            let g = AllocContext::io_flusher().enter();
             assert!(!g.is_effective());
         });
     }
@@ -385,13 +385,16 @@ mod tests {
     #[test]
     fn debug_and_default() {
         on_fake(FakeThread::new(Mode::Permitted), || {
-            assert_eq!(format!("{:?}", Context::clear()), "Context::clear()");
+            assert_eq!(
+                format!("{:?}", AllocContext::clear()),
+                "AllocContext::clear()"
+            );
             let _f = IoFlusher::enter();
-            assert_eq!(Context::default(), Context::io_flusher());
-            let g = Context::io_flusher().enter();
+            assert_eq!(AllocContext::default(), AllocContext::io_flusher());
+            let g = AllocContext::io_flusher().enter();
             assert!(format!("{g:?}").starts_with("NoFsScope"));
             drop(g);
-            let t = Context::io_flusher().enter_for_thread();
+            let t = AllocContext::io_flusher().enter_for_thread();
             assert!(format!("{t:?}").starts_with("IoFlusher"));
         });
     }

@@ -26,7 +26,7 @@
 //! that returns `Pending` with a guard of the future still alive breaks
 //! the thread's nesting (a debug-build panic). Wrap the future instead.
 
-use crate::Context;
+use crate::AllocContext;
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -35,7 +35,7 @@ use std::task::{self, Poll};
 
 pin_project! {
     /// A future (or, with the `futures-core` feature, a stream) that runs
-    /// in a [`Context`] during every `poll` and while it is dropped. Made
+    /// in a [`AllocContext`] during every `poll` and while it is dropped. Made
     /// by [`NoFsFutureExt`] or [`InContext::new`].
     ///
     /// Per poll on a thread already in the requested state (an I/O-flusher
@@ -44,10 +44,10 @@ pin_project! {
     /// costs two `prctl` calls.
     ///
     /// ```
-    /// use reclaim_scope::{future::InContext, Context};
+    /// use reclaim_scope::{future::InContext, AllocContext};
     ///
-    /// let fut = InContext::new(async { Context::current() }, Context::io_flusher());
-    /// assert_eq!(fut.context(), Context::io_flusher());
+    /// let fut = InContext::new(async { AllocContext::current() }, AllocContext::io_flusher());
+    /// assert_eq!(fut.context(), AllocContext::io_flusher());
     /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct InContext<F> {
@@ -57,7 +57,7 @@ pin_project! {
         // `Some` until the wrapper is dropped or taken apart.
         #[pin]
         inner: Option<F>,
-        ctx: Context,
+        ctx: AllocContext,
     }
 
     impl<F> PinnedDrop for InContext<F> {
@@ -75,11 +75,11 @@ impl<F> InContext<F> {
     /// Wraps `inner` so that it is polled and dropped in `ctx`.
     ///
     /// ```
-    /// use reclaim_scope::{future::InContext, Context};
-    /// let fut = InContext::new(async { 1 }, Context::clear());
+    /// use reclaim_scope::{future::InContext, AllocContext};
+    /// let fut = InContext::new(async { 1 }, AllocContext::clear());
     /// # let _ = fut;
     /// ```
-    pub fn new(inner: F, ctx: Context) -> Self {
+    pub fn new(inner: F, ctx: AllocContext) -> Self {
         InContext {
             inner: Some(inner),
             ctx,
@@ -89,10 +89,10 @@ impl<F> InContext<F> {
     /// The context the wrapper enters.
     ///
     /// ```
-    /// use reclaim_scope::{future::NoFsFutureExt, Context};
-    /// assert_eq!(async {}.nofs().context(), Context::io_flusher());
+    /// use reclaim_scope::{future::NoFsFutureExt, AllocContext};
+    /// assert_eq!(async {}.nofs().context(), AllocContext::io_flusher());
     /// ```
-    pub fn context(&self) -> Context {
+    pub fn context(&self) -> AllocContext {
         self.ctx
     }
 
@@ -194,16 +194,16 @@ impl<F: fmt::Debug> fmt::Debug for InContext<F> {
 /// # Examples
 ///
 /// ```
-/// use reclaim_scope::{future::NoFsFutureExt, Context};
+/// use reclaim_scope::{future::NoFsFutureExt, AllocContext};
 ///
-/// let ctx = Context::current();   // captured where the request arrives
+/// let ctx = AllocContext::current();   // captured where the request arrives
 /// let task = async { 42 }.in_context(ctx);
 /// # let _ = task;
 /// ```
 pub trait NoFsFutureExt: Sized {
     /// Polls (and drops) the future inside a [`NoFsScope`](crate::NoFsScope):
     /// its allocations cannot recurse into file-system or I/O reclaim
-    /// ([`Context::io_flusher`]: the same kernel state for a region of a
+    /// ([`AllocContext::io_flusher`]: the same kernel state for a region of a
     /// task as for a task that is the daemon's whole I/O path).
     ///
     /// ```
@@ -212,7 +212,7 @@ pub trait NoFsFutureExt: Sized {
     /// # let _ = fut;
     /// ```
     fn nofs(self) -> InContext<Self> {
-        InContext::new(self, Context::io_flusher())
+        InContext::new(self, AllocContext::io_flusher())
     }
 
     /// Polls (and drops) the future with the flag cleared, even on an
@@ -224,31 +224,31 @@ pub trait NoFsFutureExt: Sized {
     /// # let _ = compaction;
     /// ```
     fn allow_fs_reclaim(self) -> InContext<Self> {
-        InContext::new(self, Context::clear())
+        InContext::new(self, AllocContext::clear())
     }
 
     /// Polls (and drops) the future in `ctx`.
     ///
     /// ```
-    /// use reclaim_scope::{future::NoFsFutureExt, Context};
-    /// let fut = async {}.in_context(Context::io_flusher());
+    /// use reclaim_scope::{future::NoFsFutureExt, AllocContext};
+    /// let fut = async {}.in_context(AllocContext::io_flusher());
     /// # let _ = fut;
     /// ```
-    fn in_context(self, ctx: Context) -> InContext<Self> {
+    fn in_context(self, ctx: AllocContext) -> InContext<Self> {
         InContext::new(self, ctx)
     }
 
     /// Polls (and drops) the future in the calling thread's context,
-    /// captured now ([`Context::current`]).
+    /// captured now ([`AllocContext::current`]).
     ///
     /// ```
-    /// use reclaim_scope::{future::NoFsFutureExt, Context, NoFsScope};
+    /// use reclaim_scope::{future::NoFsFutureExt, AllocContext, NoFsScope};
     /// let _s = NoFsScope::enter();
     /// let fut = async {}.in_current_context();
-    /// assert_eq!(fut.context(), Context::io_flusher());
+    /// assert_eq!(fut.context(), AllocContext::io_flusher());
     /// ```
     fn in_current_context(self) -> InContext<Self> {
-        InContext::new(self, Context::current())
+        InContext::new(self, AllocContext::current())
     }
 }
 
@@ -359,7 +359,7 @@ mod tests {
             let (tx, rx) = mpsc::channel();
             let ctx = {
                 let _f = IoFlusher::enter();
-                Context::current()
+                AllocContext::current()
             };
             let mut fut = Box::pin(Probe { left: 2, log: tx }.in_context(ctx));
             for _ in 0..3 {
@@ -386,7 +386,7 @@ mod tests {
         on_fake(FakeThread::new(Mode::Permitted), || {
             let (tx, rx) = mpsc::channel();
             let mut fut = Probe { left: 0, log: tx }.in_current_context();
-            assert_eq!(fut.context(), Context::clear());
+            assert_eq!(fut.context(), AllocContext::clear());
             fut.get_mut().left = 0;
             assert_eq!(fut.get_ref().left, 0);
             let inner = fut.into_inner(); // no drop of the inner future yet

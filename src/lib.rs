@@ -41,16 +41,16 @@
 //!   the fix; [`enter`](NoFsScope::enter) never fails, its guard says
 //!   whether it [is effective](NoFsScope::is_effective), and the first
 //!   failure is reported once per process ([`degradation`]).
-//! - [`support`] asks the kernel without side effects; [`ThreadFlags`] and
-//!   [`threads_of`] read the kernel's real state of any thread from `/proc`.
+//! - [`support`] asks the kernel without side effects; [`ThreadFlags`](proc::ThreadFlags) and
+//!   [`threads_of`](proc::threads_of) read the kernel's real state of any thread from `/proc`.
 //! - [`NoFsFile`] runs the daemon's own file I/O — the `pwrite()` of the
 //!   deadlock — inside the scope: `pread_nofs`, `write_all_at_nofs`,
 //!   vectored calls with typed [`RwFlags`], sync and `fallocate` forms.
 //! - The context travels explicitly: [`thread::spawn`] and
 //!   [`thread::Builder`] start threads in the spawner's context, a
-//!   [`Context`] carries it to pools you did not spawn,
+//!   [`AllocContext`] carries it to pools you did not spawn,
 //!   [`future::NoFsFutureExt`] enters it on every poll, and the `tokio`
-//!   feature gives every runtime thread a policy. [`audit`] finds the
+//!   feature gives every runtime thread a policy. [`Audit::current`](audit::Audit::current) finds the
 //!   threads whose kernel flag disagrees with the guards.
 //!
 //! # The two bits
@@ -76,7 +76,7 @@
 //! [`NoFsScope`] and [`NoFsFile`] set both bits for the duration of a
 //! call: the `pwrite` that dirties page cache is covered, including its
 //! throttling. Between calls only a whole-thread guard ([`IoFlusher`], or
-//! `reclaim-scope exec`) covers the thread. [`ThreadFlags`] reads both
+//! `reclaim-scope exec`) covers the thread. [`ThreadFlags`](proc::ThreadFlags) reads both
 //! bits of any thread; `reclaim-scope watch` shows, live, whether a
 //! daemon's threads enter FS/IO-capable reclaim or dirty-throttle pauses.
 //!
@@ -97,7 +97,7 @@
 //! - `clone()` **inherits** it: a thread (or process) spawned while a scope
 //!   is active is flagged for its whole life, even after the scope ends.
 //!   Spawn helpers inside [`AllowFsReclaim`], and audit with
-//!   [`threads_of`].
+//!   [`threads_of`](proc::threads_of).
 //! - `execve()` **keeps** it: a launcher can flag an unmodified daemon (the
 //!   `reclaim-scope exec` idea), and a flagged daemon's hook scripts run
 //!   flagged too.
@@ -115,7 +115,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
-mod audit;
+pub mod audit;
 mod context;
 mod error;
 mod fs;
@@ -123,9 +123,9 @@ pub mod future;
 #[cfg(feature = "cli")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod launch;
+pub mod proc;
 mod report;
 mod scope;
-mod status;
 pub mod thread;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -134,8 +134,7 @@ pub mod tokio;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use audit::{audit, Audit, AuditedThread, Verdict};
-pub use context::{Context, ContextGuard};
+pub use context::{AllocContext, AllocContextGuard};
 pub use error::{Error, ErrorKind};
 pub use fs::{NoFsFile, NoFsIoError, NoFsPolicy, RwFlags};
 pub use report::{degradation, set_degradation_hook, HookAlreadySet};
@@ -143,10 +142,6 @@ pub use report::{degradation, set_degradation_hook, HookAlreadySet};
 #[doc(hidden)]
 pub use scope::__bench;
 pub use scope::{
-    refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, try_with_nofs,
-    with_fs_reclaim_allowed, with_nofs, AllowFsReclaim, IoFlusher, NoFsScope, Support,
-};
-pub use status::{
-    current_tid, proc_pid_namespace, process_ids, threads_of, ProcPidNamespace, ProcessIds,
-    ThreadFlags, ThreadInfo,
+    refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, AllowFsReclaim,
+    IoFlusher, NoFsScope, Support,
 };

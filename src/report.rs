@@ -100,7 +100,7 @@ fn write_best_effort(w: &mut impl std::io::Write, line: &str) {
 /// process, if any.
 ///
 /// Best-effort guards ([`NoFsScope::enter`](crate::NoFsScope::enter),
-/// [`IoFlusher::enter`](crate::IoFlusher::enter), [`with_nofs`](crate::with_nofs))
+/// [`IoFlusher::enter`](crate::IoFlusher::enter), [`NoFsScope::run`](crate::NoFsScope::run))
 /// never fail; this is how a daemon asks afterwards, e.g. for a health
 /// endpoint, whether it ran protected.
 ///

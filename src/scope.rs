@@ -16,7 +16,7 @@
 //! - Guards dropped out of order are a bug: debug builds panic, release
 //!   builds keep the flag right for the guards still alive.
 
-use crate::{report, sys, Error, ThreadFlags};
+use crate::{proc::ThreadFlags, report, sys, Error};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -123,7 +123,7 @@ fn set_refused(errno: i32) {
     REFUSED.store(errno, Ordering::Relaxed);
 }
 
-/// `prctl(PR_SET_IO_FLUSHER, on)`, published for `audit()`: the one call
+/// `prctl(PR_SET_IO_FLUSHER, on)`, published for `Audit::current()`: the one call
 /// every guard that changes the kernel's state makes. Lean (an `Errno` in a
 /// register, no `Error` built) because it is the outermost guard's common
 /// path, not a cold one; inlined into the two out-of-line callers of that
@@ -424,6 +424,48 @@ impl Drop for Scope {
 macro_rules! guard_common {
     ($ty:ident) => {
         impl $ty {
+            #[doc = concat!("Runs `f` inside a best-effort [`", stringify!($ty), "`] (see [`",
+                stringify!($ty), "::enter`]).")]
+            ///
+            /// The closure form of the guard: the one family of closure helpers
+            /// is `run`/`try_run` on every guard type and on
+            /// [`AllocContext`](crate::AllocContext).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let len = reclaim_scope::", stringify!($ty), "::run(|| vec![0u8; 4096].len());")]
+            /// assert_eq!(len, 4096);
+            /// ```
+            #[inline]
+            pub fn run<R>(f: impl FnOnce() -> R) -> R {
+                let _guard = $ty::enter();
+                f()
+            }
+
+            #[doc = concat!("Runs `f` inside a strict [`", stringify!($ty), "`] (see [`",
+                stringify!($ty), "::try_enter`]), or returns why the kernel refused: then `f` \
+                does not run.")]
+            ///
+            /// # Errors
+            ///
+            /// The [`Error`] of `try_enter`: the kernel refused the `prctl`
+            /// (`EPERM` without `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("match reclaim_scope::", stringify!($ty), "::try_run(|| 42) {")]
+            ///     Ok(v) => assert_eq!(v, 42),
+            ///     Err(e) => eprintln!("not run: {e}"),
+            /// }
+            /// ```
+            #[inline]
+            pub fn try_run<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
+                let _guard = $ty::try_enter()?;
+                Ok(f())
+            }
+
             /// Whether the kernel flag is in the state this guard asks for.
             ///
             /// `false` only for a best-effort guard whose request was
@@ -488,7 +530,7 @@ macro_rules! guard_common {
               (not `let _ = …`) to keep it for the region"]
 #[clippy::has_significant_drop]
 #[doc(alias = "PR_SET_IO_FLUSHER")]
-#[doc(alias = "memalloc_nofs_save")]
+#[doc(alias = "memalloc_noio_save")]
 #[doc(alias = "GFP_NOFS")]
 pub struct NoFsScope {
     scope: Scope,
@@ -576,7 +618,7 @@ guard_common!(NoFsScope);
 #[doc(alias = "prctl")]
 pub struct IoFlusher {
     scope: Scope,
-    /// Its registration for `audit()`, made only where it takes effect.
+    /// Its registration for `Audit::current()`, made only where it takes effect.
     _claim: crate::audit::Claim,
 }
 
@@ -674,7 +716,7 @@ impl AllowFsReclaim {
     ///
     /// ```
     /// let clear = reclaim_scope::AllowFsReclaim::try_enter();
-    /// assert!(clear.is_ok() || reclaim_scope::ThreadFlags::current()?.noio());
+    /// assert!(clear.is_ok() || reclaim_scope::proc::ThreadFlags::current()?.noio());
     /// # Ok::<(), std::io::Error>(())
     /// ```
     #[inline]
@@ -684,48 +726,6 @@ impl AllowFsReclaim {
 }
 
 guard_common!(AllowFsReclaim);
-
-/// Runs `f` inside a best-effort [`NoFsScope`].
-///
-/// ```
-/// let buf = reclaim_scope::with_nofs(|| vec![0u8; 4096]);
-/// assert_eq!(buf.len(), 4096);
-/// ```
-#[inline]
-pub fn with_nofs<R>(f: impl FnOnce() -> R) -> R {
-    let _scope = NoFsScope::enter();
-    f()
-}
-
-/// Runs `f` inside a strict [`NoFsScope`], or returns why it could not be
-/// entered (then `f` does not run).
-///
-/// ```
-/// match reclaim_scope::try_with_nofs(|| 42) {
-///     Ok(v) => assert_eq!(v, 42),
-///     Err(e) => eprintln!("not run: {e}"),
-/// }
-/// ```
-#[inline]
-pub fn try_with_nofs<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
-    let _scope = NoFsScope::try_enter()?;
-    Ok(f())
-}
-
-/// Runs `f` inside a best-effort [`AllowFsReclaim`]: with the flag cleared
-/// on an I/O-flusher thread.
-///
-/// ```
-/// let child = reclaim_scope::with_fs_reclaim_allowed(|| {
-///     std::thread::spawn(|| "a helper that must not inherit the flag")
-/// });
-/// child.join().unwrap();
-/// ```
-#[inline]
-pub fn with_fs_reclaim_allowed<R>(f: impl FnOnce() -> R) -> R {
-    let _clear = AllowFsReclaim::enter();
-    f()
-}
 
 /// Whether `PR_SET_IO_FLUSHER` can be used by this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -839,7 +839,7 @@ pub fn thread_io_flusher() -> Result<bool, Error> {
 ///
 /// ```
 /// if reclaim_scope::set_thread_io_flusher(true).is_ok() {
-///     assert!(reclaim_scope::ThreadFlags::current()?.is_io_flusher());
+///     assert!(reclaim_scope::proc::ThreadFlags::current()?.is_io_flusher());
 ///     reclaim_scope::set_thread_io_flusher(false).unwrap();
 /// }
 /// # Ok::<(), std::io::Error>(())
@@ -1050,7 +1050,7 @@ pub(crate) mod tests {
             let e = IoFlusher::try_enter().unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
             assert_eq!(support(), Support::Unsupported);
-            assert!(!with_nofs(|| NoFsScope::enter().is_effective()));
+            assert!(!NoFsScope::run(|| NoFsScope::enter().is_effective()));
         });
     }
 
@@ -1059,7 +1059,10 @@ pub(crate) mod tests {
         on_fake(FakeThread::new(Mode::NotPermitted), || {
             assert!(NoFsScope::try_enter().is_err());
             STATE.with(|st| assert_eq!(st.get().depth(), 0));
-            assert!(try_with_nofs(|| unreachable!("ran without scope")).is_err());
+            assert!(NoFsScope::try_run(|| unreachable!("ran without scope")).is_err());
+            assert!(IoFlusher::try_run(|| unreachable!("ran without scope")).is_err());
+            assert!(!IoFlusher::run(|| IoFlusher::enter().is_effective()));
+            STATE.with(|st| assert_eq!(st.get().depth(), 0));
         });
     }
 

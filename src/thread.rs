@@ -14,8 +14,8 @@
 //!   carries that accident on.
 //!
 //! The helpers here run the child's closure in the spawning thread's
-//! [`Context`] — the crate's explicit context, see
-//! [which context counts](crate::Context#which-context-counts):
+//! [`AllocContext`] — the crate's explicit context, see
+//! [which context counts](crate::AllocContext#which-context-counts):
 //!
 //! - parent inside a [`NoFsScope`](crate::NoFsScope) or
 //!   [`IoFlusher`](crate::IoFlusher): the closure runs inside an
@@ -33,20 +33,20 @@
 //! [reported once](crate::degradation).
 //!
 //! ```
-//! use reclaim_scope::{thread, Context, NoFsScope};
+//! use reclaim_scope::{thread, AllocContext, NoFsScope};
 //!
 //! let scope = NoFsScope::enter();
 //! // Runs as an I/O flusher, like the code around the spawn.
-//! let flusher = thread::spawn(Context::current);
+//! let flusher = thread::spawn(AllocContext::current);
 //! drop(scope);
 //! // Runs clear: the scope has ended.
-//! let helper = thread::spawn(Context::current);
+//! let helper = thread::spawn(AllocContext::current);
 //! assert!(flusher.join().unwrap().is_io_flusher());
 //! assert!(!helper.join().unwrap().is_io_flusher());
 //! ```
 
 use crate::scope::propagation;
-use crate::Context;
+use crate::AllocContext;
 use std::fmt;
 use std::io;
 use std::thread::{JoinHandle, ScopedJoinHandle};
@@ -54,7 +54,7 @@ use std::thread::{JoinHandle, ScopedJoinHandle};
 /// What a new thread takes from its creator: the context to run in, and
 /// the kernel flag `clone()` copies.
 struct Inherit {
-    ctx: Context,
+    ctx: AllocContext,
     kernel: bool,
     /// The creator's fake kernel, copied like `clone()` copies the flags.
     #[cfg(test)]
@@ -63,9 +63,9 @@ struct Inherit {
 
 impl Inherit {
     /// Called on the creating thread, right before it spawns.
-    fn capture(ctx: Option<Context>) -> Inherit {
+    fn capture(ctx: Option<AllocContext>) -> Inherit {
         Inherit {
-            ctx: ctx.unwrap_or_else(Context::current),
+            ctx: ctx.unwrap_or_else(AllocContext::current),
             kernel: propagation::kernel_flag(),
             #[cfg(test)]
             fake: crate::sys::fake::inherit_capture(),
@@ -82,7 +82,7 @@ impl Inherit {
     }
 }
 
-/// Spawns a thread that runs `f` in the calling thread's [`Context`], like
+/// Spawns a thread that runs `f` in the calling thread's [`AllocContext`], like
 /// [`std::thread::spawn`].
 ///
 /// # Panics
@@ -96,7 +96,7 @@ impl Inherit {
 /// let _worker = IoFlusher::enter();
 /// let child = thread::spawn(|| {
 ///     // An I/O flusher too: the parent is one.
-///     reclaim_scope::Context::current()
+///     reclaim_scope::AllocContext::current()
 /// });
 /// assert!(child.join().unwrap().is_io_flusher());
 /// ```
@@ -110,15 +110,15 @@ where
 
 /// Thread factory like [`std::thread::Builder`] (name, stack size, spawn
 /// errors as [`io::Error`]) whose threads start in their creator's
-/// [`Context`] or one set with [`context`](Builder::context).
+/// [`AllocContext`] or one set with [`context`](Builder::context).
 ///
 /// ```
-/// use reclaim_scope::{thread::Builder, Context};
+/// use reclaim_scope::{thread::Builder, AllocContext};
 ///
 /// let h = Builder::new()
 ///     .name("flusher-0".into())
 ///     .stack_size(256 * 1024)
-///     .context(Context::io_flusher())
+///     .context(AllocContext::io_flusher())
 ///     .spawn(|| std::thread::current().name().map(str::to_owned))?;
 /// assert_eq!(h.join().unwrap().as_deref(), Some("flusher-0"));
 /// # Ok::<(), std::io::Error>(())
@@ -126,7 +126,7 @@ where
 #[must_use = "a Builder does nothing until `spawn` is called"]
 pub struct Builder {
     inner: std::thread::Builder,
-    context: Option<Context>,
+    context: Option<AllocContext>,
 }
 
 impl Builder {
@@ -172,14 +172,14 @@ impl Builder {
     /// calls `spawn`.
     ///
     /// ```
-    /// use reclaim_scope::{thread::Builder, Context};
+    /// use reclaim_scope::{thread::Builder, AllocContext};
     ///
     /// // A queue worker started from an unflagged control thread.
-    /// let h = Builder::new().context(Context::io_flusher()).spawn(Context::current)?;
-    /// assert_eq!(h.join().unwrap(), Context::io_flusher());
+    /// let h = Builder::new().context(AllocContext::io_flusher()).spawn(AllocContext::current)?;
+    /// assert_eq!(h.join().unwrap(), AllocContext::io_flusher());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn context(self, ctx: Context) -> Builder {
+    pub fn context(self, ctx: AllocContext) -> Builder {
         Builder {
             context: Some(ctx),
             ..self
@@ -254,13 +254,13 @@ impl fmt::Debug for Builder {
 /// can spawn more: `let s = *s;` then `move` it in.
 ///
 /// ```
-/// use reclaim_scope::{thread, Context, NoFsScope};
+/// use reclaim_scope::{thread, AllocContext, NoFsScope};
 ///
-/// let mut results = [Context::clear(); 2];
+/// let mut results = [AllocContext::clear(); 2];
 /// let _scope = NoFsScope::enter();
 /// thread::scope(|s| {
 ///     for r in results.iter_mut() {
-///         s.spawn(move || *r = Context::current());
+///         s.spawn(move || *r = AllocContext::current());
 ///     }
 /// });
 /// assert!(results.iter().all(|c| c.is_io_flusher()));
@@ -273,7 +273,7 @@ where
 }
 
 /// A handle to a [`std::thread::Scope`] whose [`spawn`](Scope::spawn)
-/// carries the spawning thread's [`Context`]. `Copy`: a reference to the
+/// carries the spawning thread's [`AllocContext`]. `Copy`: a reference to the
 /// std scope.
 ///
 /// ```
@@ -316,7 +316,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     }
 
     /// Spawns a scoped thread running `f` in the calling thread's
-    /// [`Context`], as [`std::thread::Scope::spawn`].
+    /// [`AllocContext`], as [`std::thread::Scope::spawn`].
     ///
     /// # Panics
     ///
@@ -363,9 +363,9 @@ mod tests {
     }
 
     /// (flags inside, set syscalls inside, context inside) of a child.
-    type Seen = (u32, u32, Context);
+    type Seen = (u32, u32, AllocContext);
     fn look() -> Seen {
-        (flags(), sets(), Context::current())
+        (flags(), sets(), AllocContext::current())
     }
 
     #[test]
@@ -373,7 +373,7 @@ mod tests {
         on_fake(FakeThread::new(Mode::Permitted), || {
             let s = NoFsScope::enter();
             let seen = spawn(look).join().unwrap();
-            assert_eq!(seen, (BOTH, 0, Context::io_flusher()));
+            assert_eq!(seen, (BOTH, 0, AllocContext::io_flusher()));
             drop(s);
             assert_eq!(flags(), 0, "the parent's scope still restores");
         });
@@ -383,12 +383,12 @@ mod tests {
     fn child_outside_a_scope_is_cleared_even_if_parent_inherited_the_flag() {
         on_fake(FakeThread::flagged(Mode::Permitted), || {
             let seen = spawn(look).join().unwrap();
-            assert_eq!(seen, (0, 1, Context::clear()));
+            assert_eq!(seen, (0, 1, AllocContext::clear()));
             assert_eq!(flags(), BOTH, "the parent is left as it was");
             // Inside an AllowFsReclaim the child is clear too.
             let _f = IoFlusher::enter();
             let _c = AllowFsReclaim::enter();
-            assert_eq!(spawn(look).join().unwrap(), (0, 0, Context::clear()));
+            assert_eq!(spawn(look).join().unwrap(), (0, 0, AllocContext::clear()));
         });
     }
 
@@ -396,7 +396,7 @@ mod tests {
     fn clear_child_of_clear_parent_makes_no_prctl() {
         on_fake(FakeThread::new(Mode::Permitted), || {
             let (f, s, c) = spawn(look).join().unwrap();
-            assert_eq!((f, s, c), (0, 0, Context::clear()));
+            assert_eq!((f, s, c), (0, 0, AllocContext::clear()));
             let gets = spawn(|| fake::state().unwrap().get_calls).join().unwrap();
             assert_eq!(gets, 0);
         });
@@ -407,7 +407,7 @@ mod tests {
         on_fake(FakeThread::flagged(Mode::NotPermitted), || {
             let (f, _, c) = spawn(look).join().unwrap();
             assert_eq!(f, BOTH, "EPERM: the flag cannot be cleared");
-            assert_eq!(c, Context::clear(), "but the crate's context is clear");
+            assert_eq!(c, AllocContext::clear(), "but the crate's context is clear");
         });
     }
 
@@ -417,12 +417,12 @@ mod tests {
             let h = Builder::new()
                 .name("q0".into())
                 .stack_size(128 * 1024)
-                .context(Context::io_flusher())
+                .context(AllocContext::io_flusher())
                 .spawn(|| (std::thread::current().name().map(str::to_owned), look()))
                 .unwrap();
             let (name, seen) = h.join().unwrap();
             assert_eq!(name.as_deref(), Some("q0"));
-            assert_eq!(seen, (BOTH, 1, Context::io_flusher()));
+            assert_eq!(seen, (BOTH, 1, AllocContext::io_flusher()));
             assert_eq!(flags(), 0);
             assert!(format!("{:?}", Builder::default()).contains("context: None"));
         });
@@ -435,7 +435,7 @@ mod tests {
             let _s = NoFsScope::enter();
             assert_eq!(
                 b.spawn(look).unwrap().join().unwrap().2,
-                Context::io_flusher()
+                AllocContext::io_flusher()
             );
         });
     }
@@ -457,13 +457,14 @@ mod tests {
                 out.push(c.join().unwrap());
             });
             assert!(
-                out.iter().all(|&x| x == (BOTH, 0, Context::io_flusher())),
+                out.iter()
+                    .all(|&x| x == (BOTH, 0, AllocContext::io_flusher())),
                 "{out:?}"
             );
             // A wrapped std scope, spawning from a clear region.
             let _c = AllowFsReclaim::enter();
             let seen = std::thread::scope(|s| Scope::new(s).spawn(look).join().unwrap());
-            assert_eq!(seen, (0, 0, Context::clear()));
+            assert_eq!(seen, (0, 0, AllocContext::clear()));
         });
     }
 

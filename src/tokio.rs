@@ -1,5 +1,5 @@
 //! Tokio integration (feature `tokio`): a reclaim context for every
-//! runtime thread, and spawn helpers that carry the caller's [`Context`].
+//! runtime thread, and spawn helpers that carry the caller's [`AllocContext`].
 //!
 //! # Give every runtime a thread policy
 //!
@@ -16,7 +16,7 @@
 //!   an I/O flusher for its whole life: the runtime that serves the device.
 //! - [`clear_threads`]: every thread is clear for its whole life, whatever
 //!   it inherited: any other runtime of a process that uses the flag.
-//! - [`context_threads`] with any [`Context`]; [`on_thread_start`] and
+//! - [`context_threads`] with any [`AllocContext`]; [`on_thread_start`] and
 //!   [`on_thread_stop`] to combine with hooks of your own.
 //!
 //! # Tasks
@@ -34,7 +34,7 @@
 //! blocking pool still gets the hooks.
 
 use crate::future::NoFsFutureExt;
-use crate::{Context, ContextGuard};
+use crate::{AllocContext, AllocContextGuard};
 use ::tokio::runtime::Builder;
 use ::tokio::task::JoinHandle;
 use std::cell::RefCell;
@@ -44,7 +44,7 @@ thread_local! {
     /// The guard that pins a runtime thread's context, held from
     /// `on_thread_start` to `on_thread_stop` (a guard is `!Send`: it must
     /// live and die on its thread).
-    static THREAD_CONTEXT: RefCell<Option<ContextGuard>> = const { RefCell::new(None) };
+    static THREAD_CONTEXT: RefCell<Option<AllocContextGuard>> = const { RefCell::new(None) };
 }
 
 /// Makes every thread the runtime starts — workers and blocking-pool
@@ -56,38 +56,38 @@ thread_local! {
 /// [`support`](crate::support) first to refuse to start unprotected.
 ///
 /// ```
-/// use reclaim_scope::Context;
+/// use reclaim_scope::AllocContext;
 ///
 /// let rt = reclaim_scope::tokio::io_flusher_threads(
 ///     tokio::runtime::Builder::new_multi_thread().worker_threads(2),
 /// )
 /// .build()?;
 /// // Work on the runtime's threads runs as an I/O flusher.
-/// let ctx = rt.block_on(async { tokio::spawn(async { Context::current() }).await })?;
+/// let ctx = rt.block_on(async { tokio::spawn(async { AllocContext::current() }).await })?;
 /// assert!(ctx.is_io_flusher());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn io_flusher_threads(builder: &mut Builder) -> &mut Builder {
-    context_threads(builder, Context::io_flusher())
+    context_threads(builder, AllocContext::io_flusher())
 }
 
 /// Makes every thread the runtime starts clear for its whole life, even a
 /// thread created by a flagged thread (which `clone()` would flag).
 ///
 /// ```
-/// use reclaim_scope::{Context, IoFlusher};
+/// use reclaim_scope::{AllocContext, IoFlusher};
 ///
 /// let _worker = IoFlusher::enter(); // would be inherited by new threads...
 /// let rt = reclaim_scope::tokio::clear_threads(
 ///     tokio::runtime::Builder::new_multi_thread().worker_threads(1),
 /// )
 /// .build()?;
-/// let ctx = rt.block_on(async { tokio::spawn(async { Context::current() }).await })?;
-/// assert_eq!(ctx, Context::clear()); // ...but the runtime's threads are clear
+/// let ctx = rt.block_on(async { tokio::spawn(async { AllocContext::current() }).await })?;
+/// assert_eq!(ctx, AllocContext::clear()); // ...but the runtime's threads are clear
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn clear_threads(builder: &mut Builder) -> &mut Builder {
-    context_threads(builder, Context::clear())
+    context_threads(builder, AllocContext::clear())
 }
 
 /// Runs every thread the runtime starts in `ctx` for its whole life.
@@ -95,13 +95,13 @@ pub fn clear_threads(builder: &mut Builder) -> &mut Builder {
 /// ```
 /// let rt = reclaim_scope::tokio::context_threads(
 ///     &mut tokio::runtime::Builder::new_multi_thread(),
-///     reclaim_scope::Context::io_flusher(),
+///     reclaim_scope::AllocContext::io_flusher(),
 /// )
 /// .build()?;
 /// # drop(rt);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn context_threads(builder: &mut Builder, ctx: Context) -> &mut Builder {
+pub fn context_threads(builder: &mut Builder, ctx: AllocContext) -> &mut Builder {
     builder
         .on_thread_start(move || on_thread_start(ctx))
         .on_thread_stop(on_thread_stop)
@@ -114,12 +114,12 @@ pub fn context_threads(builder: &mut Builder, ctx: Context) -> &mut Builder {
 /// keeps the first context.
 ///
 /// ```
-/// use reclaim_scope::Context;
+/// use reclaim_scope::AllocContext;
 ///
 /// let rt = tokio::runtime::Builder::new_multi_thread()
 ///     .worker_threads(1)
 ///     .on_thread_start(|| {
-///         reclaim_scope::tokio::on_thread_start(Context::io_flusher());
+///         reclaim_scope::tokio::on_thread_start(AllocContext::io_flusher());
 ///         // ...your own per-thread setup
 ///     })
 ///     .on_thread_stop(reclaim_scope::tokio::on_thread_stop)
@@ -127,7 +127,7 @@ pub fn context_threads(builder: &mut Builder, ctx: Context) -> &mut Builder {
 /// # drop(rt);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn on_thread_start(ctx: Context) {
+pub fn on_thread_start(ctx: AllocContext) {
     let _ = THREAD_CONTEXT.try_with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.is_none() {
@@ -142,12 +142,12 @@ pub fn on_thread_start(ctx: Context) {
 /// harmless.
 ///
 /// ```
-/// use reclaim_scope::Context;
+/// use reclaim_scope::AllocContext;
 ///
-/// reclaim_scope::tokio::on_thread_start(Context::io_flusher());
-/// assert_eq!(Context::current(), Context::io_flusher());
+/// reclaim_scope::tokio::on_thread_start(AllocContext::io_flusher());
+/// assert_eq!(AllocContext::current(), AllocContext::io_flusher());
 /// reclaim_scope::tokio::on_thread_stop(); // this thread is back as it was
-/// assert_eq!(Context::current(), Context::clear());
+/// assert_eq!(AllocContext::current(), AllocContext::clear());
 /// ```
 pub fn on_thread_stop() {
     let guard = THREAD_CONTEXT
@@ -158,20 +158,20 @@ pub fn on_thread_stop() {
 }
 
 /// [`tokio::spawn`]s `future` so that every poll of it
-/// (and its drop) runs in the caller's [`Context`].
+/// (and its drop) runs in the caller's [`AllocContext`].
 ///
 /// # Panics
 ///
 /// Like `tokio::spawn`, outside a runtime.
 ///
 /// ```
-/// use reclaim_scope::{Context, NoFsScope};
+/// use reclaim_scope::{AllocContext, NoFsScope};
 ///
 /// let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build()?;
 /// let ctx = rt.block_on(async {
 ///     let task = {
 ///         let _scope = NoFsScope::enter(); // never across an .await
-///         reclaim_scope::tokio::spawn(async { Context::current() })
+///         reclaim_scope::tokio::spawn(async { AllocContext::current() })
 ///     };
 ///     task.await
 /// })?;
@@ -188,7 +188,7 @@ where
 }
 
 /// [`tokio::task::spawn_blocking`]s `f` so
-/// that it runs in the caller's [`Context`] on the blocking pool.
+/// that it runs in the caller's [`AllocContext`] on the blocking pool.
 ///
 /// If this call makes tokio create a blocking thread, the new thread copies
 /// the caller's kernel flag: give the runtime a [thread
@@ -199,7 +199,7 @@ where
 /// Like `tokio::task::spawn_blocking`, outside a runtime.
 ///
 /// ```
-/// use reclaim_scope::{Context, IoFlusher};
+/// use reclaim_scope::{AllocContext, IoFlusher};
 ///
 /// let rt = reclaim_scope::tokio::clear_threads(
 ///     tokio::runtime::Builder::new_multi_thread().worker_threads(1),
@@ -208,7 +208,7 @@ where
 /// let ctx = rt.block_on(async {
 ///     let job = {
 ///         let _flusher = IoFlusher::enter();
-///         reclaim_scope::tokio::spawn_blocking(Context::current)
+///         reclaim_scope::tokio::spawn_blocking(AllocContext::current)
 ///     };
 ///     job.await
 /// })?;
@@ -221,7 +221,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    ::tokio::task::spawn_blocking(Context::current().wrap(f))
+    ::tokio::task::spawn_blocking(AllocContext::current().wrap(f))
 }
 
 #[cfg(test)]
@@ -241,23 +241,25 @@ mod tests {
                 .build()
                 .unwrap();
         let (worker, blocking) = rt.block_on(async {
-            let w = ::tokio::spawn(async { Context::current() }).await.unwrap();
-            let b = ::tokio::task::spawn_blocking(Context::current)
+            let w = ::tokio::spawn(async { AllocContext::current() })
+                .await
+                .unwrap();
+            let b = ::tokio::task::spawn_blocking(AllocContext::current)
                 .await
                 .unwrap();
             (w, b)
         });
-        assert_eq!(worker, Context::io_flusher());
-        assert_eq!(blocking, Context::io_flusher());
+        assert_eq!(worker, AllocContext::io_flusher());
+        assert_eq!(blocking, AllocContext::io_flusher());
 
         // A task spawned from a clear context runs clear on a flusher worker.
-        let clear = rt.block_on(async { spawn(async { Context::current() }).await.unwrap() });
-        assert_eq!(clear, Context::clear());
+        let clear = rt.block_on(async { spawn(async { AllocContext::current() }).await.unwrap() });
+        assert_eq!(clear, AllocContext::clear());
         let clear_blocking = rt.block_on(async {
             let _c = crate::AllowFsReclaim::enter();
-            spawn_blocking(Context::current).await.unwrap()
+            spawn_blocking(AllocContext::current).await.unwrap()
         });
-        assert_eq!(clear_blocking, Context::clear());
+        assert_eq!(clear_blocking, AllocContext::clear());
     }
 
     #[test]
@@ -267,13 +269,15 @@ mod tests {
             .build()
             .unwrap();
         let (w, b) = rt.block_on(async {
-            let w = ::tokio::spawn(async { Context::current() }).await.unwrap();
-            let b = ::tokio::task::spawn_blocking(Context::current)
+            let w = ::tokio::spawn(async { AllocContext::current() })
+                .await
+                .unwrap();
+            let b = ::tokio::task::spawn_blocking(AllocContext::current)
                 .await
                 .unwrap();
             (w, b)
         });
-        assert_eq!((w, b), (Context::clear(), Context::clear()));
+        assert_eq!((w, b), (AllocContext::clear(), AllocContext::clear()));
     }
 
     #[test]
@@ -288,7 +292,7 @@ mod tests {
                 let t = spawn(async {
                     let mut v = Vec::new();
                     for _ in 0..4 {
-                        v.push(Context::current());
+                        v.push(AllocContext::current());
                         ::tokio::task::yield_now().await;
                     }
                     v
@@ -299,21 +303,21 @@ mod tests {
         );
         assert!(seen.iter().all(|c| c.is_io_flusher()), "{seen:?}");
         // block_on itself is back to clear on this thread.
-        assert_eq!(Context::current(), Context::clear());
+        assert_eq!(AllocContext::current(), AllocContext::clear());
     }
 
     #[test]
     fn hooks_are_idempotent_and_restore() {
         std::thread::spawn(|| {
-            on_thread_start(Context::io_flusher());
-            on_thread_start(Context::clear());
-            assert_eq!(Context::current(), Context::io_flusher());
+            on_thread_start(AllocContext::io_flusher());
+            on_thread_start(AllocContext::clear());
+            assert_eq!(AllocContext::current(), AllocContext::io_flusher());
             {
                 let _s = NoFsScope::enter();
             }
             on_thread_stop();
             on_thread_stop();
-            assert_eq!(Context::current(), Context::clear());
+            assert_eq!(AllocContext::current(), AllocContext::clear());
         })
         .join()
         .unwrap();

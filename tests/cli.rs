@@ -7,7 +7,7 @@
 //! (`tests/vm_cli.rs`).
 #![cfg(feature = "cli")]
 
-use reclaim_scope::{current_tid, support, Support};
+use reclaim_scope::{proc::current_tid, support, Support};
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
@@ -81,7 +81,7 @@ fn status_lists_this_process_and_its_threads() {
         "the calling thread {me} is missing:\n{out}"
     );
     // Nothing in this process sets the flag; the kernel agrees.
-    let flags = reclaim_scope::ThreadFlags::current().unwrap();
+    let flags = reclaim_scope::proc::ThreadFlags::current().unwrap();
     if !flags.noio() {
         assert!(row.contains(" no    no    no              no "), "{row}");
     }
@@ -118,7 +118,7 @@ fn status_json_parses_back_with_hostile_thread_names() {
         assert!(t[key].is_boolean(), "{key}: {t}");
     }
     let bits = t["flags"].as_u64().unwrap() as u32;
-    let kernel = reclaim_scope::ThreadFlags::of_task(pid as i32, tid).unwrap();
+    let kernel = reclaim_scope::proc::ThreadFlags::of_task(pid as i32, tid).unwrap();
     assert_eq!(t["noio"], kernel.noio());
     assert_eq!(bits & 0x0018_0000, kernel.bits() & 0x0018_0000);
     assert!(threads.iter().any(|t| t["tid"] == current_tid()));
@@ -853,19 +853,19 @@ fn own_process_and_status_in_a_pid_namespace_without_its_own_proc() {
     if let Some(mode) = std::env::var_os(PIDNS_HELPER) {
         // In the namespace: pid 1 here, another pid in /proc.
         let me = std::process::id() as i32;
-        let ns = reclaim_scope::proc_pid_namespace().unwrap();
-        let threads = reclaim_scope::threads_of(me).unwrap();
+        let ns = reclaim_scope::proc::pid_namespace().unwrap();
+        let threads = reclaim_scope::proc::threads_of(me).unwrap();
         assert!(
             threads.iter().any(|t| t.tid == current_tid()),
             "{threads:?}"
         );
-        let report = reclaim_scope::audit().unwrap();
+        let report = reclaim_scope::audit::Audit::current().unwrap();
         assert!(report.verdict(current_tid()).is_some(), "{report:#}");
-        assert!(reclaim_scope::ThreadFlags::of_task(me, current_tid()).is_ok());
+        assert!(reclaim_scope::proc::ThreadFlags::of_task(me, current_tid()).is_ok());
         if mode == "outer-proc" {
             assert_eq!(me, 1);
             assert!(
-                matches!(ns, reclaim_scope::ProcPidNamespace::Ancestor { pid: 1, proc_pid } if proc_pid > 1),
+                matches!(ns, reclaim_scope::proc::PidNamespace::Ancestor { pid: 1, proc_pid } if proc_pid > 1),
                 "{ns:?}"
             );
             // /proc/1 is the outer namespace's init, not this process.
@@ -873,7 +873,7 @@ fn own_process_and_status_in_a_pid_namespace_without_its_own_proc() {
                 .iter()
                 .any(|t| t.name.starts_with("systemd") || t.name == "init"));
         } else {
-            assert_eq!(ns, reclaim_scope::ProcPidNamespace::Own);
+            assert_eq!(ns, reclaim_scope::proc::PidNamespace::Own);
         }
         return;
     }

@@ -7,8 +7,8 @@
 //! (`tests/vm_kernel.rs`, `cargo xtask vm-test`).
 
 use reclaim_scope::{
-    current_tid, support, thread_io_flusher, threads_of, ErrorKind, IoFlusher, NoFsScope, Support,
-    ThreadFlags,
+    proc::{current_tid, threads_of, ThreadFlags},
+    support, thread_io_flusher, ErrorKind, IoFlusher, NoFsScope, Support,
 };
 
 /// What the kernel says about PR_GET_IO_FLUSHER on this machine, asked

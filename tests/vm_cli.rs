@@ -1,10 +1,10 @@
-//! Kernel truth for the `reclaim-scope` tool and for `audit()`.
+//! Kernel truth for the `reclaim-scope` tool and for `Audit::current()`.
 //!
 //! - `reclaim-scope exec` flags an unmodified program and every thread it
 //!   creates: a threaded helper (this test binary re-invoked) and a real
 //!   daemon, qemu-nbd, serving a file on a unix socket to a small NBD client
 //!   below. Without `exec`, none of their threads is flagged.
-//! - `audit()` finds a thread whose flag was cleared behind its
+//! - `Audit::current()` finds a thread whose flag was cleared behind its
 //!   `IoFlusher`'s back, and a thread that inherited the flag by being
 //!   spawned inside a scope.
 //!
@@ -16,7 +16,11 @@
 mod common;
 
 use common::*;
-use reclaim_scope::{audit, current_tid, set_thread_io_flusher, IoFlusher, NoFsScope, Verdict};
+use reclaim_scope::{
+    audit::{Audit, Verdict},
+    proc::current_tid,
+    set_thread_io_flusher, IoFlusher, NoFsScope,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -413,7 +417,7 @@ fn probe_and_strict_exec_succeed_with_the_capability() {
 }
 
 // ---------------------------------------------------------------------------
-// audit()
+// Audit::current()
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -424,13 +428,13 @@ fn audit_finds_a_thread_cleared_behind_its_flushers_back() {
         let me = current_tid();
         let flusher = IoFlusher::try_enter().expect("the VM has CAP_SYS_RESOURCE");
         assert_eq!(thread_flags() & IO_FLUSHER_BITS, IO_FLUSHER_BITS);
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         assert_eq!(a.verdict(me), Some(Verdict::Flusher), "{a:#}");
 
         // Behind the guard's back: the raw setter, not a guard.
         set_thread_io_flusher(false).unwrap();
         assert_eq!(thread_flags() & IO_FLUSHER_BITS, 0, "/proc still flagged");
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         println!("{a}");
         assert_eq!(a.verdict(me), Some(Verdict::Missing), "{a:#}");
         assert_eq!(
@@ -445,7 +449,7 @@ fn audit_finds_a_thread_cleared_behind_its_flushers_back() {
         );
 
         drop(flusher);
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         assert_eq!(a.verdict(me), Some(Verdict::Clear), "{a:#}");
     });
 }
@@ -470,7 +474,7 @@ fn audit_finds_a_thread_spawned_inside_a_scope() {
         let child_tid = tid_rx.recv().unwrap();
 
         // Inside the scope: this thread is accounted for, the child is not.
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         assert_eq!(a.verdict(me), Some(Verdict::InScope), "{a:#}");
         assert_eq!(a.verdict(child_tid), Some(Verdict::Unaccounted), "{a:#}");
 
@@ -483,7 +487,7 @@ fn audit_finds_a_thread_spawned_inside_a_scope() {
             "{}",
             describe_flags(f)
         );
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         println!("{a}");
         assert_eq!(a.verdict(me), Some(Verdict::Clear), "{a:#}");
         assert_eq!(
@@ -567,19 +571,22 @@ const PIDNS_TEST: &str = "exec_and_audit_in_a_pid_namespace_with_and_without_its
 fn pidns_helper(mode: &str) {
     let me = std::process::id() as i32;
     assert_eq!(me, 1, "not the first process of a new PID namespace");
-    let ns = reclaim_scope::proc_pid_namespace().unwrap();
+    let ns = reclaim_scope::proc::pid_namespace().unwrap();
     println!("{mode}: {ns:?}");
     if mode == "outer-proc" {
         assert!(
-            matches!(ns, reclaim_scope::ProcPidNamespace::Ancestor { pid: 1, .. }),
+            matches!(
+                ns,
+                reclaim_scope::proc::PidNamespace::Ancestor { pid: 1, .. }
+            ),
             "{ns:?}"
         );
     } else {
-        assert_eq!(ns, reclaim_scope::ProcPidNamespace::Own);
+        assert_eq!(ns, reclaim_scope::proc::PidNamespace::Own);
     }
     // Started by `reclaim-scope exec`: every own thread flagged, read
     // through /proc/self with this namespace's tids.
-    let threads = reclaim_scope::threads_of(me).unwrap();
+    let threads = reclaim_scope::proc::threads_of(me).unwrap();
     assert!(
         threads.iter().any(|t| t.tid == current_tid()),
         "{threads:?}"
@@ -591,14 +598,14 @@ fn pidns_helper(mode: &str) {
         let tid = current_tid();
         // The registry's tid (gettid) and the audit's must match: an
         // inherited flag is unaccounted, a claiming IoFlusher accounts for it.
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         assert_eq!(a.verdict(tid), Some(Verdict::Unaccounted), "{a:#}");
         let flusher = IoFlusher::try_enter().expect("the VM has CAP_SYS_RESOURCE");
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         assert_eq!(a.verdict(tid), Some(Verdict::Flusher), "{a:#}");
         assert_eq!(a.pid(), 1);
         set_thread_io_flusher(false).unwrap();
-        let a = audit().unwrap();
+        let a = Audit::current().unwrap();
         assert_eq!(a.verdict(tid), Some(Verdict::Missing), "{a:#}");
         set_thread_io_flusher(true).unwrap();
         drop(flusher);

@@ -11,8 +11,9 @@ mod common;
 
 use common::*;
 use reclaim_scope::{
-    current_tid, refresh_thread_state, support, thread_io_flusher, try_with_nofs, with_nofs,
-    AllowFsReclaim, IoFlusher, NoFsScope, Support, ThreadFlags,
+    proc::{current_tid, ThreadFlags},
+    refresh_thread_state, support, thread_io_flusher, AllowFsReclaim, IoFlusher, NoFsScope,
+    Support,
 };
 
 const PAGES: usize = 16;
@@ -133,7 +134,7 @@ vm_test! {
                 // Nested levels inside the traced outermost scope.
                 let _a = NoFsScope::try_enter().unwrap();
                 let _b = NoFsScope::enter();
-                with_nofs(|| ());
+                NoFsScope::run(|| ());
             }
             drop(outer);
         });
@@ -321,10 +322,10 @@ vm_test! {
 
 vm_test! {
     fn closures_run_inside_the_scope() {
-        assert!(with_nofs(thread_is_flagged));
-        assert_thread_clear("after with_nofs");
-        assert!(try_with_nofs(thread_is_flagged).unwrap());
-        assert_thread_clear("after try_with_nofs");
+        assert!(NoFsScope::run(thread_is_flagged));
+        assert_thread_clear("after NoFsScope::run");
+        assert!(NoFsScope::try_run(thread_is_flagged).unwrap());
+        assert_thread_clear("after NoFsScope::try_run");
     }
 }
 

@@ -10,7 +10,7 @@ mod common;
 
 use common::{describe_flags, on_fresh_thread, require_vm, task_flags, thread_flags};
 use reclaim_scope::future::NoFsFutureExt;
-use reclaim_scope::{thread, AllowFsReclaim, Context, IoFlusher, NoFsScope};
+use reclaim_scope::{thread, AllocContext, AllowFsReclaim, IoFlusher, NoFsScope};
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -153,7 +153,7 @@ fn builder_name_stack_and_explicit_context() {
             thread::Builder::new()
                 .name("vm-flusher".into())
                 .stack_size(256 * 1024)
-                .context(Context::io_flusher())
+                .context(AllocContext::io_flusher())
                 .spawn(move || {
                     assert_eq!(std::thread::current().name(), Some("vm-flusher"));
                     f()
@@ -229,7 +229,7 @@ fn context_run_on_an_existing_pool_thread() {
         let job = {
             let _s = NoFsScope::try_enter().unwrap();
             let tx = tx.clone();
-            Context::current().wrap(move || tx.send(thread_flags()).unwrap())
+            AllocContext::current().wrap(move || tx.send(thread_flags()).unwrap())
         };
         jobs.send(Box::new(job)).unwrap();
         assert_flagged(rx.recv().unwrap(), "wrapped job on a plain pool thread");
@@ -238,18 +238,18 @@ fn context_run_on_an_existing_pool_thread() {
         jobs.send(Box::new(move || tx2.send(0).unwrap())).unwrap();
         rx.recv().unwrap();
         assert_clear(flags_of(tid), "pool thread after the job");
-        // Context::run directly, and the clear context on a flagged thread.
-        let ctx = Context::io_flusher();
+        // AllocContext::run directly, and the clear context on a flagged thread.
+        let ctx = AllocContext::io_flusher();
         jobs.send(Box::new(move || {
             let _worker = IoFlusher::enter();
-            let inner = Context::clear().run(thread_flags);
+            let inner = AllocContext::clear().run(thread_flags);
             let outer = ctx.run(thread_flags);
             tx.send(inner).unwrap();
             tx.send(outer).unwrap();
         }))
         .unwrap();
-        assert_clear(rx.recv().unwrap(), "Context::clear().run on a flusher");
-        assert_flagged(rx.recv().unwrap(), "Context::io_flusher().run");
+        assert_clear(rx.recv().unwrap(), "AllocContext::clear().run on a flusher");
+        assert_flagged(rx.recv().unwrap(), "AllocContext::io_flusher().run");
         drop(jobs);
         h.join().unwrap();
     });
@@ -274,7 +274,7 @@ fn rayon_start_handler_and_wrapped_jobs() {
         for &(tid, f) in &every {
             assert_flagged(f, &format!("rayon pool thread {tid}"));
         }
-        let cleared = pool.install(Context::clear().wrap(thread_flags));
+        let cleared = pool.install(AllocContext::clear().wrap(thread_flags));
         assert_clear(cleared, "clear job on the flusher pool");
         for (tid, _) in every {
             assert_flagged(flags_of(tid), "rayon thread after the clear job");

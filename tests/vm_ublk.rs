@@ -6,7 +6,7 @@
 //! First the device itself, to real clients: brd → ext4 → sparse backing
 //! file → `ublk_file --queues 2` → `mkfs.xfs` on /dev/ublkb0 → `fio` with
 //! verify on the mounted XFS; then `/proc/PID/task/TID/stat`,
-//! `reclaim-scope status --json` and the daemon's own `audit()` (SIGUSR1)
+//! `reclaim-scope status --json` and the daemon's own `Audit::current()` (SIGUSR1)
 //! must show every queue thread, and every io_uring worker (`iou-wrk-*`)
 //! of the daemon, NOIO|LOCAL_THROTTLE; SIGTERM deletes the device. The same
 //! with `--no-flusher`: the queue threads are clear between requests.
@@ -178,7 +178,7 @@ impl Rig {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `audit()` as the daemon prints it on SIGUSR1 (every thread, `{:#}`).
+    /// `Audit::current()` as the daemon prints it on SIGUSR1 (every thread, `{:#}`).
     fn audit(&self) -> String {
         let before = self.log().matches("audit of process").count();
         must(5, "kill", &["-USR1", &self.pid().to_string()]);
@@ -371,11 +371,11 @@ fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
         );
     }
 
-    // audit() inside the daemon: every queue thread held by its IoFlusher,
+    // Audit::current() inside the daemon: every queue thread held by its IoFlusher,
     // every io_uring worker accounted for by the IoFlusher of the thread it
     // works for (iou-wrk-TID), nothing missing or unaccounted.
     let audit = rig.audit();
-    say(&format!("  daemon's audit():\n{audit}"));
+    say(&format!("  daemon's Audit::current():\n{audit}"));
     assert!(
         audit.contains("every flag is accounted for"),
         "audit has findings: {audit}"
@@ -412,7 +412,7 @@ fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
     drop(rig);
 
     // --no-flusher: between requests the queue thread is clear (each file
-    // call is still NOIO-scoped by NoFsFile), and audit() agrees.
+    // call is still NOIO-scoped by NoFsFile), and Audit::current() agrees.
     let (mut rig, dev) = Rig::start(&backing, None, &["--no-flusher"], "/tmp/ublk-noflusher.log");
     let pid = rig.pid();
     must(

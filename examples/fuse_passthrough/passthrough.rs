@@ -7,7 +7,7 @@
 //! creating request runs with the caller's fsuid/fsgid ([`creds`]). Every
 //! read, write, truncate, sync, allocation, hole punch and SEEK_DATA/HOLE of
 //! file data goes through `NoFsFile`; the other fallocate modes,
-//! copy_file_range and fsyncdir run inside a `with_nofs` scope.
+//! copy_file_range and fsyncdir run inside a `NoFsScope::run` scope.
 //! Extended attributes go to the source through `/proc/self/fd/N` with the
 //! xattr crate (rustix for SETXATTR's flags); SETXATTR and REMOVEXATTR run
 //! with the caller's fsuid/fsgid. `fcntl` locks are OFD locks on the
@@ -64,7 +64,7 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
-use reclaim_scope::{with_nofs, IoFlusher, NoFsFile, NoFsIoError};
+use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError, NoFsScope};
 use rustix::fs::XattrFlags;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -1220,7 +1220,7 @@ impl Filesystem for Passthrough {
                 Mode::empty(),
             )
             .map_err(sys)?;
-            with_nofs(|| {
+            NoFsScope::run(|| {
                 if datasync {
                     nix::unistd::fdatasync(&d)
                 } else {
@@ -1512,7 +1512,7 @@ impl Filesystem for Passthrough {
                     i64::try_from(offset).map_err(|_| Errno::EINVAL)?,
                     i64::try_from(length).map_err(|_| Errno::EINVAL)?,
                 );
-                with_nofs(|| {
+                NoFsScope::run(|| {
                     nix::fcntl::fallocate(f.as_fd(), FallocateFlags::from_bits_retain(m), off, len)
                 })
                 .map_err(sys)
@@ -1577,7 +1577,7 @@ impl Filesystem for Passthrough {
             let mut off_out = i64::try_from(offset_out).map_err(|_| Errno::EINVAL)?;
             // The reply counts bytes in 32 bits.
             let len = len.min(1 << 30) as usize;
-            with_nofs(|| {
+            NoFsScope::run(|| {
                 nix::fcntl::copy_file_range(
                     fin.as_fd(),
                     Some(&mut off_in),

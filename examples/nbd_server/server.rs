@@ -249,7 +249,7 @@ impl Export {
     /// NOFS scope; the reply does not wait for the data.
     fn cache(&self, offset: u64, len: u64) -> Result<(), IoFail> {
         use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-        let r = reclaim_scope::with_nofs(|| {
+        let r = reclaim_scope::NoFsScope::run(|| {
             posix_fadvise(
                 self.file.get_ref(),
                 offset as libc::off_t,

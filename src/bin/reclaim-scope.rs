@@ -7,8 +7,10 @@
 
 use clap::{Parser, Subcommand};
 use reclaim_scope::{
-    proc_pid_namespace, process_ids, support, threads_of, ProcPidNamespace, ProcessIds,
-    ThreadFlags, ThreadInfo,
+    proc::{
+        pid_namespace, process_ids, threads_of, PidNamespace, ProcessIds, ThreadFlags, ThreadInfo,
+    },
+    support,
 };
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
@@ -620,19 +622,19 @@ fn yes(b: bool) -> &'static str {
 }
 
 /// The namespace whose pids `status` reads, for the JSON output.
-fn namespace_word(ns: &io::Result<ProcPidNamespace>) -> &'static str {
+fn namespace_word(ns: &io::Result<PidNamespace>) -> &'static str {
     match ns {
-        Ok(ProcPidNamespace::Own) => "own",
-        Ok(ProcPidNamespace::Ancestor { .. }) => "ancestor",
-        Ok(ProcPidNamespace::Unrelated) => "unrelated",
+        Ok(PidNamespace::Own) => "own",
+        Ok(PidNamespace::Ancestor { .. }) => "ancestor",
+        Ok(PidNamespace::Unrelated) => "unrelated",
         Ok(_) | Err(_) => "unknown",
     }
 }
 
 fn status(pids: &[i32], json: bool) -> u8 {
-    let ns = proc_pid_namespace();
+    let ns = pid_namespace();
     match &ns {
-        Ok(ProcPidNamespace::Own) => {}
+        Ok(PidNamespace::Own) => {}
         Ok(other) => say!("reclaim-scope: note: {other}"),
         Err(e) => {
             say!("reclaim-scope: note: cannot tell which PID namespace /proc belongs to: {e}")
@@ -969,8 +971,8 @@ fn probe() -> u8 {
         Some(l) => writeln!(s, "LSM label:          {l}"),
         None => writeln!(s, "LSM label:          none (unconfined)"),
     };
-    match proc_pid_namespace() {
-        Ok(ProcPidNamespace::Own) => {}
+    match pid_namespace() {
+        Ok(PidNamespace::Own) => {}
         Ok(other) => {
             let _ = writeln!(s, "/proc:              {other}");
         }

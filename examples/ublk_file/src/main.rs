@@ -14,7 +14,7 @@
 //! The queue threads are spawned here, not by libublk's `run_target` (whose
 //! threads libublk ≥ 0.4.7 flags with a raw `prctl`, outside any guard):
 //! each holds an `IoFlusher` from before its ring exists until it exits, so
-//! the flag is set, accounted for by `audit()`, and inherited by anything
+//! the flag is set, accounted for by `Audit::current()`, and inherited by anything
 //! its ring creates. So does the main thread, whose control ring's io-wq
 //! worker runs START_DEV and STOP_DEV. Without CAP_SYS_RESOURCE it serves anyway after a
 //! one-line warning; `--strict` refuses (exit 3). `--no-flusher` serves
@@ -23,7 +23,7 @@
 //! `fdatasync`/`fallocate`): the unprotected daemon, for comparison.
 //!
 //! SIGINT/SIGTERM stop the device (requests in flight complete), sync the
-//! backing store and delete the device; SIGUSR1 prints `audit()` of every
+//! backing store and delete the device; SIGUSR1 prints `Audit::current()` of every
 //! thread. Exit status 0 after a clean stop, 1 when the final sync failed,
 //! 2 for a usage or set-up error, 3 for `--strict` refused.
 
@@ -380,7 +380,10 @@ fn queue_thread(
             return;
         }
     };
-    if ready.send(Ok((qid, reclaim_scope::current_tid()))).is_err() {
+    if ready
+        .send(Ok((qid, reclaim_scope::proc::current_tid())))
+        .is_err()
+    {
         return;
     }
     drop(ready);
@@ -429,7 +432,7 @@ fn delete(id: u32) -> ExitCode {
 }
 
 fn print_audit() {
-    match reclaim_scope::audit() {
+    match reclaim_scope::audit::Audit::current() {
         Ok(a) => eprintln!("ublk-file: {a:#}"),
         Err(e) => eprintln!("ublk-file: audit: {e}"),
     }

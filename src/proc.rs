@@ -5,6 +5,18 @@
 //! daemon, a test or an operator can always check what the kernel really
 //! does — which is the point: `prctl(PR_SET_IO_FLUSHER)` has shipped broken
 //! in real projects because nobody looked.
+//!
+//! # Process and thread IDs
+//!
+//! IDs are `i32` because that is the kernel's `pid_t` (`libc::pid_t`), the
+//! type `gettid(2)`, `/proc` and every syscall that takes a task use; a
+//! daemon passes them on to `kill(2)`, `tgkill(2)` or `libc` without a cast.
+//! std's `u32` (`std::process::id`, `Child::id`) converts with `as i32`
+//! (Linux's `pid_max` is at most 2²² = 4 194 304). No newtype (as nix's
+//! `Pid` or rustix's `Pid`): the crate only reads `/proc` with them, and an
+//! ID that names no task, including `0` and negative values, is an
+//! [`io::ErrorKind::NotFound`] error from every function here rather than a
+//! type error.
 
 use crate::sys;
 use std::fmt;
@@ -17,7 +29,7 @@ use std::path::PathBuf;
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// use reclaim_scope::ThreadFlags;
+/// use reclaim_scope::proc::ThreadFlags;
 ///
 /// let flags = ThreadFlags::current()?;
 /// println!("this thread: {flags}"); // e.g. "clear" or "NOIO|LOCAL_THROTTLE (io-flusher)"
@@ -33,7 +45,7 @@ impl ThreadFlags {
     /// Wraps a raw `flags` word (field 9 of `/proc/<pid>/task/<tid>/stat`).
     ///
     /// ```
-    /// use reclaim_scope::ThreadFlags;
+    /// use reclaim_scope::proc::ThreadFlags;
     /// let f = ThreadFlags::from_bits(0x0008_0000 | 0x0010_0000);
     /// assert!(f.noio() && f.local_throttle() && f.is_io_flusher());
     /// ```
@@ -53,7 +65,7 @@ impl ThreadFlags {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// let f = reclaim_scope::ThreadFlags::current()?;
+    /// let f = reclaim_scope::proc::ThreadFlags::current()?;
     /// assert_eq!(f.is_io_flusher(), f.noio() && f.local_throttle());
     /// # }
     /// # Ok::<(), std::io::Error>(())
@@ -68,7 +80,7 @@ impl ThreadFlags {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// use reclaim_scope::{current_tid, ThreadFlags};
+    /// use reclaim_scope::proc::{current_tid, ThreadFlags};
     /// let pid = std::process::id() as i32;
     /// let f = ThreadFlags::of_task(pid, current_tid())?;
     /// assert_eq!(f.noio(), ThreadFlags::current()?.noio());
@@ -165,7 +177,7 @@ pub struct ThreadInfo {
 /// `NotFound` with a message naming the pid. Needs no capability.
 ///
 /// `pid` is looked up as `/proc` numbers processes (see
-/// [`proc_pid_namespace`]); the calling process's own pid
+/// [`pid_namespace`]); the calling process's own pid
 /// (`std::process::id()`) is always read through `/proc/self`, with the
 /// thread ids [`current_tid`] gives, even when `/proc` belongs to an outer
 /// PID namespace.
@@ -173,8 +185,8 @@ pub struct ThreadInfo {
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// let me = std::process::id() as i32;
-/// let threads = reclaim_scope::threads_of(me)?;
-/// assert!(threads.iter().any(|t| t.tid == reclaim_scope::current_tid()));
+/// let threads = reclaim_scope::proc::threads_of(me)?;
+/// assert!(threads.iter().any(|t| t.tid == reclaim_scope::proc::current_tid()));
 /// # }
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -239,7 +251,7 @@ fn own_pid() -> i32 {
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// let ids = reclaim_scope::process_ids(std::process::id() as i32)?;
+/// let ids = reclaim_scope::proc::process_ids(std::process::id() as i32)?;
 /// assert!(ids.is_process());
 /// # }
 /// # Ok::<(), std::io::Error>(())
@@ -264,7 +276,7 @@ impl ProcessIds {
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
-    /// let me = reclaim_scope::process_ids(std::process::id() as i32)?;
+    /// let me = reclaim_scope::proc::process_ids(std::process::id() as i32)?;
     /// assert_eq!(me.tgid, me.pid);
     /// # }
     /// # Ok::<(), std::io::Error>(())
@@ -285,7 +297,7 @@ impl ProcessIds {
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// let me = reclaim_scope::process_ids(std::process::id() as i32)?;
+/// let me = reclaim_scope::proc::process_ids(std::process::id() as i32)?;
 /// assert!(me.is_process());
 /// # }
 /// # Ok::<(), std::io::Error>(())
@@ -318,15 +330,15 @@ pub fn process_ids(pid: i32) -> io::Result<ProcessIds> {
 ///
 /// Pids given to [`threads_of`], [`ThreadFlags::of_task`] and
 /// [`process_ids`] are looked up in `/proc`, so outside
-/// [`Own`](ProcPidNamespace::Own) they are `/proc`'s numbers, not the
+/// [`Own`](PidNamespace::Own) they are `/proc`'s numbers, not the
 /// caller's (the calling process itself is always read through
 /// `/proc/self`, with its own numbers).
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
-/// use reclaim_scope::{proc_pid_namespace, ProcPidNamespace};
-/// match proc_pid_namespace()? {
-///     ProcPidNamespace::Own => {}
+/// use reclaim_scope::proc::{pid_namespace, PidNamespace};
+/// match pid_namespace()? {
+///     PidNamespace::Own => {}
 ///     other => eprintln!("note: {other}"),
 /// }
 /// # }
@@ -334,7 +346,7 @@ pub fn process_ids(pid: i32) -> io::Result<ProcessIds> {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ProcPidNamespace {
+pub enum PidNamespace {
     /// `/proc` belongs to the caller's PID namespace: its pids are the ones
     /// `getpid()`, `kill()` and `waitpid()` use.
     Own,
@@ -352,18 +364,18 @@ pub enum ProcPidNamespace {
     Unrelated,
 }
 
-impl fmt::Display for ProcPidNamespace {
+impl fmt::Display for PidNamespace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProcPidNamespace::Own => f.write_str("/proc belongs to this PID namespace"),
-            ProcPidNamespace::Ancestor { pid, proc_pid } => write!(
+            PidNamespace::Own => f.write_str("/proc belongs to this PID namespace"),
+            PidNamespace::Ancestor { pid, proc_pid } => write!(
                 f,
                 "/proc belongs to an ancestor PID namespace, not this process's (this process is \
                  pid {pid} here and {proc_pid} in /proc): pids are read as /proc numbers them; \
                  mount a /proc for this namespace (`unshare --pid --fork --mount-proc`) to use \
                  this namespace's pids"
             ),
-            ProcPidNamespace::Unrelated => f.write_str(
+            PidNamespace::Unrelated => f.write_str(
                 "/proc belongs to a PID namespace this process is not part of (/proc/self does \
                  not exist); its pids are not this namespace's",
             ),
@@ -371,19 +383,17 @@ impl fmt::Display for ProcPidNamespace {
     }
 }
 
-/// Finds out [`ProcPidNamespace`] from `/proc/self/status` (its `NSpid:`
+/// Finds out [`PidNamespace`] from `/proc/self/status` (its `NSpid:`
 /// line lists one id per namespace from `/proc`'s down to the caller's).
 ///
 /// # Errors
 ///
 /// When `/proc` is not mounted (or not Linux).
-pub fn proc_pid_namespace() -> io::Result<ProcPidNamespace> {
+pub fn pid_namespace() -> io::Result<PidNamespace> {
     Ok(match sys::procfs::proc_ns()? {
-        sys::procfs::ProcNs::Own => ProcPidNamespace::Own,
-        sys::procfs::ProcNs::Ancestor { pid, proc_pid } => {
-            ProcPidNamespace::Ancestor { pid, proc_pid }
-        }
-        sys::procfs::ProcNs::Unrelated => ProcPidNamespace::Unrelated,
+        sys::procfs::ProcNs::Own => PidNamespace::Own,
+        sys::procfs::ProcNs::Ancestor { pid, proc_pid } => PidNamespace::Ancestor { pid, proc_pid },
+        sys::procfs::ProcNs::Unrelated => PidNamespace::Unrelated,
     })
 }
 
@@ -391,7 +401,7 @@ pub fn proc_pid_namespace() -> io::Result<ProcPidNamespace> {
 /// `/proc/<pid>/task/<tid>` and tracefs' `common_pid` use.
 ///
 /// ```
-/// let tid = reclaim_scope::current_tid();
+/// let tid = reclaim_scope::proc::current_tid();
 /// assert!(tid > 0);
 /// ```
 pub fn current_tid() -> i32 {
@@ -448,6 +458,20 @@ fn read_stat_file(path: &str, tid: i32) -> io::Result<ThreadInfo> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ids_that_name_no_task_are_not_found() {
+        for (pid, tid) in [(0, 0), (-1, -1), (i32::MIN, 1), (1, i32::MAX)] {
+            let e = ThreadFlags::of_task(pid, tid).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "of_task({pid}, {tid}): {e}");
+        }
+        for pid in [0, -1, i32::MIN, i32::MAX] {
+            let e = threads_of(pid).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "threads_of({pid}): {e}");
+            let e = process_ids(pid).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "process_ids({pid}): {e}");
+        }
+    }
     use super::*;
 
     #[test]
