@@ -145,3 +145,8 @@ pub use scope::{
     refresh_thread_state, set_thread_io_flusher, support, thread_io_flusher, AllowFsReclaim,
     IoFlusher, NoFsScope, Support,
 };
+
+// The README's Rust examples are compiled (and the runnable one run) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
