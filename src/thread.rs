@@ -46,7 +46,7 @@
 //! ```
 
 use crate::scope::propagation;
-use crate::AllocContext;
+use crate::{sys, AllocContext};
 use std::fmt;
 use std::io;
 use std::thread::{JoinHandle, ScopedJoinHandle};
@@ -56,9 +56,8 @@ use std::thread::{JoinHandle, ScopedJoinHandle};
 struct Inherit {
     ctx: AllocContext,
     kernel: bool,
-    /// The creator's fake kernel, copied like `clone()` copies the flags.
-    #[cfg(test)]
-    fake: Option<crate::sys::fake::FakeThread>,
+    /// The backend's per-thread state, copied like `clone()` copies the flags.
+    backend: sys::CloneState,
 }
 
 impl Inherit {
@@ -67,15 +66,13 @@ impl Inherit {
         Inherit {
             ctx: ctx.unwrap_or_else(AllocContext::current),
             kernel: propagation::kernel_flag(),
-            #[cfg(test)]
-            fake: crate::sys::fake::inherit_capture(),
+            backend: sys::CloneState::capture(),
         }
     }
 
     /// Called first on the new thread.
     fn run<T>(self, f: impl FnOnce() -> T) -> T {
-        #[cfg(test)]
-        crate::sys::fake::inherit_apply(self.fake);
+        self.backend.apply();
         propagation::inherited(self.kernel);
         let _role = self.ctx.enter_for_thread();
         f()

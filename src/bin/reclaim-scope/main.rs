@@ -385,7 +385,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&status_json(&found, "own")).unwrap();
         assert_help_lists(STATUS_JSON_HELP, &v);
         let v: serde_json::Value = serde_json::from_str(&watch::json(
-            &watch::Tally::sample(),
+            &watch::tests::sample_tally(),
             &watch::Notes::default(),
         ))
         .unwrap();

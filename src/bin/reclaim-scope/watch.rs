@@ -14,7 +14,7 @@
 mod parse;
 mod tally;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tracefs;
 
 pub use parse::*;

@@ -1,7 +1,6 @@
 //! The pure part, first half: the watched events, `gfp_flags` as tracefs
 //! prints them, and a trace line into an event.
 
-
 /// The events watched, `system/name`. Missing ones (older kernels) are
 /// reported, not fatal, except that without any reclaim event nothing
 /// could be proved.

@@ -275,16 +275,6 @@ fn counts_json(c: &Counts) -> serde_json::Value {
     })
 }
 
-#[cfg(test)]
-impl Tally {
-    /// One thread with one event, for tests of the output's shape.
-    pub fn sample() -> Tally {
-        let mut t = Tally::default();
-        t.feed("nbd-conn-231 [000] ..... 88.9: mm_page_alloc: page=0 pfn=0x1 order=0 migratetype=1 gfp_flags=GFP_NOIO");
-        t
-    }
-}
-
 /// The summary as one JSON object.
 pub fn json(t: &Tally, n: &Notes) -> String {
     let threads: Vec<serde_json::Value> = t

@@ -1,5 +1,12 @@
 use super::*;
 
+/// One thread with one event, for tests of the output's shape.
+pub(crate) fn sample_tally() -> Tally {
+    let mut t = Tally::default();
+    t.feed("nbd-conn-231 [000] ..... 88.9: mm_page_alloc: page=0 pfn=0x1 order=0 migratetype=1 gfp_flags=GFP_NOIO");
+    t
+}
+
 const RECORDED: &str = "\
 # tracer: nop
   nbd-conn-231     [000] d..1.    88.914100: mm_page_alloc: page=000000001 pfn=0x1234 order=0 migratetype=1 gfp_flags=GFP_NOIO|__GFP_COMP
