@@ -111,7 +111,6 @@
 //! - A guard that is not effective protects nothing: check it, use the
 //!   strict form, or watch [`degradation`].
 
-#![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
