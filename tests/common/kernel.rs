@@ -129,9 +129,11 @@ pub fn on_fresh_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static
     }
 }
 
-/// A kernel-truth test: `#[test]`, ignored on the host with the reason every
-/// VM test shows there, run in the VM by `cargo xtask vm-test` (which passes
-/// `--include-ignored`). Names and bodies are the test's own:
+/// A kernel-truth test: `#[test]`, ignored on the host with the reason it
+/// shows there, run in the VM by `cargo xtask vm-test` (which passes
+/// `--include-ignored`). Names and bodies are the test's own. The reason is
+/// "needs `CAP_SYS_RESOURCE`" unless a `reason "...";` line names what else
+/// the test needs (modules, tracefs, a kernel):
 ///
 /// ```ignore
 /// vm_test! {
@@ -141,14 +143,25 @@ pub fn on_fresh_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static
 ///         // ...
 ///     }
 /// }
+/// vm_test! {
+///     reason "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`";
+///     fn another_test() { /* ... */ }
+/// }
 /// ```
 #[allow(unused_macros)]
 macro_rules! vm_test {
-    ($(#[$m:meta])* fn $name:ident() $body:block) => {
+    (reason $reason:literal; $(#[$m:meta])* fn $name:ident() $body:block) => {
         $(#[$m])*
         #[test]
-        #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
+        #[ignore = $reason]
         fn $name() $body
+    };
+    ($(#[$m:meta])* fn $name:ident() $body:block) => {
+        $crate::common::vm_test! {
+            reason "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`";
+            $(#[$m])*
+            fn $name() $body
+        }
     };
 }
 #[allow(unused_imports)]
