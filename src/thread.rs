@@ -2,9 +2,9 @@
 //! [`std::thread::spawn`], [`std::thread::Builder`] and
 //! [`std::thread::scope`].
 //!
-//! The kernel copies the I/O-flusher flag to a new thread at `clone()`,
-//! from the thread that spawns it, and never looks again. That is right by
-//! accident at best:
+//! The kernel copies the I/O-flusher flag to a new thread at `clone()`
+//! and never looks again ([inheritance](crate#inheritance)). That is right
+//! by accident at best:
 //!
 //! - a thread spawned with `std::thread::spawn` **inside** a scope stays
 //!   flagged **for its whole life**, long after the scope ended — a logger
@@ -87,6 +87,8 @@ impl Inherit {
 /// Like [`std::thread::spawn`], if the OS fails to create a thread; use
 /// [`Builder::spawn`] to handle that.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{thread, IoFlusher};
 ///
@@ -109,6 +111,8 @@ where
 /// errors as [`io::Error`]) whose threads start in their creator's
 /// [`AllocContext`] or one set with [`context`](Builder::context).
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{thread::Builder, AllocContext};
 ///
@@ -129,6 +133,8 @@ pub struct Builder {
 impl Builder {
     /// A builder with std's defaults and the context captured at spawn.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let h = reclaim_scope::thread::Builder::new().spawn(|| 1)?;
     /// assert_eq!(h.join().unwrap(), 1);
@@ -143,6 +149,8 @@ impl Builder {
 
     /// Names the thread, as [`std::thread::Builder::name`].
     ///
+    /// # Examples
+    ///
     /// ```
     /// let b = reclaim_scope::thread::Builder::new().name("queue-3".into());
     /// ```
@@ -154,6 +162,8 @@ impl Builder {
     }
 
     /// Sets the stack size, as [`std::thread::Builder::stack_size`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// let b = reclaim_scope::thread::Builder::new().stack_size(1 << 20);
@@ -167,6 +177,8 @@ impl Builder {
 
     /// Runs the thread in `ctx` instead of the context of the thread that
     /// calls `spawn`.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{thread::Builder, AllocContext};
@@ -186,6 +198,8 @@ impl Builder {
     /// Spawns the thread, as [`std::thread::Builder::spawn`]: an error if
     /// the OS could not create it.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let h = reclaim_scope::thread::Builder::new().spawn(|| 6 * 7)?;
     /// assert_eq!(h.join().unwrap(), 42);
@@ -201,6 +215,8 @@ impl Builder {
     }
 
     /// Spawns a scoped thread, as [`std::thread::Builder::spawn_scoped`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::thread::{self, Builder};
@@ -250,6 +266,8 @@ impl fmt::Debug for Builder {
 /// The closure gets a [`Scope`] handle; it is `Copy`, so a spawned thread
 /// can spawn more: `let s = *s;` then `move` it in.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{thread, AllocContext, NoFsScope};
 ///
@@ -273,6 +291,8 @@ where
 /// carries the spawning thread's [`AllocContext`]. `Copy`: a reference to the
 /// std scope.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::thread::Scope;
 ///
@@ -290,6 +310,8 @@ pub struct Scope<'scope, 'env: 'scope> {
 impl<'scope, 'env> Scope<'scope, 'env> {
     /// Wraps a std scope.
     ///
+    /// # Examples
+    ///
     /// ```
     /// std::thread::scope(|s| {
     ///     let s = reclaim_scope::thread::Scope::new(s);
@@ -302,6 +324,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
 
     /// The std scope, for spawning a thread that must start in its
     /// inherited state.
+    ///
+    /// # Examples
     ///
     /// ```
     /// reclaim_scope::thread::scope(|s| {
@@ -319,6 +343,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     ///
     /// If the OS fails to create a thread; use [`Builder::spawn_scoped`] to
     /// handle that.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let v = vec![1, 2];

@@ -6,6 +6,8 @@ use std::fmt;
 
 /// How one thread's kernel flag compares with the crate's guards.
 ///
+/// # Examples
+///
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// use reclaim_scope::{proc::current_tid, audit::{Audit, Verdict}};
@@ -51,6 +53,8 @@ impl Verdict {
     /// Whether this verdict is a finding: [`Missing`](Verdict::Missing) or
     /// [`Unaccounted`](Verdict::Unaccounted).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::audit::Verdict;
     /// assert!(Verdict::Missing.is_finding());
@@ -84,6 +88,8 @@ impl fmt::Display for Verdict {
 
 /// One thread of the audited process.
 ///
+/// # Examples
+///
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// for t in reclaim_scope::audit::Audit::current()?.threads() {
@@ -110,6 +116,8 @@ pub struct AuditedThread {
 /// `Display` prints a summary line and the findings; the alternate form
 /// (`{:#}`) lists every thread.
 ///
+/// # Examples
+///
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// let report = reclaim_scope::audit::Audit::current()?;
@@ -129,6 +137,8 @@ pub struct Audit {
 impl Audit {
     /// The audited process.
     ///
+    /// # Examples
+    ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
     /// assert_eq!(reclaim_scope::audit::Audit::current()?.pid(), std::process::id() as i32);
@@ -140,6 +150,8 @@ impl Audit {
     }
 
     /// Every thread, ordered by thread id.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
@@ -154,6 +166,8 @@ impl Audit {
 
     /// Threads a live [`IoFlusher`](crate::IoFlusher) expects to be flagged
     /// but the kernel says are clear ([`Verdict::Missing`]).
+    ///
+    /// # Examples
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
@@ -171,6 +185,8 @@ impl Audit {
 
     /// Flagged threads no guard accounts for ([`Verdict::Unaccounted`]).
     ///
+    /// # Examples
+    ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
     /// let n = reclaim_scope::audit::Audit::current()?.unaccounted().count();
@@ -183,6 +199,8 @@ impl Audit {
     }
 
     /// The verdict on thread `tid`, if it was seen.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
@@ -199,6 +217,8 @@ impl Audit {
     }
 
     /// Whether nothing is missing and nothing is unaccounted.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {

@@ -122,6 +122,8 @@ fn open_error(op: Op, path: &Path, e: io::Error) -> NoFsIoError {
 ///
 /// # Example
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{IoFlusher, NoFsFile};
 /// use std::fs::OpenOptions;
@@ -165,6 +167,8 @@ impl NoFsFile {
     /// Wraps an open file. Its calls follow the process default policy
     /// ([`NoFsFile::default_policy`]) until [`with_policy`](Self::with_policy)
     /// chooses one.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/zero")?);
@@ -265,6 +269,8 @@ impl NoFsFile {
 
     /// Sets this file's [`NoFsPolicy`] (builder form).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{NoFsFile, NoFsPolicy};
     /// let file = NoFsFile::new(std::fs::File::open("/dev/zero")?).with_policy(NoFsPolicy::Strict);
@@ -278,6 +284,8 @@ impl NoFsFile {
     }
 
     /// Sets this file's [`NoFsPolicy`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{NoFsFile, NoFsPolicy};
@@ -293,6 +301,8 @@ impl NoFsFile {
     /// This file's policy: the one set with
     /// [`with_policy`](Self::with_policy), else the process default at the
     /// time of the call.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::NoFsFile;
@@ -312,6 +322,8 @@ impl NoFsFile {
     /// The process default [`NoFsPolicy`]: [`NoFsPolicy::BestEffort`]
     /// unless changed with [`set_default_policy`](Self::set_default_policy).
     ///
+    /// # Examples
+    ///
     /// ```
     /// println!("{:?}", reclaim_scope::NoFsFile::default_policy());
     /// ```
@@ -322,6 +334,8 @@ impl NoFsFile {
 
     /// Sets the process default [`NoFsPolicy`], used by every file without
     /// its own (also files created before). Set it once at start-up.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{NoFsFile, NoFsPolicy};
@@ -342,6 +356,8 @@ impl NoFsFile {
 
     /// The wrapped file.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
     /// assert_eq!(file.get_ref().metadata()?.len(), 0);
@@ -353,6 +369,8 @@ impl NoFsFile {
     }
 
     /// Unwraps the file.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
@@ -417,88 +435,42 @@ impl fmt::Debug for NoFsFile {
 }
 
 impl From<File> for NoFsFile {
-    /// ```
-    /// let file: reclaim_scope::NoFsFile = std::fs::File::open("/dev/null")?.into();
-    /// # drop(file);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn from(file: File) -> NoFsFile {
         NoFsFile::new(file)
     }
 }
 
 impl From<OwnedFd> for NoFsFile {
-    /// ```
-    /// use std::os::fd::OwnedFd;
-    /// let fd: OwnedFd = std::fs::File::open("/dev/null")?.into();
-    /// let file = reclaim_scope::NoFsFile::from(fd);
-    /// # drop(file);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn from(fd: OwnedFd) -> NoFsFile {
         NoFsFile::new(File::from(fd))
     }
 }
 
 impl From<NoFsFile> for File {
-    /// ```
-    /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
-    /// let back: std::fs::File = file.into();
-    /// # drop(back);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn from(f: NoFsFile) -> File {
         f.file
     }
 }
 
 impl From<NoFsFile> for OwnedFd {
-    /// ```
-    /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
-    /// let fd: std::os::fd::OwnedFd = file.into();
-    /// # drop(fd);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn from(f: NoFsFile) -> OwnedFd {
         f.file.into()
     }
 }
 
 impl AsFd for NoFsFile {
-    /// ```
-    /// use std::os::fd::AsFd;
-    /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
-    /// let dup = file.as_fd().try_clone_to_owned()?;
-    /// # drop(dup);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
 }
 
 impl AsRawFd for NoFsFile {
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
-    /// assert!(file.as_raw_fd() >= 0);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 }
 
 impl IntoRawFd for NoFsFile {
-    /// ```
-    /// use std::os::fd::{FromRawFd, IntoRawFd};
-    /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/null")?);
-    /// let raw = file.into_raw_fd();
-    /// // SAFETY: `raw` was just released by `into_raw_fd` and is owned here.
-    /// let back = unsafe { std::fs::File::from_raw_fd(raw) };
-    /// # drop(back);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
     fn into_raw_fd(self) -> RawFd {
         self.file.into_raw_fd()
     }

@@ -13,6 +13,10 @@ impl NoFsFile {
     /// [`read_exact_at_nofs`](Self::read_exact_at_nofs) for a loop that
     /// retries and continues.
     ///
+    /// See [pread(2)](https://man7.org/linux/man-pages/man2/pread.2.html).
+    ///
+    /// # Examples
+    ///
     /// ```
     /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/zero")?);
     /// let mut buf = [0xffu8; 4096];
@@ -20,8 +24,6 @@ impl NoFsFile {
     /// assert!(buf[..n].iter().all(|&b| b == 0));
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    ///
-    /// See [pread(2)](https://man7.org/linux/man-pages/man2/pread.2.html).
     #[doc(alias = "pread")]
     #[doc(alias = "pread64")]
     #[inline]
@@ -46,6 +48,10 @@ impl NoFsFile {
     /// [`write_all_at_nofs`](Self::write_all_at_nofs) for a loop that retries
     /// and continues.
     ///
+    /// See [pwrite(2)](https://man7.org/linux/man-pages/man2/pwrite.2.html).
+    ///
+    /// # Examples
+    ///
     /// ```
     /// # let path = std::env::temp_dir().join(format!("rs-doc-pwrite-{}", std::process::id()));
     /// # let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path)?;
@@ -55,8 +61,6 @@ impl NoFsFile {
     /// # std::fs::remove_file(&path)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    ///
-    /// See [pwrite(2)](https://man7.org/linux/man-pages/man2/pwrite.2.html).
     #[doc(alias = "pwrite")]
     #[doc(alias = "pwrite64")]
     #[inline]
@@ -78,6 +82,8 @@ impl NoFsFile {
     /// [`io::ErrorKind::UnexpectedEof`], naming the offset, the length and
     /// where the file ended; [`NoFsIoError::bytes_done`] says how much of
     /// `buf` was filled.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let file = reclaim_scope::NoFsFile::new(std::fs::File::open("/dev/zero")?);
@@ -123,6 +129,8 @@ impl NoFsFile {
     /// (from `offset` on) were written before it
     /// ([`NoFsIoError::bytes_done`]); a write the kernel answers with 0 fails
     /// with [`io::ErrorKind::WriteZero`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// # let path = std::env::temp_dir().join(format!("rs-doc-writeall-{}", std::process::id()));
@@ -173,6 +181,10 @@ impl NoFsFile {
     ///   flags and the Linux version that added each.
     /// - Not on Linux, or Linux < 4.6: `Unsupported`.
     ///
+    /// See [preadv2(2)](https://man7.org/linux/man-pages/man2/preadv2.2.html).
+    ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{NoFsFile, RwFlags};
     /// use std::io::IoSliceMut;
@@ -187,8 +199,6 @@ impl NoFsFile {
     /// assert_eq!(n, 64);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    ///
-    /// See [preadv2(2)](https://man7.org/linux/man-pages/man2/preadv2.2.html).
     #[doc(alias = "preadv2")]
     #[doc(alias = "readv")]
     pub fn preadv2_nofs(
@@ -211,6 +221,10 @@ impl NoFsFile {
     /// may be short (at most 1024 buffers and `0x7ffff000` bytes per call).
     /// Errors as for [`preadv2_nofs`](Self::preadv2_nofs).
     ///
+    /// See [pwritev2(2)](https://man7.org/linux/man-pages/man2/pwritev2.2.html).
+    ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{NoFsFile, RwFlags};
     /// use std::io::IoSlice;
@@ -224,8 +238,6 @@ impl NoFsFile {
     /// # std::fs::remove_file(&path)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    ///
-    /// See [pwritev2(2)](https://man7.org/linux/man-pages/man2/pwritev2.2.html).
     #[doc(alias = "pwritev2")]
     #[doc(alias = "writev")]
     pub fn pwritev2_nofs(

@@ -8,6 +8,8 @@ impl NoFsFile {
     /// `fdatasync(2)` inside the scope (`EINTR` retried): the data, and the
     /// metadata needed to read it back, are durable.
     ///
+    /// # Examples
+    ///
     /// ```
     /// # let path = std::env::temp_dir().join(format!("rs-doc-fdatasync-{}", std::process::id()));
     /// # let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&path)?;
@@ -24,6 +26,8 @@ impl NoFsFile {
 
     /// `fsync(2)` inside the scope (`EINTR` retried): data and all metadata
     /// are durable.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # let path = std::env::temp_dir().join(format!("rs-doc-fsync-{}", std::process::id()));

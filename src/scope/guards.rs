@@ -19,9 +19,12 @@ use std::fmt;
 ///   hot loop inside an [`IoFlusher`] instead.
 /// - The guard is `!Send` and `!Sync` and must be dropped on its thread, in
 ///   the reverse order of creation.
-/// - A thread spawned while the scope is active inherits the flag **for its
-///   whole life** (and so does a process it execs): spawn with
-///   [`AllowFsReclaim`] around the spawn, or use the crate's spawn helpers.
+/// - A thread (or process) spawned while the scope is active is flagged
+///   **for its whole life** (see [inheritance](crate#inheritance)): spawn
+///   with [`AllowFsReclaim`] around the spawn, or use the crate's spawn
+///   helpers ([`thread`](crate::thread)).
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::NoFsScope;
@@ -61,6 +64,8 @@ impl NoFsScope {
     /// Linux), the guard is [not effective](Self::is_effective), the refusal
     /// is reported once per process, and later scopes cost no syscall.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let scope = reclaim_scope::NoFsScope::enter();
     /// if !scope.is_effective() {
@@ -80,6 +85,8 @@ impl NoFsScope {
     ///
     /// Succeeds without a syscall (and without the capability) when the
     /// thread is already flagged.
+    ///
+    /// # Examples
     ///
     /// ```
     /// match reclaim_scope::NoFsScope::try_enter() {
@@ -105,8 +112,11 @@ guard_common!(NoFsScope);
 /// `NoFsFile` call inside it is then free of syscalls. Dropping it
 /// restores what the thread had before.
 ///
-/// Threads this worker spawns inherit the flag (that is usually what a
-/// daemon wants for its I/O helpers; see [`AllowFsReclaim`] for the others).
+/// Threads this worker spawns are flagged too ([inheritance](crate#inheritance)):
+/// usually what a daemon wants for its I/O helpers; see [`AllowFsReclaim`]
+/// for the others.
+///
+/// # Examples
 ///
 /// ```no_run
 /// use reclaim_scope::IoFlusher;
@@ -144,6 +154,8 @@ impl IoFlusher {
     /// Makes the calling thread an I/O flusher, best effort (see
     /// [`NoFsScope::enter`]).
     ///
+    /// # Examples
+    ///
     /// ```
     /// let flusher = reclaim_scope::IoFlusher::enter();
     /// println!("I/O flusher: {}", flusher.is_effective());
@@ -158,6 +170,8 @@ impl IoFlusher {
 
     /// Makes the calling thread an I/O flusher, or says why the kernel
     /// refused (see [`NoFsScope::try_enter`]).
+    ///
+    /// # Examples
     ///
     /// ```
     /// if let Err(e) = reclaim_scope::IoFlusher::try_enter() {
@@ -184,15 +198,17 @@ guard_common!(IoFlusher);
 /// A region that runs with the flag **cleared** on a thread that is an I/O
 /// flusher, restoring it on drop.
 ///
-/// The flag is inherited by `clone()` and survives `execve()`, so anything an
-/// I/O-flusher thread starts — a logging thread, a hook script, a
-/// compaction helper — would be flagged for its whole life, exempt from
-/// dirty throttling and allocating with `GFP_NOIO`. Start those inside this
+/// Anything an I/O-flusher thread starts — a logging thread, a hook script,
+/// a compaction helper — would be flagged for its whole life
+/// ([inheritance](crate#inheritance)), exempt from dirty throttling and
+/// allocating with `GFP_NOIO`. Start those inside this
 /// scope. It also lets a large allocation that may fail under `GFP_NOIO`
 /// use full reclaim, where the caller knows no lock of its own device is
 /// held.
 ///
 /// On a thread that is not flagged it makes no syscall.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{AllowFsReclaim, IoFlusher};
@@ -219,6 +235,8 @@ pub struct AllowFsReclaim {
 impl AllowFsReclaim {
     /// Clears the flag for the region, best effort.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let _clear = reclaim_scope::AllowFsReclaim::enter();
     /// ```
@@ -231,6 +249,8 @@ impl AllowFsReclaim {
     }
 
     /// Clears the flag for the region, or says why the kernel refused.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let clear = reclaim_scope::AllowFsReclaim::try_enter();

@@ -10,14 +10,16 @@ use crate::{proc::ThreadFlags, sys, Error};
 /// Needs `CAP_SYS_RESOURCE` like the setter; [`ThreadFlags::current`] reads
 /// the same state without it.
 ///
+/// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
+///
+/// # Examples
+///
 /// ```
 /// match reclaim_scope::thread_io_flusher() {
 ///     Ok(on) => println!("io flusher: {on}"),
 ///     Err(e) => println!("cannot ask: {e}"),
 /// }
 /// ```
-///
-/// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
 #[doc(alias = "PR_GET_IO_FLUSHER")]
 pub fn thread_io_flusher() -> Result<bool, Error> {
     sys::get_io_flusher().map_err(|e| Error::from_errno(OP_GET, e))
@@ -26,9 +28,13 @@ pub fn thread_io_flusher() -> Result<bool, Error> {
 /// `prctl(PR_SET_IO_FLUSHER, on)` on the calling thread, with no scope.
 ///
 /// The building block of launchers (`reclaim-scope exec` sets the flag and
-/// execs the daemon, which keeps it). Inside a program prefer the guards:
+/// execs the daemon, which keeps it: [inheritance](crate#inheritance)). Inside a program prefer the guards:
 /// this call does not restore anything. The crate's guards on this thread
 /// see the change.
+///
+/// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
+///
+/// # Examples
 ///
 /// ```
 /// if reclaim_scope::set_thread_io_flusher(true).is_ok() {
@@ -37,8 +43,6 @@ pub fn thread_io_flusher() -> Result<bool, Error> {
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
-///
-/// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
 #[doc(alias = "PR_SET_IO_FLUSHER")]
 #[doc(alias = "prctl")]
 pub fn set_thread_io_flusher(on: bool) -> Result<(), Error> {
@@ -54,6 +58,8 @@ pub fn set_thread_io_flusher(on: bool) -> Result<(), Error> {
 /// The crate probes a thread's state once, at its first scope, and then
 /// tracks its own changes. Call this after changing the flag by other means
 /// (a raw `prctl`, a C library) so the next scope sees the truth.
+///
+/// # Examples
 ///
 /// ```
 /// let flags = reclaim_scope::refresh_thread_state()?;

@@ -32,6 +32,8 @@ impl Support {
 
     /// The error a strict scope would fail with, naming the fix.
     ///
+    /// # Examples
+    ///
     /// ```
     /// if let Some(e) = reclaim_scope::support().error() {
     ///     eprintln!("{e}");
@@ -67,6 +69,8 @@ impl fmt::Display for Support {
 ///
 /// The memalloc bits are left alone; like any successful capability check,
 /// the kernel does set `PF_SUPERPRIV` (0x100) on the caller.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{support, Support};
