@@ -28,9 +28,9 @@ pub fn thread_io_flusher() -> Result<bool, Error> {
 /// `prctl(PR_SET_IO_FLUSHER, on)` on the calling thread, with no scope.
 ///
 /// The building block of launchers (`reclaim-scope exec` sets the flag and
-/// execs the daemon, which keeps it: [inheritance](crate#inheritance)). Inside a program prefer the guards:
-/// this call does not restore anything. The crate's guards on this thread
-/// see the change.
+/// execs the daemon, which keeps it: [inheritance](crate#inheritance)).
+/// Inside a program prefer the guards: this call does not restore anything.
+/// The crate's guards on this thread see the change.
 ///
 /// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
 ///
