@@ -1,8 +1,9 @@
 //! Auditing the own process: does the kernel's flag on each thread match what
 //! the crate's guards account for?
 //!
-//! The flag is per thread, inherited by `clone()` ([inheritance](crate#inheritance)), and anyone — a C library,
-//! a raw `prctl`, a launcher — can change it behind the guards' back. Both
+//! The flag is per thread, inherited by `clone()`
+//! ([inheritance](crate#inheritance)), and anyone — a C library, a raw
+//! `prctl`, a launcher — can change it behind the guards' back. Both
 //! mistakes are silent: a worker that should be an I/O flusher and is not
 //! (the ublksrv and libublk-rs bug), and a thread that is one by accident (a
 //! `std::thread::spawn` inside a scope: exempt from dirty throttling and

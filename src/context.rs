@@ -19,9 +19,9 @@ use std::fmt;
 /// # Which context counts
 ///
 /// The kernel flag is per thread and copied by `clone()` at spawn time
-/// ([inheritance](crate#inheritance)). A thread's *kernel* state is therefore often an accident: a helper thread
-/// spawned inside a scope stays flagged for life, a runtime created before
-/// `main()` set the flag is clear. This crate propagates its **explicit**
+/// ([inheritance](crate#inheritance)). A thread's *kernel* state is
+/// therefore often an accident: a helper thread spawned inside a scope stays
+/// flagged for life, a runtime created before `main()` set the flag is clear. This crate propagates its **explicit**
 /// context instead — the guards alive on the calling thread:
 ///
 /// - inside a [`NoFsScope`] or an [`IoFlusher`]: [`AllocContext::io_flusher`];
