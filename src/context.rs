@@ -21,8 +21,9 @@ use std::fmt;
 /// The kernel flag is per thread and copied by `clone()` at spawn time
 /// ([inheritance](crate#inheritance)). A thread's *kernel* state is
 /// therefore often an accident: a helper thread spawned inside a scope stays
-/// flagged for life, a runtime created before `main()` set the flag is clear. This crate propagates its **explicit**
-/// context instead — the guards alive on the calling thread:
+/// flagged for life, a runtime created before `main()` set the flag is
+/// clear. This crate propagates its **explicit** context instead — the
+/// guards alive on the calling thread:
 ///
 /// - inside a [`NoFsScope`] or an [`IoFlusher`]: [`AllocContext::io_flusher`];
 /// - inside an [`AllowFsReclaim`], or with **no guard alive**:
@@ -161,6 +162,11 @@ impl AllocContext {
     /// Enters this context strictly: fails, naming the fix, when the kernel
     /// refuses the change (see [`NoFsScope::try_enter`]).
     ///
+    /// # Errors
+    ///
+    /// The kernel refused the `prctl` the context needs ([`Error`]: `EPERM`
+    /// without `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6); nothing changed.
+    ///
     /// # Examples
     ///
     /// ```
@@ -206,6 +212,10 @@ impl AllocContext {
 
     /// Runs `f` in this context, or returns why the kernel refused (then
     /// `f` does not run).
+    ///
+    /// # Errors
+    ///
+    /// The [`Error`] of [`try_enter`](Self::try_enter): then `f` does not run.
     ///
     /// # Examples
     ///

@@ -65,6 +65,11 @@ impl ThreadFlags {
     /// Needs no capability. Fails only if `/proc` is not mounted (or not
     /// Linux).
     ///
+    /// # Errors
+    ///
+    /// When `/proc/thread-self/stat` cannot be read or parsed (`/proc` not
+    /// mounted, not Linux).
+    ///
     /// # Examples
     ///
     /// ```
@@ -81,6 +86,11 @@ impl ThreadFlags {
 
     /// Reads the flags of thread `tid` of process `pid` from
     /// `/proc/<pid>/task/<tid>/stat`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when no task `tid` of process `pid` exists (it exited, or
+    /// the ids are not valid); other errors of reading `/proc/<pid>/task/<tid>/stat`.
     ///
     /// # Examples
     ///
@@ -187,6 +197,11 @@ pub struct ThreadInfo {
 /// (`std::process::id()`) is always read through `/proc/self`, with the
 /// thread ids [`current_tid`] gives, even when `/proc` belongs to an outer
 /// PID namespace.
+///
+/// # Errors
+///
+/// `NotFound` when process `pid` does not exist; other errors of reading
+/// `/proc/<pid>/task` (`/proc` not mounted, not Linux).
 ///
 /// # Examples
 ///

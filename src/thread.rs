@@ -198,6 +198,10 @@ impl Builder {
     /// Spawns the thread, as [`std::thread::Builder::spawn`]: an error if
     /// the OS could not create it.
     ///
+    /// # Errors
+    ///
+    /// The OS failed to create the thread (as [`std::thread::Builder::spawn`]).
+    ///
     /// # Examples
     ///
     /// ```
@@ -215,6 +219,10 @@ impl Builder {
     }
 
     /// Spawns a scoped thread, as [`std::thread::Builder::spawn_scoped`].
+    ///
+    /// # Errors
+    ///
+    /// The OS failed to create the thread (as [`std::thread::Builder::spawn_scoped`]).
     ///
     /// # Examples
     ///

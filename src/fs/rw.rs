@@ -15,6 +15,14 @@ impl NoFsFile {
     ///
     /// See [pread(2)](https://man7.org/linux/man-pages/man2/pread.2.html).
     ///
+    /// # Errors
+    ///
+    /// The errno of `pread64` (`EBADF` if not open for reading, `EISDIR`,
+    /// `EINVAL` for an unaligned `O_DIRECT` buffer, `EIO`, `EINTR` as
+    /// `Interrupted`); an `offset` beyond `i64::MAX` is `InvalidInput` before
+    /// any syscall.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
+    ///
     /// # Examples
     ///
     /// ```
@@ -50,6 +58,13 @@ impl NoFsFile {
     ///
     /// See [pwrite(2)](https://man7.org/linux/man-pages/man2/pwrite.2.html).
     ///
+    /// # Errors
+    ///
+    /// The errno of `pwrite64` (`EBADF` if not open for writing, `ENOSPC`,
+    /// `EFBIG`, `EDQUOT`, `EIO`, `EINTR` as `Interrupted`); a range ending
+    /// beyond `i64::MAX` is `InvalidInput` before any syscall.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
+    ///
     /// # Examples
     ///
     /// ```
@@ -82,6 +97,13 @@ impl NoFsFile {
     /// [`io::ErrorKind::UnexpectedEof`], naming the offset, the length and
     /// where the file ended; [`NoFsIoError::bytes_done`] says how much of
     /// `buf` was filled.
+    ///
+    /// # Errors
+    ///
+    /// `UnexpectedEof` when the file ends before `buf` is full; otherwise the
+    /// errno of the `pread64` that failed, with the bytes read before it
+    /// ([`NoFsIoError::bytes_done`]); `EINTR` is retried.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
     ///
     /// # Examples
     ///
@@ -129,6 +151,13 @@ impl NoFsFile {
     /// (from `offset` on) were written before it
     /// ([`NoFsIoError::bytes_done`]); a write the kernel answers with 0 fails
     /// with [`io::ErrorKind::WriteZero`].
+    ///
+    /// # Errors
+    ///
+    /// `WriteZero` when a `pwrite64` wrote nothing; otherwise the errno of
+    /// the call that failed (`ENOSPC`, `EFBIG`, `EIO`, …), with the bytes
+    /// written before it ([`NoFsIoError::bytes_done`]); `EINTR` is retried.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
     ///
     /// # Examples
     ///
@@ -183,6 +212,14 @@ impl NoFsFile {
     ///
     /// See [preadv2(2)](https://man7.org/linux/man-pages/man2/preadv2.2.html).
     ///
+    /// # Errors
+    ///
+    /// The errno of `preadv2` (`EOPNOTSUPP` for a flag the file does not
+    /// support, e.g. `RWF_NOWAIT`; `EAGAIN` when `RWF_NOWAIT` would block;
+    /// `EINVAL` for an unknown flag; `Unsupported` before Linux 4.6); a range
+    /// beyond `i64::MAX` is `InvalidInput` before any syscall.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
+    ///
     /// # Examples
     ///
     /// ```
@@ -222,6 +259,12 @@ impl NoFsFile {
     /// Errors as for [`preadv2_nofs`](Self::preadv2_nofs).
     ///
     /// See [pwritev2(2)](https://man7.org/linux/man-pages/man2/pwritev2.2.html).
+    ///
+    /// # Errors
+    ///
+    /// As [`preadv2_nofs`](Self::preadv2_nofs), with `pwritev2`'s errnos
+    /// (`ENOSPC`, `EFBIG`, `EBADF` if not open for writing).
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
     ///
     /// # Examples
     ///

@@ -8,6 +8,12 @@ impl NoFsFile {
     /// `fdatasync(2)` inside the scope (`EINTR` retried): the data, and the
     /// metadata needed to read it back, are durable.
     ///
+    /// # Errors
+    ///
+    /// The errno of `fdatasync` (`EIO` for a failed writeback, reported
+    /// once; `ENOSPC`, `EDQUOT`; `EINVAL` for a file that cannot be synced).
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
+    ///
     /// # Examples
     ///
     /// ```
@@ -26,6 +32,11 @@ impl NoFsFile {
 
     /// `fsync(2)` inside the scope (`EINTR` retried): data and all metadata
     /// are durable.
+    ///
+    /// # Errors
+    ///
+    /// The errno of `fsync`, as [`sync_data_nofs`](Self::sync_data_nofs).
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
     ///
     /// # Examples
     ///
@@ -47,6 +58,14 @@ impl NoFsFile {
     /// file's size. `len` beyond `i64::MAX` fails with `InvalidInput` before
     /// any syscall, and so does a block device (its size is the device's:
     /// the error names the device and how to resize it).
+    ///
+    /// # Errors
+    ///
+    /// The errno of `ftruncate` (`EINVAL` or `EBADF` for a file not open for
+    /// writing, `EFBIG`, `EPERM` for an append-only or immutable file); a
+    /// `len` beyond `i64::MAX`, or a block device, is `InvalidInput` before
+    /// any syscall.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
     ///
     /// # Examples
     ///
@@ -195,6 +214,13 @@ impl NoFsFile {
     /// `ENOSYS`); `len == 0` does nothing. Block devices answer
     /// `EOPNOTSUPP` (their blocks always exist).
     ///
+    /// # Errors
+    ///
+    /// The errno of `fallocate` (`ENOSPC`, `EOPNOTSUPP` where the file
+    /// system cannot preallocate, `EBADF` if not open for writing, `EFBIG`);
+    /// a range beyond `i64::MAX` is `InvalidInput` before any syscall.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
+    ///
     /// # Examples
     ///
     /// ```
@@ -222,6 +248,14 @@ impl NoFsFile {
     ///
     /// For a discard that may leave any data behind (NBD `TRIM`, SCSI
     /// `UNMAP` without LBPRZ) use [`discard_nofs`](Self::discard_nofs).
+    ///
+    /// # Errors
+    ///
+    /// The errno of `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`
+    /// (`EOPNOTSUPP` where the file system cannot punch holes, `EBADF` if not
+    /// open for writing); a range beyond `i64::MAX` is `InvalidInput` before
+    /// any syscall.
+    /// Under [`NoFsPolicy::Strict`], the refusal of the scope (nothing attempted).
     ///
     /// # Examples
     ///
@@ -469,6 +503,10 @@ impl NoFsFile {
     /// hole at or after `offset` — the end of the file counts as a hole —
     /// or `None` when `offset` is at or beyond the end (`ENXIO`). Errors as
     /// for [`seek_data_nofs`](Self::seek_data_nofs).
+    ///
+    /// # Errors
+    ///
+    /// As [`seek_data_nofs`](Self::seek_data_nofs).
     ///
     /// # Examples
     ///

@@ -25,6 +25,10 @@ pub fn forget_refusal() {
 ///
 /// The crate does not see the change: restore the thread's state before
 /// any guard runs on it.
+///
+/// # Errors
+///
+/// The errno of the `prctl`.
 #[inline]
 pub fn raw_set_io_flusher(on: bool) -> Result<(), i32> {
     sys::set_io_flusher(on)

@@ -86,6 +86,12 @@ impl NoFsScope {
     /// Succeeds without a syscall (and without the capability) when the
     /// thread is already flagged.
     ///
+    /// # Errors
+    ///
+    /// The kernel refused the `prctl` ([`Error`]: `EPERM` without
+    /// `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6, another errno from a
+    /// seccomp filter or security module); the thread's state is unchanged.
+    ///
     /// # Examples
     ///
     /// ```
@@ -171,6 +177,12 @@ impl IoFlusher {
     /// Makes the calling thread an I/O flusher, or says why the kernel
     /// refused (see [`NoFsScope::try_enter`]).
     ///
+    /// # Errors
+    ///
+    /// The kernel refused the `prctl` ([`Error`]: `EPERM` without
+    /// `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6, another errno from a
+    /// seccomp filter or security module); the thread's state is unchanged.
+    ///
     /// # Examples
     ///
     /// ```
@@ -249,6 +261,12 @@ impl AllowFsReclaim {
     }
 
     /// Clears the flag for the region, or says why the kernel refused.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refused the `prctl` ([`Error`]: `EPERM` without
+    /// `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6, another errno from a
+    /// seccomp filter or security module); the thread's state is unchanged.
     ///
     /// # Examples
     ///

@@ -12,6 +12,11 @@ use crate::{proc::ThreadFlags, sys, Error};
 ///
 /// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
 ///
+/// # Errors
+///
+/// The kernel refused `PR_GET_IO_FLUSHER` ([`Error`]: `EPERM` without
+/// `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6).
+///
 /// # Examples
 ///
 /// ```
@@ -33,6 +38,11 @@ pub fn thread_io_flusher() -> Result<bool, Error> {
 /// The crate's guards on this thread see the change.
 ///
 /// See [prctl(2)](https://man7.org/linux/man-pages/man2/prctl.2.html).
+///
+/// # Errors
+///
+/// The kernel refused `PR_SET_IO_FLUSHER` ([`Error`]: `EPERM` without
+/// `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6); nothing changed.
 ///
 /// # Examples
 ///
@@ -58,6 +68,11 @@ pub fn set_thread_io_flusher(on: bool) -> Result<(), Error> {
 /// The crate probes a thread's state once, at its first scope, and then
 /// tracks its own changes. Call this after changing the flag by other means
 /// (a raw `prctl`, a C library) so the next scope sees the truth.
+///
+/// # Errors
+///
+/// When `/proc/thread-self/stat` cannot be read; the crate then forgets
+/// what it knew of the thread's flag and probes again at the next scope.
 ///
 /// # Examples
 ///
