@@ -34,6 +34,9 @@
 //! `pread_plain`, `pread_flagged`, `pread_memo`, `pwrite_plain`,
 //! `pwrite_flagged`, `pwrite_memo` — and exits.
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 mod common;
 
 use common::{callgrind_iters, paired_ratio, ROUNDS};

@@ -16,6 +16,9 @@
 //! - `refused_host`: what this host really does — a clear thread whose
 //!   every entry meets the remembered refusal.
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use reclaim_scope::future::NoFsFutureExt;
 use reclaim_scope::IoFlusher;

@@ -35,6 +35,9 @@
 //! the kernel really flagged where the capability is there, else one the
 //! crate is told is flagged). `cargo xtask vm-bench` runs all of them.
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 mod common;
 
 use common::{callgrind_iters, paired_ratio};

@@ -18,11 +18,12 @@ use std::fmt;
 ///
 /// # Which context counts
 ///
-/// The kernel flag is per thread and copied by `clone()` at spawn time. A
-/// thread's *kernel* state is therefore often an accident: a helper thread
-/// spawned inside a scope stays flagged for life, a runtime created before
-/// `main()` set the flag is clear. This crate propagates its **explicit**
-/// context instead — the guards alive on the calling thread:
+/// The kernel flag is per thread and copied by `clone()` at spawn time
+/// ([inheritance](crate#inheritance)). A thread's *kernel* state is
+/// therefore often an accident: a helper thread spawned inside a scope stays
+/// flagged for life, a runtime created before `main()` set the flag is
+/// clear. This crate propagates its **explicit** context instead — the
+/// guards alive on the calling thread:
 ///
 /// - inside a [`NoFsScope`] or an [`IoFlusher`]: [`AllocContext::io_flusher`];
 /// - inside an [`AllowFsReclaim`], or with **no guard alive**:
@@ -34,6 +35,8 @@ use std::fmt;
 /// a launcher, or a raw [`set_thread_io_flusher`](crate::set_thread_io_flusher))
 /// says so explicitly by holding an [`IoFlusher`] in `main` — on an
 /// already-flagged thread that costs no syscall.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{AllocContext, NoFsScope};
@@ -59,6 +62,8 @@ impl AllocContext {
     ///
     /// A thread-local load: no syscall, no `/proc` read.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{AllowFsReclaim, AllocContext, IoFlusher};
     ///
@@ -77,6 +82,8 @@ impl AllocContext {
 
     /// The I/O-flusher context: work runs inside an [`IoFlusher`].
     ///
+    /// # Examples
+    ///
     /// ```
     /// assert!(reclaim_scope::AllocContext::io_flusher().is_io_flusher());
     /// ```
@@ -88,6 +95,8 @@ impl AllocContext {
     /// The clear context: work runs inside an [`AllowFsReclaim`], so even
     /// a flagged thread runs it with the flag cleared.
     ///
+    /// # Examples
+    ///
     /// ```
     /// assert!(!reclaim_scope::AllocContext::clear().is_io_flusher());
     /// ```
@@ -97,6 +106,8 @@ impl AllocContext {
     }
 
     /// Whether work in this context runs as an I/O flusher.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::AllocContext;
@@ -111,6 +122,8 @@ impl AllocContext {
     /// Enters this context on the calling thread until the guard is
     /// dropped (best effort): a [`NoFsScope`] or an [`AllowFsReclaim`]
     /// region — the building block of custom executors and pools.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::AllocContext;
@@ -149,6 +162,13 @@ impl AllocContext {
     /// Enters this context strictly: fails, naming the fix, when the kernel
     /// refuses the change (see [`NoFsScope::try_enter`]).
     ///
+    /// # Errors
+    ///
+    /// The kernel refused the `prctl` the context needs ([`Error`]: `EPERM`
+    /// without `CAP_SYS_RESOURCE`, `EINVAL` before Linux 5.6); nothing changed.
+    ///
+    /// # Examples
+    ///
     /// ```
     /// match reclaim_scope::AllocContext::io_flusher().try_enter() {
     ///     Ok(_guard) => println!("protected"),
@@ -167,6 +187,8 @@ impl AllocContext {
     }
 
     /// Runs `f` in this context on the calling thread, best effort.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::AllocContext;
@@ -191,6 +213,12 @@ impl AllocContext {
     /// Runs `f` in this context, or returns why the kernel refused (then
     /// `f` does not run).
     ///
+    /// # Errors
+    ///
+    /// The [`Error`] of [`try_enter`](Self::try_enter): then `f` does not run.
+    ///
+    /// # Examples
+    ///
     /// ```
     /// match reclaim_scope::AllocContext::io_flusher().try_run(|| 7) {
     ///     Ok(v) => assert_eq!(v, 7),
@@ -207,6 +235,8 @@ impl AllocContext {
     /// it: for jobs handed to pools (`rayon::spawn`, a channel of boxed
     /// closures, `tokio::task::spawn_blocking`). The wrapper is `Send` when
     /// `f` is.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::AllocContext;
@@ -242,6 +272,8 @@ impl fmt::Debug for AllocContext {
 /// thread's role, an [`IoFlusher`]) or an [`AllowFsReclaim`]. Same rules as those guards: `!Send`, strictly
 /// nested, restores on drop.
 ///
+/// # Examples
+///
 /// ```
 /// let guard = reclaim_scope::AllocContext::clear().enter();
 /// assert!(guard.is_effective() || reclaim_scope::proc::ThreadFlags::current()?.noio());
@@ -266,6 +298,8 @@ enum Inner {
 
 impl AllocContextGuard {
     /// Whether the kernel flag is in the state the context asks for.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let g = reclaim_scope::AllocContext::io_flusher().enter();

@@ -43,6 +43,8 @@ pin_project! {
     /// instructions and no syscall; on a thread in the other state it
     /// costs two `prctl` calls.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{future::InContext, AllocContext};
     ///
@@ -74,6 +76,8 @@ pin_project! {
 impl<F> InContext<F> {
     /// Wraps `inner` so that it is polled and dropped in `ctx`.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{future::InContext, AllocContext};
     /// let fut = InContext::new(async { 1 }, AllocContext::clear());
@@ -88,6 +92,8 @@ impl<F> InContext<F> {
 
     /// The context the wrapper enters.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{future::NoFsFutureExt, AllocContext};
     /// assert_eq!(async {}.nofs().context(), AllocContext::io_flusher());
@@ -97,6 +103,8 @@ impl<F> InContext<F> {
     }
 
     /// The wrapped future.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
@@ -109,6 +117,8 @@ impl<F> InContext<F> {
 
     /// The wrapped future, mutably.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
     /// let mut fut = std::future::ready(3).nofs();
@@ -119,6 +129,8 @@ impl<F> InContext<F> {
     }
 
     /// The wrapped future, pinned.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
@@ -131,6 +143,8 @@ impl<F> InContext<F> {
 
     /// Unwraps the inner future (which is then dropped outside the
     /// context, wherever its new owner drops it).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
@@ -206,6 +220,8 @@ pub trait NoFsFutureExt: Sized {
     /// ([`AllocContext::io_flusher`]: the same kernel state for a region of a
     /// task as for a task that is the daemon's whole I/O path).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
     /// let fut = async { vec![0u8; 4096] }.nofs();
@@ -218,6 +234,8 @@ pub trait NoFsFutureExt: Sized {
     /// Polls (and drops) the future with the flag cleared, even on an
     /// I/O-flusher worker: for background work that may use full reclaim.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::future::NoFsFutureExt;
     /// let compaction = async { /* rewrite a big index */ }.allow_fs_reclaim();
@@ -228,6 +246,8 @@ pub trait NoFsFutureExt: Sized {
     }
 
     /// Polls (and drops) the future in `ctx`.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{future::NoFsFutureExt, AllocContext};
@@ -240,6 +260,8 @@ pub trait NoFsFutureExt: Sized {
 
     /// Polls (and drops) the future in the calling thread's context,
     /// captured now ([`AllocContext::current`]).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{future::NoFsFutureExt, AllocContext, NoFsScope};

@@ -39,6 +39,9 @@ use std::io;
 /// What `execvp(3)` answered (`NotFound`, `PermissionDenied`, ...), or
 /// `InvalidInput` for an argument containing a NUL byte.
 ///
+/// See [execvp(3)](https://man7.org/linux/man-pages/man3/execvp.3.html),
+/// [signal(7)](https://man7.org/linux/man-pages/man7/signal.7.html).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -47,9 +50,6 @@ use std::io;
 /// let err = reclaim_scope::launch::exec("qemu-nbd".as_ref(), &[OsString::from("--help")]);
 /// eprintln!("cannot run qemu-nbd: {err}");
 /// ```
-///
-/// See [execvp(3)](https://man7.org/linux/man-pages/man3/execvp.3.html),
-/// [signal(7)](https://man7.org/linux/man-pages/man7/signal.7.html).
 #[doc(alias = "execvp")]
 pub fn exec(program: &OsStr, args: &[OsString]) -> io::Error {
     #[cfg(target_os = "linux")]

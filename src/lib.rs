@@ -89,7 +89,11 @@
 //! answer `EINVAL`; `PF_LOCAL_THROTTLE` exists from 5.8. Reading the flags
 //! from `/proc` needs nothing.
 //!
-//! # Inheritance: the pitfalls
+//! # Inheritance
+//!
+//! The one place this crate explains how the flag travels; the rest of the
+//! documentation links here. In short: **`clone()` inherits it, `execve()`
+//! keeps it**, and nothing else moves it between threads.
 //!
 //! - The flag belongs to **one thread**. Setting it in `main()` does not
 //!   protect worker threads that already exist; a thread pool or an async
@@ -111,7 +115,6 @@
 //! - A guard that is not effective protects nothing: check it, use the
 //!   strict form, or watch [`degradation`].
 
-#![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 

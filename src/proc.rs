@@ -44,6 +44,8 @@ pub struct ThreadFlags {
 impl ThreadFlags {
     /// Wraps a raw `flags` word (field 9 of `/proc/<pid>/task/<tid>/stat`).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::proc::ThreadFlags;
     /// let f = ThreadFlags::from_bits(0x0008_0000 | 0x0010_0000);
@@ -63,6 +65,13 @@ impl ThreadFlags {
     /// Needs no capability. Fails only if `/proc` is not mounted (or not
     /// Linux).
     ///
+    /// # Errors
+    ///
+    /// When `/proc/thread-self/stat` cannot be read or parsed (`/proc` not
+    /// mounted, not Linux).
+    ///
+    /// # Examples
+    ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
     /// let f = reclaim_scope::proc::ThreadFlags::current()?;
@@ -77,6 +86,13 @@ impl ThreadFlags {
 
     /// Reads the flags of thread `tid` of process `pid` from
     /// `/proc/<pid>/task/<tid>/stat`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when no task `tid` of process `pid` exists (it exited, or
+    /// the ids are not valid); other errors of reading `/proc/<pid>/task/<tid>/stat`.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
@@ -182,6 +198,13 @@ pub struct ThreadInfo {
 /// thread ids [`current_tid`] gives, even when `/proc` belongs to an outer
 /// PID namespace.
 ///
+/// # Errors
+///
+/// `NotFound` when process `pid` does not exist; other errors of reading
+/// `/proc/<pid>/task` (`/proc` not mounted, not Linux).
+///
+/// # Examples
+///
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// let me = std::process::id() as i32;
@@ -249,6 +272,8 @@ fn own_pid() -> i32 {
 /// leaders, so a thread id passed where a pid is expected is found; its
 /// [`tgid`](Self::tgid) names the process.
 ///
+/// # Examples
+///
 /// ```
 /// # #[cfg(target_os = "linux")] {
 /// let ids = reclaim_scope::proc::process_ids(std::process::id() as i32)?;
@@ -274,6 +299,8 @@ impl ProcessIds {
     /// Whether the id names a process (a thread-group leader), not one of
     /// its other threads.
     ///
+    /// # Examples
+    ///
     /// ```
     /// # #[cfg(target_os = "linux")] {
     /// let me = reclaim_scope::proc::process_ids(std::process::id() as i32)?;
@@ -294,6 +321,8 @@ impl ProcessIds {
 /// # Errors
 ///
 /// `NotFound` with a message naming the pid if there is no such task.
+///
+/// # Examples
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
@@ -333,6 +362,8 @@ pub fn process_ids(pid: i32) -> io::Result<ProcessIds> {
 /// [`Own`](PidNamespace::Own) they are `/proc`'s numbers, not the
 /// caller's (the calling process itself is always read through
 /// `/proc/self`, with its own numbers).
+///
+/// # Examples
 ///
 /// ```
 /// # #[cfg(target_os = "linux")] {
@@ -399,6 +430,8 @@ pub fn pid_namespace() -> io::Result<PidNamespace> {
 
 /// The kernel's id of the calling thread (`gettid(2)`): the `tid` that
 /// `/proc/<pid>/task/<tid>` and tracefs' `common_pid` use.
+///
+/// # Examples
 ///
 /// ```
 /// let tid = reclaim_scope::proc::current_tid();

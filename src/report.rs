@@ -104,6 +104,8 @@ fn write_best_effort(w: &mut impl std::io::Write, line: &str) {
 /// never fail; this is how a daemon asks afterwards, e.g. for a health
 /// endpoint, whether it ran protected.
 ///
+/// # Examples
+///
 /// ```
 /// let _scope = reclaim_scope::NoFsScope::enter();
 /// if let Some(err) = reclaim_scope::degradation() {

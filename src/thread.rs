@@ -2,9 +2,9 @@
 //! [`std::thread::spawn`], [`std::thread::Builder`] and
 //! [`std::thread::scope`].
 //!
-//! The kernel copies the I/O-flusher flag to a new thread at `clone()`,
-//! from the thread that spawns it, and never looks again. That is right by
-//! accident at best:
+//! The kernel copies the I/O-flusher flag to a new thread at `clone()`
+//! and never looks again ([inheritance](crate#inheritance)). That is right
+//! by accident at best:
 //!
 //! - a thread spawned with `std::thread::spawn` **inside** a scope stays
 //!   flagged **for its whole life**, long after the scope ended — a logger
@@ -46,7 +46,7 @@
 //! ```
 
 use crate::scope::propagation;
-use crate::AllocContext;
+use crate::{sys, AllocContext};
 use std::fmt;
 use std::io;
 use std::thread::{JoinHandle, ScopedJoinHandle};
@@ -56,9 +56,8 @@ use std::thread::{JoinHandle, ScopedJoinHandle};
 struct Inherit {
     ctx: AllocContext,
     kernel: bool,
-    /// The creator's fake kernel, copied like `clone()` copies the flags.
-    #[cfg(test)]
-    fake: Option<crate::sys::fake::FakeThread>,
+    /// The backend's per-thread state, copied like `clone()` copies the flags.
+    backend: sys::CloneState,
 }
 
 impl Inherit {
@@ -67,15 +66,13 @@ impl Inherit {
         Inherit {
             ctx: ctx.unwrap_or_else(AllocContext::current),
             kernel: propagation::kernel_flag(),
-            #[cfg(test)]
-            fake: crate::sys::fake::inherit_capture(),
+            backend: sys::CloneState::capture(),
         }
     }
 
     /// Called first on the new thread.
     fn run<T>(self, f: impl FnOnce() -> T) -> T {
-        #[cfg(test)]
-        crate::sys::fake::inherit_apply(self.fake);
+        self.backend.apply();
         propagation::inherited(self.kernel);
         let _role = self.ctx.enter_for_thread();
         f()
@@ -89,6 +86,8 @@ impl Inherit {
 ///
 /// Like [`std::thread::spawn`], if the OS fails to create a thread; use
 /// [`Builder::spawn`] to handle that.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{thread, IoFlusher};
@@ -112,6 +111,8 @@ where
 /// errors as [`io::Error`]) whose threads start in their creator's
 /// [`AllocContext`] or one set with [`context`](Builder::context).
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{thread::Builder, AllocContext};
 ///
@@ -132,6 +133,8 @@ pub struct Builder {
 impl Builder {
     /// A builder with std's defaults and the context captured at spawn.
     ///
+    /// # Examples
+    ///
     /// ```
     /// let h = reclaim_scope::thread::Builder::new().spawn(|| 1)?;
     /// assert_eq!(h.join().unwrap(), 1);
@@ -146,6 +149,8 @@ impl Builder {
 
     /// Names the thread, as [`std::thread::Builder::name`].
     ///
+    /// # Examples
+    ///
     /// ```
     /// let b = reclaim_scope::thread::Builder::new().name("queue-3".into());
     /// ```
@@ -157,6 +162,8 @@ impl Builder {
     }
 
     /// Sets the stack size, as [`std::thread::Builder::stack_size`].
+    ///
+    /// # Examples
     ///
     /// ```
     /// let b = reclaim_scope::thread::Builder::new().stack_size(1 << 20);
@@ -170,6 +177,8 @@ impl Builder {
 
     /// Runs the thread in `ctx` instead of the context of the thread that
     /// calls `spawn`.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{thread::Builder, AllocContext};
@@ -189,6 +198,12 @@ impl Builder {
     /// Spawns the thread, as [`std::thread::Builder::spawn`]: an error if
     /// the OS could not create it.
     ///
+    /// # Errors
+    ///
+    /// The OS failed to create the thread (as [`std::thread::Builder::spawn`]).
+    ///
+    /// # Examples
+    ///
     /// ```
     /// let h = reclaim_scope::thread::Builder::new().spawn(|| 6 * 7)?;
     /// assert_eq!(h.join().unwrap(), 42);
@@ -204,6 +219,12 @@ impl Builder {
     }
 
     /// Spawns a scoped thread, as [`std::thread::Builder::spawn_scoped`].
+    ///
+    /// # Errors
+    ///
+    /// The OS failed to create the thread (as [`std::thread::Builder::spawn_scoped`]).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::thread::{self, Builder};
@@ -253,6 +274,8 @@ impl fmt::Debug for Builder {
 /// The closure gets a [`Scope`] handle; it is `Copy`, so a spawned thread
 /// can spawn more: `let s = *s;` then `move` it in.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{thread, AllocContext, NoFsScope};
 ///
@@ -276,6 +299,8 @@ where
 /// carries the spawning thread's [`AllocContext`]. `Copy`: a reference to the
 /// std scope.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::thread::Scope;
 ///
@@ -293,6 +318,8 @@ pub struct Scope<'scope, 'env: 'scope> {
 impl<'scope, 'env> Scope<'scope, 'env> {
     /// Wraps a std scope.
     ///
+    /// # Examples
+    ///
     /// ```
     /// std::thread::scope(|s| {
     ///     let s = reclaim_scope::thread::Scope::new(s);
@@ -305,6 +332,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
 
     /// The std scope, for spawning a thread that must start in its
     /// inherited state.
+    ///
+    /// # Examples
     ///
     /// ```
     /// reclaim_scope::thread::scope(|s| {
@@ -322,6 +351,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     ///
     /// If the OS fails to create a thread; use [`Builder::spawn_scoped`] to
     /// handle that.
+    ///
+    /// # Examples
     ///
     /// ```
     /// let v = vec![1, 2];

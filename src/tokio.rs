@@ -6,7 +6,8 @@
 //! Tokio creates threads lazily — workers when the runtime is built,
 //! blocking-pool threads when `spawn_blocking` (or `tokio::fs`, or
 //! `block_in_place`) finds no idle one — and each new thread copies the
-//! flag of **the thread that happened to trigger it** at that moment. A
+//! flag of **the thread that happened to trigger it** at that moment
+//! ([inheritance](crate#inheritance)). A
 //! task polled inside a scope that calls `spawn_blocking` creates a
 //! blocking thread that is an I/O flusher for life; a runtime built inside
 //! an `IoFlusher` has flagged workers. The kernel-truth suite shows both.
@@ -55,6 +56,8 @@ thread_local! {
 /// `CAP_SYS_RESOURCE`) is [reported once](crate::degradation); check
 /// [`support`](crate::support) first to refuse to start unprotected.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::AllocContext;
 ///
@@ -74,6 +77,8 @@ pub fn io_flusher_threads(builder: &mut Builder) -> &mut Builder {
 /// Makes every thread the runtime starts clear for its whole life, even a
 /// thread created by a flagged thread (which `clone()` would flag).
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{AllocContext, IoFlusher};
 ///
@@ -91,6 +96,8 @@ pub fn clear_threads(builder: &mut Builder) -> &mut Builder {
 }
 
 /// Runs every thread the runtime starts in `ctx` for its whole life.
+///
+/// # Examples
 ///
 /// ```
 /// let rt = reclaim_scope::tokio::context_threads(
@@ -112,6 +119,8 @@ pub fn context_threads(builder: &mut Builder, ctx: AllocContext) -> &mut Builder
 /// [`AllowFsReclaim`](crate::AllowFsReclaim) — and holds it in a
 /// thread-local until [`on_thread_stop`]. A second call on the same thread
 /// keeps the first context.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::AllocContext;
@@ -141,6 +150,8 @@ pub fn on_thread_start(ctx: AllocContext) {
 /// exits without the hook drops it during thread-local teardown, which is
 /// harmless.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::AllocContext;
 ///
@@ -163,6 +174,8 @@ pub fn on_thread_stop() {
 /// # Panics
 ///
 /// Like `tokio::spawn`, outside a runtime.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{AllocContext, NoFsScope};
@@ -197,6 +210,8 @@ where
 /// # Panics
 ///
 /// Like `tokio::task::spawn_blocking`, outside a runtime.
+///
+/// # Examples
 ///
 /// ```
 /// use reclaim_scope::{AllocContext, IoFlusher};

@@ -2,7 +2,7 @@
 //! message and a documented exit status, never a panic. What it counts on
 //! a live daemon is proven in the VM (`tests/vm_throttle.rs`); its parser
 //! and summary are unit-tested on recorded trace lines
-//! (`src/bin/reclaim-scope/watch.rs`).
+//! (`src/bin/reclaim-scope/watch/`).
 #![cfg(feature = "cli")]
 
 use std::os::unix::process::CommandExt as _;

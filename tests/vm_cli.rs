@@ -191,34 +191,34 @@ fn start_helper(through_exec: bool) -> (Child, impl Iterator<Item = std::io::Res
     (child, lines)
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn exec_flags_every_thread_of_a_threaded_program() {
-    if std::env::var_os(HELPER_ENV).is_some() {
-        return helper_main();
-    }
-    require_vm();
-    assert_eq!(
-        thread_flags() & IO_FLUSHER_BITS,
-        0,
-        "the test thread is flagged"
-    );
-    for through_exec in [true, false] {
-        let (mut child, rest) = start_helper(through_exec);
-        let pid = child.id();
-        let n = assert_every_thread(pid, through_exec);
-        assert!(n > HELPER_THREADS + 1, "only {n} threads");
-        let text = assert_status(pid, through_exec, HELPER_THREADS + 2);
-        assert!(text.contains("\"cli-helper-in\""), "{text}");
-        println!(
-            "helper {} reclaim-scope exec:\n{text}",
-            if through_exec { "with" } else { "without" }
+vm_test! {
+    fn exec_flags_every_thread_of_a_threaded_program() {
+        if std::env::var_os(HELPER_ENV).is_some() {
+            return helper_main();
+        }
+        require_vm();
+        assert_eq!(
+            thread_flags() & IO_FLUSHER_BITS,
+            0,
+            "the test thread is flagged"
         );
-        drop(child.stdin.take());
-        let rest: Vec<String> = rest.map(|l| l.unwrap()).collect();
-        let st = child.wait().unwrap();
-        assert!(rest.iter().any(|l| l.contains("1 passed")), "{rest:?}");
-        assert!(st.success(), "helper: {st}");
+        for through_exec in [true, false] {
+            let (mut child, rest) = start_helper(through_exec);
+            let pid = child.id();
+            let n = assert_every_thread(pid, through_exec);
+            assert!(n > HELPER_THREADS + 1, "only {n} threads");
+            let text = assert_status(pid, through_exec, HELPER_THREADS + 2);
+            assert!(text.contains("\"cli-helper-in\""), "{text}");
+            println!(
+                "helper {} reclaim-scope exec:\n{text}",
+                if through_exec { "with" } else { "without" }
+            );
+            drop(child.stdin.take());
+            let rest: Vec<String> = rest.map(|l| l.unwrap()).collect();
+            let st = child.wait().unwrap();
+            assert!(rest.iter().any(|l| l.contains("1 passed")), "{rest:?}");
+            assert!(st.success(), "helper: {st}");
+        }
     }
 }
 
@@ -372,138 +372,138 @@ fn serve_qemu_nbd(through_exec: bool) -> String {
     text
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn exec_flags_every_thread_of_qemu_nbd_and_without_exec_none() {
-    require_vm();
-    assert_eq!(
-        thread_flags() & IO_FLUSHER_BITS,
-        0,
-        "the test thread is flagged"
-    );
-    let with = serve_qemu_nbd(true);
-    let without = serve_qemu_nbd(false);
-    assert!(with.contains("io-flusher (all)"), "{with}");
-    assert!(without.contains("0 io-flusher (none)"), "{without}");
+vm_test! {
+    fn exec_flags_every_thread_of_qemu_nbd_and_without_exec_none() {
+        require_vm();
+        assert_eq!(
+            thread_flags() & IO_FLUSHER_BITS,
+            0,
+            "the test thread is flagged"
+        );
+        let with = serve_qemu_nbd(true);
+        let without = serve_qemu_nbd(false);
+        assert!(with.contains("io-flusher (all)"), "{with}");
+        assert!(without.contains("0 io-flusher (none)"), "{without}");
+    }
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn probe_and_strict_exec_succeed_with_the_capability() {
-    require_vm();
-    let o = tool().arg("probe").output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{o:?}");
-    assert!(out.contains("PR_SET_IO_FLUSHER:  available"), "{out}");
-    assert!(
-        out.contains("CAP_SYS_RESOURCE:   in the effective set"),
-        "{out}"
-    );
-    println!("{out}");
-    // The exec'd shell reads its own flags: set, and no warning.
-    let o = tool()
-        .args(["exec", "--strict", "--", "sh", "-c", "cat /proc/self/stat"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    assert!(o.stderr.is_empty(), "{o:?}");
-    let flags = parse_stat_flags(&String::from_utf8_lossy(&o.stdout)).unwrap();
-    assert_eq!(
-        flags & IO_FLUSHER_BITS,
-        IO_FLUSHER_BITS,
-        "{}",
-        describe_flags(flags)
-    );
+vm_test! {
+    fn probe_and_strict_exec_succeed_with_the_capability() {
+        require_vm();
+        let o = tool().arg("probe").output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{o:?}");
+        assert!(out.contains("PR_SET_IO_FLUSHER:  available"), "{out}");
+        assert!(
+            out.contains("CAP_SYS_RESOURCE:   in the effective set"),
+            "{out}"
+        );
+        println!("{out}");
+        // The exec'd shell reads its own flags: set, and no warning.
+        let o = tool()
+            .args(["exec", "--strict", "--", "sh", "-c", "cat /proc/self/stat"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        assert!(o.stderr.is_empty(), "{o:?}");
+        let flags = parse_stat_flags(&String::from_utf8_lossy(&o.stdout)).unwrap();
+        assert_eq!(
+            flags & IO_FLUSHER_BITS,
+            IO_FLUSHER_BITS,
+            "{}",
+            describe_flags(flags)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Audit::current()
 // ---------------------------------------------------------------------------
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn audit_finds_a_thread_cleared_behind_its_flushers_back() {
-    require_vm();
-    on_fresh_thread(|| {
-        let me = current_tid();
-        let flusher = IoFlusher::try_enter().expect("the VM has CAP_SYS_RESOURCE");
-        assert_eq!(thread_flags() & IO_FLUSHER_BITS, IO_FLUSHER_BITS);
-        let a = Audit::current().unwrap();
-        assert_eq!(a.verdict(me), Some(Verdict::Flusher), "{a:#}");
+vm_test! {
+    fn audit_finds_a_thread_cleared_behind_its_flushers_back() {
+        require_vm();
+        on_fresh_thread(|| {
+            let me = current_tid();
+            let flusher = IoFlusher::try_enter().expect("the VM has CAP_SYS_RESOURCE");
+            assert_eq!(thread_flags() & IO_FLUSHER_BITS, IO_FLUSHER_BITS);
+            let a = Audit::current().unwrap();
+            assert_eq!(a.verdict(me), Some(Verdict::Flusher), "{a:#}");
 
-        // Behind the guard's back: the raw setter, not a guard.
-        set_thread_io_flusher(false).unwrap();
-        assert_eq!(thread_flags() & IO_FLUSHER_BITS, 0, "/proc still flagged");
-        let a = Audit::current().unwrap();
-        println!("{a}");
-        assert_eq!(a.verdict(me), Some(Verdict::Missing), "{a:#}");
-        assert_eq!(
-            a.missing().map(|t| t.tid).collect::<Vec<_>>(),
-            [me],
-            "{a:#}"
-        );
-        assert!(!a.is_clean());
-        assert!(
-            a.to_string().contains(&format!("MISSING     tid {me} ")),
-            "{a}"
-        );
+            // Behind the guard's back: the raw setter, not a guard.
+            set_thread_io_flusher(false).unwrap();
+            assert_eq!(thread_flags() & IO_FLUSHER_BITS, 0, "/proc still flagged");
+            let a = Audit::current().unwrap();
+            println!("{a}");
+            assert_eq!(a.verdict(me), Some(Verdict::Missing), "{a:#}");
+            assert_eq!(
+                a.missing().map(|t| t.tid).collect::<Vec<_>>(),
+                [me],
+                "{a:#}"
+            );
+            assert!(!a.is_clean());
+            assert!(
+                a.to_string().contains(&format!("MISSING     tid {me} ")),
+                "{a}"
+            );
 
-        drop(flusher);
-        let a = Audit::current().unwrap();
-        assert_eq!(a.verdict(me), Some(Verdict::Clear), "{a:#}");
-    });
+            drop(flusher);
+            let a = Audit::current().unwrap();
+            assert_eq!(a.verdict(me), Some(Verdict::Clear), "{a:#}");
+        });
+    }
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn audit_finds_a_thread_spawned_inside_a_scope() {
-    require_vm();
-    on_fresh_thread(|| {
-        let me = current_tid();
-        let pid = std::process::id() as i32;
-        let scope = NoFsScope::try_enter().expect("the VM has CAP_SYS_RESOURCE");
-        let (tid_tx, tid_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let child = std::thread::Builder::new()
-            .name("in-scope-child".into())
-            .spawn(move || {
-                tid_tx.send(current_tid()).unwrap();
-                let _ = stop_rx.recv();
-            })
-            .unwrap();
-        let child_tid = tid_rx.recv().unwrap();
+vm_test! {
+    fn audit_finds_a_thread_spawned_inside_a_scope() {
+        require_vm();
+        on_fresh_thread(|| {
+            let me = current_tid();
+            let pid = std::process::id() as i32;
+            let scope = NoFsScope::try_enter().expect("the VM has CAP_SYS_RESOURCE");
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (stop_tx, stop_rx) = mpsc::channel::<()>();
+            let child = std::thread::Builder::new()
+                .name("in-scope-child".into())
+                .spawn(move || {
+                    tid_tx.send(current_tid()).unwrap();
+                    let _ = stop_rx.recv();
+                })
+                .unwrap();
+            let child_tid = tid_rx.recv().unwrap();
 
-        // Inside the scope: this thread is accounted for, the child is not.
-        let a = Audit::current().unwrap();
-        assert_eq!(a.verdict(me), Some(Verdict::InScope), "{a:#}");
-        assert_eq!(a.verdict(child_tid), Some(Verdict::Unaccounted), "{a:#}");
+            // Inside the scope: this thread is accounted for, the child is not.
+            let a = Audit::current().unwrap();
+            assert_eq!(a.verdict(me), Some(Verdict::InScope), "{a:#}");
+            assert_eq!(a.verdict(child_tid), Some(Verdict::Unaccounted), "{a:#}");
 
-        drop(scope);
-        assert_eq!(thread_flags() & IO_FLUSHER_BITS, 0, "scope did not restore");
-        let f = task_flags(pid, child_tid).unwrap();
-        assert_eq!(
-            f & IO_FLUSHER_BITS,
-            IO_FLUSHER_BITS,
-            "{}",
-            describe_flags(f)
-        );
-        let a = Audit::current().unwrap();
-        println!("{a}");
-        assert_eq!(a.verdict(me), Some(Verdict::Clear), "{a:#}");
-        assert_eq!(
-            a.unaccounted().map(|t| t.tid).collect::<Vec<_>>(),
-            [child_tid],
-            "{a:#}"
-        );
-        assert!(
-            a.to_string()
-                .contains(&format!("UNACCOUNTED tid {child_tid} \"in-scope-child\"")),
-            "{a}"
-        );
+            drop(scope);
+            assert_eq!(thread_flags() & IO_FLUSHER_BITS, 0, "scope did not restore");
+            let f = task_flags(pid, child_tid).unwrap();
+            assert_eq!(
+                f & IO_FLUSHER_BITS,
+                IO_FLUSHER_BITS,
+                "{}",
+                describe_flags(f)
+            );
+            let a = Audit::current().unwrap();
+            println!("{a}");
+            assert_eq!(a.verdict(me), Some(Verdict::Clear), "{a:#}");
+            assert_eq!(
+                a.unaccounted().map(|t| t.tid).collect::<Vec<_>>(),
+                [child_tid],
+                "{a:#}"
+            );
+            assert!(
+                a.to_string()
+                    .contains(&format!("UNACCOUNTED tid {child_tid} \"in-scope-child\"")),
+                "{a}"
+            );
 
-        drop(stop_tx);
-        child.join().unwrap();
-    });
+            drop(stop_tx);
+            child.join().unwrap();
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -514,53 +514,53 @@ fn audit_finds_a_thread_spawned_inside_a_scope() {
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn probe_and_exec_blame_seccomp_when_eperm_comes_with_the_capability() {
-    require_vm();
-    for (errno, name) in [(libc::EPERM, "EPERM"), (libc::EACCES, "EACCES")] {
-        let (probe, strict) = seccomp::with_refused_prctl(errno, || {
-            let probe = tool().arg("probe").output().unwrap();
-            let strict = tool()
-                .args(["exec", "--strict", "--", "true"])
-                .output()
-                .unwrap();
-            (probe, strict)
-        });
-        let out = String::from_utf8_lossy(&probe.stdout);
-        println!("{name}:\n{out}");
-        assert_eq!(probe.status.code(), Some(1), "{probe:?}");
-        assert!(
-            out.contains("CAP_SYS_RESOURCE:   in the effective set"),
-            "{out}"
-        );
-        assert!(out.contains("user namespace:     initial"), "{out}");
-        assert!(
-            out.contains(&format!("PR_SET_IO_FLUSHER:  refused with {name} (")),
-            "{out}"
-        );
-        let fix = out.lines().find(|l| l.starts_with("fix:")).unwrap();
-        assert!(fix.contains("seccomp filter"), "{fix}");
-        assert!(
-            !fix.contains("needs CAP_SYS_RESOURCE in the initial user namespace; run"),
-            "{fix}"
-        );
-        if errno == libc::EPERM {
+vm_test! {
+    fn probe_and_exec_blame_seccomp_when_eperm_comes_with_the_capability() {
+        require_vm();
+        for (errno, name) in [(libc::EPERM, "EPERM"), (libc::EACCES, "EACCES")] {
+            let (probe, strict) = seccomp::with_refused_prctl(errno, || {
+                let probe = tool().arg("probe").output().unwrap();
+                let strict = tool()
+                    .args(["exec", "--strict", "--", "true"])
+                    .output()
+                    .unwrap();
+                (probe, strict)
+            });
+            let out = String::from_utf8_lossy(&probe.stdout);
+            println!("{name}:\n{out}");
+            assert_eq!(probe.status.code(), Some(1), "{probe:?}");
             assert!(
-                fix.contains("although CAP_SYS_RESOURCE is in the effective set"),
+                out.contains("CAP_SYS_RESOURCE:   in the effective set"),
+                "{out}"
+            );
+            assert!(out.contains("user namespace:     initial"), "{out}");
+            assert!(
+                out.contains(&format!("PR_SET_IO_FLUSHER:  refused with {name} (")),
+                "{out}"
+            );
+            let fix = out.lines().find(|l| l.starts_with("fix:")).unwrap();
+            assert!(fix.contains("seccomp filter"), "{fix}");
+            assert!(
+                !fix.contains("needs CAP_SYS_RESOURCE in the initial user namespace; run"),
                 "{fix}"
             );
+            if errno == libc::EPERM {
+                assert!(
+                    fix.contains("although CAP_SYS_RESOURCE is in the effective set"),
+                    "{fix}"
+                );
+            }
+            assert_eq!(strict.status.code(), Some(125), "{strict:?}");
+            let err = String::from_utf8_lossy(&strict.stderr);
+            assert!(
+                err.contains(&format!("{name} (")) && err.contains("seccomp filter"),
+                "{err}"
+            );
         }
-        assert_eq!(strict.status.code(), Some(125), "{strict:?}");
-        let err = String::from_utf8_lossy(&strict.stderr);
-        assert!(
-            err.contains(&format!("{name} (")) && err.contains("seccomp filter"),
-            "{err}"
-        );
+        // Without the filter the same probe succeeds: the filter was the cause.
+        let o = tool().arg("probe").output().unwrap();
+        assert!(o.status.success(), "{o:?}");
     }
-    // Without the filter the same probe succeeds: the filter was the cause.
-    let o = tool().arg("probe").output().unwrap();
-    assert!(o.status.success(), "{o:?}");
 }
 
 /// Set when this test binary runs inside a PID namespace as the helper of
@@ -612,49 +612,49 @@ fn pidns_helper(mode: &str) {
     });
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn exec_and_audit_in_a_pid_namespace_with_and_without_its_own_proc() {
-    if let Some(mode) = std::env::var_os(PIDNS_HELPER) {
-        return pidns_helper(mode.to_str().unwrap());
-    }
-    require_vm();
-    let exe = std::env::current_exe().unwrap();
-    for (mode, extra) in [("outer-proc", None), ("own-proc", Some("--mount-proc"))] {
-        let o = Command::new("unshare")
-            .args(["--pid", "--fork"])
-            .args(extra)
-            .args(["reclaim-scope", "exec", "--strict", "--"])
-            .arg(&exe)
-            .args([
-                PIDNS_TEST,
-                "--exact",
-                "--include-ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(PIDNS_HELPER, mode)
-            .output()
-            .expect("run unshare");
-        let out = String::from_utf8_lossy(&o.stdout);
-        println!("{mode}:\n{out}");
-        assert!(o.status.success(), "{mode}: {o:?}");
-        assert!(out.contains("1 passed"), "{mode}: {out}");
+vm_test! {
+    fn exec_and_audit_in_a_pid_namespace_with_and_without_its_own_proc() {
+        if let Some(mode) = std::env::var_os(PIDNS_HELPER) {
+            return pidns_helper(mode.to_str().unwrap());
+        }
+        require_vm();
+        let exe = std::env::current_exe().unwrap();
+        for (mode, extra) in [("outer-proc", None), ("own-proc", Some("--mount-proc"))] {
+            let o = Command::new("unshare")
+                .args(["--pid", "--fork"])
+                .args(extra)
+                .args(["reclaim-scope", "exec", "--strict", "--"])
+                .arg(&exe)
+                .args([
+                    PIDNS_TEST,
+                    "--exact",
+                    "--include-ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(PIDNS_HELPER, mode)
+                .output()
+                .expect("run unshare");
+            let out = String::from_utf8_lossy(&o.stdout);
+            println!("{mode}:\n{out}");
+            assert!(o.status.success(), "{mode}: {o:?}");
+            assert!(out.contains("1 passed"), "{mode}: {out}");
 
-        // `status` inside the namespace says which namespace's pid it read.
-        let o = Command::new("unshare")
-            .args(["--pid", "--fork"])
-            .args(extra)
-            .args(["reclaim-scope", "status", "--json", "1"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{mode}: {o:?}");
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let want = if mode == "outer-proc" {
-            "ancestor"
-        } else {
-            "own"
-        };
-        assert_eq!(v[0]["pid_namespace"], want, "{mode}: {v}");
+            // `status` inside the namespace says which namespace's pid it read.
+            let o = Command::new("unshare")
+                .args(["--pid", "--fork"])
+                .args(extra)
+                .args(["reclaim-scope", "status", "--json", "1"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{mode}: {o:?}");
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            let want = if mode == "outer-proc" {
+                "ancestor"
+            } else {
+                "own"
+            };
+            assert_eq!(v[0]["pid_namespace"], want, "{mode}: {v}");
+        }
     }
 }

@@ -176,57 +176,57 @@ fn touch_the_mount(tag: &str) {
     fs::remove_file(&f).unwrap();
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn fuse_serving_threads_are_io_flushers_and_not_with_no_flusher() {
-    let src = fresh_source("flags");
-    for (flags, want) in [
-        (&["--threads", "2"][..], true),
-        (&["--no-flusher", "--threads", "2"][..], false),
-    ] {
-        let d = Daemon::start(&src, flags, None);
-        touch_the_mount("flags");
-        let pid = d.pid();
-        let serving = serving(pid);
-        assert!(
-            serving
-                .iter()
-                .filter(|(_, c)| c.starts_with("fuser-"))
-                .count()
-                == 2,
-            "want fuse-serve and two fuser-N workers: {:?}",
-            threads(pid)
-        );
-        for (tid, comm) in &serving {
-            let f = task_flags(pid as i32, *tid).expect("thread alive");
-            say(&format!(
-                "  fuse_passthrough {flags:?}: {comm} ({tid}) flags {}",
-                describe_flags(f)
-            ));
-            if want {
-                assert_eq!(
-                    f & IO_FLUSHER_BITS,
-                    IO_FLUSHER_BITS,
-                    "{comm} is not an I/O flusher: {}",
+vm_test! {
+    fn fuse_serving_threads_are_io_flushers_and_not_with_no_flusher() {
+        let src = fresh_source("flags");
+        for (flags, want) in [
+            (&["--threads", "2"][..], true),
+            (&["--no-flusher", "--threads", "2"][..], false),
+        ] {
+            let d = Daemon::start(&src, flags, None);
+            touch_the_mount("flags");
+            let pid = d.pid();
+            let serving = serving(pid);
+            assert!(
+                serving
+                    .iter()
+                    .filter(|(_, c)| c.starts_with("fuser-"))
+                    .count()
+                    == 2,
+                "want fuse-serve and two fuser-N workers: {:?}",
+                threads(pid)
+            );
+            for (tid, comm) in &serving {
+                let f = task_flags(pid as i32, *tid).expect("thread alive");
+                say(&format!(
+                    "  fuse_passthrough {flags:?}: {comm} ({tid}) flags {}",
                     describe_flags(f)
-                );
-            } else {
-                assert_eq!(
-                    f & IO_FLUSHER_BITS,
-                    0,
-                    "{comm} is flagged with --no-flusher: {}",
-                    describe_flags(f)
-                );
+                ));
+                if want {
+                    assert_eq!(
+                        f & IO_FLUSHER_BITS,
+                        IO_FLUSHER_BITS,
+                        "{comm} is not an I/O flusher: {}",
+                        describe_flags(f)
+                    );
+                } else {
+                    assert_eq!(
+                        f & IO_FLUSHER_BITS,
+                        0,
+                        "{comm} is flagged with --no-flusher: {}",
+                        describe_flags(f)
+                    );
+                }
             }
+            // The main and signal threads are not flagged in either mode.
+            for (tid, comm) in threads(pid).iter().filter(|t| !serving.contains(t)) {
+                let f = task_flags(pid as i32, *tid).unwrap_or(0);
+                assert_eq!(f & IO_FLUSHER_BITS, 0, "{comm}: {}", describe_flags(f));
+            }
+            d.terminate();
         }
-        // The main and signal threads are not flagged in either mode.
-        for (tid, comm) in threads(pid).iter().filter(|t| !serving.contains(t)) {
-            let f = task_flags(pid as i32, *tid).unwrap_or(0);
-            assert_eq!(f & IO_FLUSHER_BITS, 0, "{comm}: {}", describe_flags(f));
-        }
-        d.terminate();
+        let _ = fs::remove_dir_all(&src);
     }
-    let _ = fs::remove_dir_all(&src);
 }
 
 struct GfpRun {
@@ -310,155 +310,155 @@ fn gfp_run(label: &'static str, flags: &[&str]) -> GfpRun {
     r
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn fuse_under_memory_max_the_flusher_daemon_allocates_without_fs_or_io() {
-    setup();
-    let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
-    let runs: Vec<GfpRun> = [
-        ("io-flusher", &[][..]),
-        ("no-flusher", &["--no-flusher"][..]),
-        ("unprotected", &["--unprotected"][..]),
-    ]
-    .into_iter()
-    .map(|(l, f)| gfp_run(l, f))
-    .collect();
-    let _ = set_trace_buffer_kb(old_kb);
-    say(&format!(
-        "fuse passthrough under memory.max={MEMORY_MAX}, {WRITE_MIB} MiB dd conv=fsync through \
-         the mount:"
-    ));
-    for r in &runs {
+vm_test! {
+    fn fuse_under_memory_max_the_flusher_daemon_allocates_without_fs_or_io() {
+        setup();
+        let old_kb = set_trace_buffer_kb(TRACE_BUFFER_KB).expect("size the trace buffer");
+        let runs: Vec<GfpRun> = [
+            ("io-flusher", &[][..]),
+            ("no-flusher", &["--no-flusher"][..]),
+            ("unprotected", &["--unprotected"][..]),
+        ]
+        .into_iter()
+        .map(|(l, f)| gfp_run(l, f))
+        .collect();
+        let _ = set_trace_buffer_kb(old_kb);
         say(&format!(
-            "  {:12} page allocs {:6}  with FS|IO {:6}  memcg max events {}",
-            r.label, r.serving_allocs, r.serving_fs_io, r.memcg_max_events
+            "fuse passthrough under memory.max={MEMORY_MAX}, {WRITE_MIB} MiB dd conv=fsync through \
+         the mount:"
         ));
-    }
-    let flusher = &runs[0];
-    assert!(
-        flusher.serving_allocs as u64 >= (WRITE_MIB << 20) / 4096 / 2,
-        "too few page allocations traced to prove anything: {}",
-        flusher.summary
-    );
-    if page_alloc_trace_is_scoped() {
-        assert_eq!(
-            flusher.serving_fs_io, 0,
-            "an I/O-flusher serving thread allocated with FS|IO: {}",
+        for r in &runs {
+            say(&format!(
+                "  {:12} page allocs {:6}  with FS|IO {:6}  memcg max events {}",
+                r.label, r.serving_allocs, r.serving_fs_io, r.memcg_max_events
+            ));
+        }
+        let flusher = &runs[0];
+        assert!(
+            flusher.serving_allocs as u64 >= (WRITE_MIB << 20) / 4096 / 2,
+            "too few page allocations traced to prove anything: {}",
             flusher.summary
         );
-    } else {
-        not_applicable(&format!(
-            "flusher page allocations: {UNSCOPED_PAGE_ALLOC_TRACE}"
-        ));
-    }
-    let unprotected = &runs[2];
-    assert!(
-        unprotected.serving_fs_io > 0,
-        "the unprotected baseline never allocated with FS|IO — the comparison proves nothing: {}",
-        unprotected.summary
-    );
-}
-
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn fuse_forget_returns_the_inode_table_to_what_the_kernel_holds() {
-    use std::sync::atomic::Ordering::Relaxed;
-    const N: u64 = 200;
-    let src = fresh_source("forget");
-    for i in 0..N {
-        fs::write(src.join(format!("f{i}")), b"x").unwrap();
-    }
-    let mnt = Path::new("/mnt/rs-fuse-forget");
-    fs::create_dir_all(mnt).unwrap();
-    let pt = passthrough::Passthrough::new(src, passthrough::Guarding::IoFlusher)
-        .expect("open the source");
-    let stats = pt.stats();
-    let mounted = passthrough::mount(pt, mnt, 2).expect("mount the passthrough");
-    let inodes = || stats.inodes.load(Relaxed);
-    for i in 0..N {
-        fs::metadata(mnt.join(format!("f{i}"))).unwrap();
-    }
-    assert_eq!(
-        inodes(),
-        N + 1,
-        "one entry per looked-up name, plus the root"
-    );
-    // The kernel evicts the unused dentries and inodes of the mount and
-    // sends FORGET (or BATCH_FORGET) for each: the table must follow.
-    write_file("/proc/sys/vm/drop_caches", "2");
-    wait_until("FORGET of the evicted inodes", 30, || inodes() == 1);
-    let forgotten = stats.forgotten.load(Relaxed);
-    say(&format!(
-        "FORGET: {forgotten} kernel references returned; the table holds {} entry",
-        inodes()
-    ));
-    assert!(
-        forgotten >= N,
-        "{forgotten} references forgotten, want >= {N}"
-    );
-    // A forgotten name is looked up afresh, under a new inode number.
-    fs::metadata(mnt.join("f7")).unwrap();
-    assert_eq!(inodes(), 2);
-    mounted.unmount().expect("unmount");
-}
-
-/// SIGTERM while a file is open on the mount: the mount is detached lazily
-/// and gone at once, the daemon exits — after `--grace` with one signal, at
-/// the second signal with a grace too long to wait for — and the open file
-/// then answers ENOTCONN (issue 15).
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn fuse_sigterm_on_a_busy_mount_detaches_lazily_and_exits() {
-    use std::io::Read;
-    let src = fresh_source("busy");
-    for (grace, second_signal) in [("0", false), ("3600", true)] {
-        let mut d = Daemon::start(&src, &["--grace", grace], None);
-        let held_path = format!("{MNT}/held");
-        fs::write(&held_path, b"held open").unwrap();
-        let mut held = fs::File::open(&held_path).unwrap();
-        let pid = d.pid().to_string();
-        must(10, "kill", &["-TERM", &pid]);
-        wait_until("the lazy unmount", 20, || {
-            d.log_text().contains("detached lazily")
-        });
-        assert!(!is_mounted(MNT), "{MNT} still mounted after SIGTERM");
-        if second_signal {
-            must(10, "kill", &["-INT", &pid]);
-        }
-        let mut child = d.child.take().unwrap();
-        let t0 = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon still running 30 s after SIGTERM: {}", d.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let log = d.log_text();
-        assert!(st.success(), "exit status {st}: {log}");
-        let why = if second_signal {
-            "again: exiting now"
+        if page_alloc_trace_is_scoped() {
+            assert_eq!(
+                flusher.serving_fs_io, 0,
+                "an I/O-flusher serving thread allocated with FS|IO: {}",
+                flusher.summary
+            );
         } else {
-            "grace period over"
-        };
-        assert!(log.contains(why), "want {why:?} in the log: {log}");
-        // The closing line is printed on this way out too.
+            not_applicable(&format!(
+                "flusher page allocations: {UNSCOPED_PAGE_ALLOC_TRACE}"
+            ));
+        }
+        let unprotected = &runs[2];
         assert!(
-            log.lines()
-                .skip_while(|l| !l.contains(why))
-                .any(|l| l.contains(" requests served; ")),
-            "no closing stats line after {why:?}: {log}"
+            unprotected.serving_fs_io > 0,
+            "the unprotected baseline never allocated with FS|IO — the comparison proves nothing: {}",
+            unprotected.summary
         );
-        let mut buf = Vec::new();
-        let e = held.read_to_end(&mut buf).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
-        say(&format!(
-            "  fuse_passthrough --grace {grace}: busy mount detached, daemon exited ({why})"
-        ));
     }
-    let _ = fs::remove_dir_all(&src);
+}
+
+vm_test! {
+    fn fuse_forget_returns_the_inode_table_to_what_the_kernel_holds() {
+        use std::sync::atomic::Ordering::Relaxed;
+        const N: u64 = 200;
+        let src = fresh_source("forget");
+        for i in 0..N {
+            fs::write(src.join(format!("f{i}")), b"x").unwrap();
+        }
+        let mnt = Path::new("/mnt/rs-fuse-forget");
+        fs::create_dir_all(mnt).unwrap();
+        let pt = passthrough::Passthrough::new(src, passthrough::Guarding::IoFlusher)
+            .expect("open the source");
+        let stats = pt.stats();
+        let mounted = passthrough::mount(pt, mnt, 2).expect("mount the passthrough");
+        let inodes = || stats.inodes.load(Relaxed);
+        for i in 0..N {
+            fs::metadata(mnt.join(format!("f{i}"))).unwrap();
+        }
+        assert_eq!(
+            inodes(),
+            N + 1,
+            "one entry per looked-up name, plus the root"
+        );
+        // The kernel evicts the unused dentries and inodes of the mount and
+        // sends FORGET (or BATCH_FORGET) for each: the table must follow.
+        write_file("/proc/sys/vm/drop_caches", "2");
+        wait_until("FORGET of the evicted inodes", 30, || inodes() == 1);
+        let forgotten = stats.forgotten.load(Relaxed);
+        say(&format!(
+            "FORGET: {forgotten} kernel references returned; the table holds {} entry",
+            inodes()
+        ));
+        assert!(
+            forgotten >= N,
+            "{forgotten} references forgotten, want >= {N}"
+        );
+        // A forgotten name is looked up afresh, under a new inode number.
+        fs::metadata(mnt.join("f7")).unwrap();
+        assert_eq!(inodes(), 2);
+        mounted.unmount().expect("unmount");
+    }
+}
+
+vm_test! {
+    /// SIGTERM while a file is open on the mount: the mount is detached lazily
+    /// and gone at once, the daemon exits — after `--grace` with one signal, at
+    /// the second signal with a grace too long to wait for — and the open file
+    /// then answers ENOTCONN (issue 15).
+    fn fuse_sigterm_on_a_busy_mount_detaches_lazily_and_exits() {
+        use std::io::Read;
+        let src = fresh_source("busy");
+        for (grace, second_signal) in [("0", false), ("3600", true)] {
+            let mut d = Daemon::start(&src, &["--grace", grace], None);
+            let held_path = format!("{MNT}/held");
+            fs::write(&held_path, b"held open").unwrap();
+            let mut held = fs::File::open(&held_path).unwrap();
+            let pid = d.pid().to_string();
+            must(10, "kill", &["-TERM", &pid]);
+            wait_until("the lazy unmount", 20, || {
+                d.log_text().contains("detached lazily")
+            });
+            assert!(!is_mounted(MNT), "{MNT} still mounted after SIGTERM");
+            if second_signal {
+                must(10, "kill", &["-INT", &pid]);
+            }
+            let mut child = d.child.take().unwrap();
+            let t0 = Instant::now();
+            let st = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("daemon still running 30 s after SIGTERM: {}", d.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let log = d.log_text();
+            assert!(st.success(), "exit status {st}: {log}");
+            let why = if second_signal {
+                "again: exiting now"
+            } else {
+                "grace period over"
+            };
+            assert!(log.contains(why), "want {why:?} in the log: {log}");
+            // The closing line is printed on this way out too.
+            assert!(
+                log.lines()
+                    .skip_while(|l| !l.contains(why))
+                    .any(|l| l.contains(" requests served; ")),
+                "no closing stats line after {why:?}: {log}"
+            );
+            let mut buf = Vec::new();
+            let e = held.read_to_end(&mut buf).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+            say(&format!(
+                "  fuse_passthrough --grace {grace}: busy mount detached, daemon exited ({why})"
+            ));
+        }
+        let _ = fs::remove_dir_all(&src);
+    }
 }

@@ -9,136 +9,136 @@ mod common;
 
 use common::*;
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn vm_environment_is_usable() {
-    require_vm();
-    assert!(
-        std::path::Path::new(TRACEFS)
-            .join("events/kmem/mm_page_alloc")
-            .is_dir(),
-        "tracefs with kmem events must be mounted at {TRACEFS}"
-    );
-    assert!(
-        std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
-        "cgroup2 mounted"
-    );
-    let get = raw_get_io_flusher()
-        .expect("PR_GET_IO_FLUSHER must succeed for PID 1's children in the VM");
-    println!(
-        "PR_GET_IO_FLUSHER on the test thread = {get}; flags {}",
-        describe_flags(thread_flags())
-    );
-}
-
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn raw_set_sets_noio_and_local_throttle_and_clear_clears() {
-    require_vm();
-    on_fresh_thread(|| {
-        assert_thread_clear("fresh thread");
-        assert_eq!(raw_get_io_flusher().unwrap(), 0);
-        let before = thread_flags();
-
-        raw_set_io_flusher(true).expect("PR_SET_IO_FLUSHER(1)");
-        let on = thread_flags();
+vm_test! {
+    fn vm_environment_is_usable() {
+        require_vm();
+        assert!(
+            std::path::Path::new(TRACEFS)
+                .join("events/kmem/mm_page_alloc")
+                .is_dir(),
+            "tracefs with kmem events must be mounted at {TRACEFS}"
+        );
+        assert!(
+            std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+            "cgroup2 mounted"
+        );
+        let get = raw_get_io_flusher()
+            .expect("PR_GET_IO_FLUSHER must succeed for PID 1's children in the VM");
         println!(
-            "flags before {} / after SET(1) {}",
-            describe_flags(before),
-            describe_flags(on)
+            "PR_GET_IO_FLUSHER on the test thread = {get}; flags {}",
+            describe_flags(thread_flags())
         );
-        assert_eq!(
-            on & IO_FLUSHER_BITS,
-            IO_FLUSHER_BITS,
-            "SET(1): {}",
-            describe_flags(on)
-        );
-        assert_eq!(raw_get_io_flusher().unwrap(), 1, "GET after SET(1)");
-        // There is no NOFS-only prctl: SET(1) does not touch PF_MEMALLOC_NOFS.
-        assert_eq!(on & PF_MEMALLOC_NOFS, before & PF_MEMALLOC_NOFS);
-
-        raw_set_io_flusher(false).expect("PR_SET_IO_FLUSHER(0)");
-        let off = thread_flags();
-        println!("flags after SET(0) {}", describe_flags(off));
-        assert_eq!(off & IO_FLUSHER_BITS, 0, "SET(0): {}", describe_flags(off));
-        assert_eq!(raw_get_io_flusher().unwrap(), 0, "GET after SET(0)");
-        // Only the two bits change (PF_SUPERPRIV, 0x100, may appear: capable() succeeded).
-        assert_eq!(
-            off & !0x100,
-            before & !0x100,
-            "SET(1)+SET(0) changed other flags"
-        );
-    });
+    }
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn raw_flag_is_per_thread_and_inherited_by_clone_and_execve() {
-    require_vm();
-    on_fresh_thread(|| {
-        raw_set_io_flusher(true).unwrap();
-        let child = std::thread::spawn(thread_flags).join().unwrap();
-        // A process forked by a flagged thread, after execve().
-        let out = std::process::Command::new("cat")
-            .arg("/proc/self/stat")
-            .output()
-            .unwrap();
-        let exec_flags = parse_stat_flags(&String::from_utf8_lossy(&out.stdout)).unwrap();
-        raw_set_io_flusher(false).unwrap();
-        let child_after = std::thread::spawn(thread_flags).join().unwrap();
-        assert_eq!(
-            child & IO_FLUSHER_BITS,
-            IO_FLUSHER_BITS,
-            "spawned inside: {}",
-            describe_flags(child)
-        );
-        assert_eq!(
-            exec_flags & IO_FLUSHER_BITS,
-            IO_FLUSHER_BITS,
-            "forked+exec'd inside: {}",
-            describe_flags(exec_flags)
-        );
-        assert_eq!(
-            child_after & IO_FLUSHER_BITS,
-            0,
-            "spawned after: {}",
-            describe_flags(child_after)
-        );
-    });
-}
+vm_test! {
+    fn raw_set_sets_noio_and_local_throttle_and_clear_clears() {
+        require_vm();
+        on_fresh_thread(|| {
+            assert_thread_clear("fresh thread");
+            assert_eq!(raw_get_io_flusher().unwrap(), 0);
+            let before = thread_flags();
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn raw_flag_does_not_reach_existing_threads() {
-    require_vm();
-    on_fresh_thread(|| {
-        let pid = std::process::id() as i32;
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel::<i32>();
-        let sibling = std::thread::spawn(move || {
-            tid_tx.send(gettid()).unwrap();
-            let _ = go_rx.recv(); // stay alive while the other thread is flagged
+            raw_set_io_flusher(true).expect("PR_SET_IO_FLUSHER(1)");
+            let on = thread_flags();
+            println!(
+                "flags before {} / after SET(1) {}",
+                describe_flags(before),
+                describe_flags(on)
+            );
+            assert_eq!(
+                on & IO_FLUSHER_BITS,
+                IO_FLUSHER_BITS,
+                "SET(1): {}",
+                describe_flags(on)
+            );
+            assert_eq!(raw_get_io_flusher().unwrap(), 1, "GET after SET(1)");
+            // There is no NOFS-only prctl: SET(1) does not touch PF_MEMALLOC_NOFS.
+            assert_eq!(on & PF_MEMALLOC_NOFS, before & PF_MEMALLOC_NOFS);
+
+            raw_set_io_flusher(false).expect("PR_SET_IO_FLUSHER(0)");
+            let off = thread_flags();
+            println!("flags after SET(0) {}", describe_flags(off));
+            assert_eq!(off & IO_FLUSHER_BITS, 0, "SET(0): {}", describe_flags(off));
+            assert_eq!(raw_get_io_flusher().unwrap(), 0, "GET after SET(0)");
+            // Only the two bits change (PF_SUPERPRIV, 0x100, may appear: capable() succeeded).
+            assert_eq!(
+                off & !0x100,
+                before & !0x100,
+                "SET(1)+SET(0) changed other flags"
+            );
         });
-        let sib = tid_rx.recv().unwrap();
-        raw_set_io_flusher(true).unwrap();
-        let mine = thread_flags();
-        let theirs = task_flags(pid, sib).expect("sibling alive");
-        raw_set_io_flusher(false).unwrap();
-        go_tx.send(()).unwrap();
-        sibling.join().unwrap();
-        assert_eq!(
-            mine & IO_FLUSHER_BITS,
-            IO_FLUSHER_BITS,
-            "caller: {}",
-            describe_flags(mine)
-        );
-        assert_eq!(
-            theirs & IO_FLUSHER_BITS,
-            0,
-            "existing sibling: {}",
-            describe_flags(theirs)
-        );
-    });
+    }
+}
+
+vm_test! {
+    fn raw_flag_is_per_thread_and_inherited_by_clone_and_execve() {
+        require_vm();
+        on_fresh_thread(|| {
+            raw_set_io_flusher(true).unwrap();
+            let child = std::thread::spawn(thread_flags).join().unwrap();
+            // A process forked by a flagged thread, after execve().
+            let out = std::process::Command::new("cat")
+                .arg("/proc/self/stat")
+                .output()
+                .unwrap();
+            let exec_flags = parse_stat_flags(&String::from_utf8_lossy(&out.stdout)).unwrap();
+            raw_set_io_flusher(false).unwrap();
+            let child_after = std::thread::spawn(thread_flags).join().unwrap();
+            assert_eq!(
+                child & IO_FLUSHER_BITS,
+                IO_FLUSHER_BITS,
+                "spawned inside: {}",
+                describe_flags(child)
+            );
+            assert_eq!(
+                exec_flags & IO_FLUSHER_BITS,
+                IO_FLUSHER_BITS,
+                "forked+exec'd inside: {}",
+                describe_flags(exec_flags)
+            );
+            assert_eq!(
+                child_after & IO_FLUSHER_BITS,
+                0,
+                "spawned after: {}",
+                describe_flags(child_after)
+            );
+        });
+    }
+}
+
+vm_test! {
+    fn raw_flag_does_not_reach_existing_threads() {
+        require_vm();
+        on_fresh_thread(|| {
+            let pid = std::process::id() as i32;
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel::<i32>();
+            let sibling = std::thread::spawn(move || {
+                tid_tx.send(gettid()).unwrap();
+                let _ = go_rx.recv(); // stay alive while the other thread is flagged
+            });
+            let sib = tid_rx.recv().unwrap();
+            raw_set_io_flusher(true).unwrap();
+            let mine = thread_flags();
+            let theirs = task_flags(pid, sib).expect("sibling alive");
+            raw_set_io_flusher(false).unwrap();
+            go_tx.send(()).unwrap();
+            sibling.join().unwrap();
+            assert_eq!(
+                mine & IO_FLUSHER_BITS,
+                IO_FLUSHER_BITS,
+                "caller: {}",
+                describe_flags(mine)
+            );
+            assert_eq!(
+                theirs & IO_FLUSHER_BITS,
+                0,
+                "existing sibling: {}",
+                describe_flags(theirs)
+            );
+        });
+    }
 }
 
 /// The proof that matters: page-cache allocations of a buffered write.
@@ -176,32 +176,32 @@ fn gfp_proof(dir_label: &'static str, make: fn(&str) -> std::fs::File) {
     });
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn raw_flag_removes_fs_and_io_from_page_cache_allocations_ext4() {
-    require_vm();
-    gfp_proof("ext4 on brd", |tag| fresh_file(tag).1);
+vm_test! {
+    fn raw_flag_removes_fs_and_io_from_page_cache_allocations_ext4() {
+        require_vm();
+        gfp_proof("ext4 on brd", |tag| fresh_file(tag).1);
+    }
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn raw_flag_removes_fs_and_io_from_page_cache_allocations_tmpfs() {
-    require_vm();
-    gfp_proof("tmpfs", |tag| {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = format!(
-            "/tmp/{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(p)
-            .unwrap()
-    });
+vm_test! {
+    fn raw_flag_removes_fs_and_io_from_page_cache_allocations_tmpfs() {
+        require_vm();
+        gfp_proof("tmpfs", |tag| {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = format!(
+                "/tmp/{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .unwrap()
+        });
+    }
 }
 // ---------------------------------------------------------------------------
 // Parser unit tests: not ignored, they run on the host in every `cargo test`

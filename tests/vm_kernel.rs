@@ -42,22 +42,23 @@ fn assert_get_agrees(what: &str) {
     );
 }
 
-macro_rules! vm_test {
+/// A [`vm_test!`] whose body runs on a fresh thread that starts clear.
+macro_rules! fresh_thread_test {
     ($(#[$m:meta])* fn $name:ident() $body:block) => {
-        $(#[$m])*
-        #[test]
-        #[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-        fn $name() {
-            require_vm();
-            on_fresh_thread(|| {
-                assert_thread_clear("precondition (fresh thread)");
-                $body
-            });
+        vm_test! {
+            $(#[$m])*
+            fn $name() {
+                require_vm();
+                on_fresh_thread(|| {
+                    assert_thread_clear("precondition (fresh thread)");
+                    $body
+                });
+            }
         }
     };
 }
 
-vm_test! {
+fresh_thread_test! {
     fn support_is_available_and_probe_changes_nothing() {
         let before = thread_flags();
         assert_eq!(support(), Support::Available);
@@ -78,7 +79,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn nofs_scope_sets_both_bits_and_drop_clears_them() {
         let scope = NoFsScope::try_enter().expect("try_enter in the VM");
         assert!(scope.is_effective());
@@ -93,7 +94,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn best_effort_enter_is_effective_here() {
         let scope = NoFsScope::enter();
         assert!(scope.is_effective(), "best-effort enter must be effective with the capability");
@@ -103,7 +104,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn nesting_changes_nothing_at_inner_levels() {
         let outer = NoFsScope::try_enter().unwrap();
         let at_outer = thread_flags();
@@ -123,7 +124,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn only_the_outermost_level_makes_syscalls() {
         // Warm up: the crate may probe a thread's state once.
         drop(NoFsScope::try_enter().unwrap());
@@ -157,7 +158,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn pre_flagged_thread_stays_flagged_after_a_scope() {
         raw_set_io_flusher(true).unwrap();
         refresh_thread_state().unwrap();
@@ -175,7 +176,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn inherited_flag_survives_a_scope_in_the_child() {
         raw_set_io_flusher(true).unwrap();
         // The child inherits the flag; its first scope must probe, not assume "clear".
@@ -194,7 +195,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn panic_unwinding_through_a_scope_leaves_the_thread_clear() {
         let r = std::panic::catch_unwind(|| {
             let _scope = NoFsScope::try_enter().unwrap();
@@ -213,7 +214,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn threads_spawned_inside_inherit_and_outside_do_not() {
         let outside = std::thread::spawn(thread_flags).join().unwrap();
         let scope = NoFsScope::try_enter().unwrap();
@@ -232,7 +233,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn a_long_lived_thread_spawned_inside_stays_flagged_after_the_scope() {
         let pid = std::process::id() as i32;
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
@@ -258,7 +259,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn thread_io_flusher_agrees_with_proc() {
         assert_get_agrees("clear");
         let s = NoFsScope::try_enter().unwrap();
@@ -272,7 +273,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn io_flusher_sets_and_restores() {
         let f = IoFlusher::try_enter().unwrap();
         assert!(f.is_effective());
@@ -294,7 +295,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn allow_fs_reclaim_inside_io_flusher_clears_and_restores() {
         let f = IoFlusher::try_enter().unwrap();
         {
@@ -320,7 +321,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn closures_run_inside_the_scope() {
         assert!(NoFsScope::run(thread_is_flagged));
         assert_thread_clear("after NoFsScope::run");
@@ -329,7 +330,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn nofs_scope_removes_fs_and_io_from_page_cache_allocations() {
         let (_, f) = fresh_file("plain");
         let plain = traced_pwrite(&f, LEN);
@@ -347,7 +348,7 @@ vm_test! {
     }
 }
 
-vm_test! {
+fresh_thread_test! {
     fn io_flusher_and_allow_fs_reclaim_gfp_proof() {
         let flusher = IoFlusher::try_enter().unwrap();
         let (_, f) = fresh_file("flusher");

@@ -223,160 +223,161 @@ fn run_scenario(mode: Mode) -> Stats {
     s
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn seed_scenario_io_flusher_server_never_reclaims_with_fs_or_io() {
-    require_vm();
-    setup_once();
-    seed::run_all_modes(
-        TRACE_BUFFER_KB,
-        LOWER,
-        &format!(
-            "brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server (cgroup \
+vm_test! {
+    fn seed_scenario_io_flusher_server_never_reclaims_with_fs_or_io() {
+        require_vm();
+        setup_once();
+        seed::run_all_modes(
+            TRACE_BUFFER_KB,
+            LOWER,
+            &format!(
+                "brd → ext4 → {BACKING_MIB} MiB sparse file → nbd_server (cgroup \
          memory.max={MEMORY_MAX}) → nbd-client /dev/nbd0 → XFS; mkfs.xfs + {DATA_MIB} MiB \
          verified file + {DD_MIB} MiB dd"
-        ),
-        "server",
-        "nbd-conn",
-        run_scenario,
-    );
+            ),
+            "server",
+            "nbd-conn",
+            run_scenario,
+        );
+    }
 }
 
-/// Issue 12: a block device as the backing store, through the kernel's NBD
-/// client. A loop device (over a file in the VM's RAM) is served by
-/// `nbd_server --file /dev/loopN`; the kernel sees its size on /dev/nbd1, a
-/// pattern written to /dev/nbd1 and flushed is read back from the loop
-/// device itself and from the file under it; served `--read-only`, the
-/// kernel marks /dev/nbd1 read-only and a write there fails.
-#[test]
-#[ignore = "kernel truth: needs the nbd and loop modules; runs in the VM via `cargo xtask vm-test`"]
-fn block_device_backing_store_through_the_kernel_client() {
-    use std::os::unix::fs::FileExt;
-    require_vm();
-    must(30, "modprobe", &["nbd"]);
-    let _ = run_for(30, "modprobe", &["loop"]);
-    const MIB: u64 = 48;
-    const DEV: &str = "/dev/nbd1";
-    const BSOCK: &str = "/run/blk-nbd.sock";
-    let file = "/tmp/blk-lower.img";
-    fs::File::create(file)
-        .and_then(|f| f.set_len(MIB << 20))
-        .unwrap();
-    let lo = must(30, "losetup", &["-f"]).trim().to_string();
-    must(30, "losetup", &[&lo, file]);
-    struct Teardown(Vec<Child>, String);
-    impl Drop for Teardown {
-        fn drop(&mut self) {
-            let _ = run_for(30, "nbd-client", &["-d", DEV]);
-            for c in &mut self.0 {
-                let _ = c.kill();
-                let _ = c.wait();
+vm_test! {
+    reason "kernel truth: needs the nbd and loop modules; runs in the VM via `cargo xtask vm-test`";
+    /// Issue 12: a block device as the backing store, through the kernel's NBD
+    /// client. A loop device (over a file in the VM's RAM) is served by
+    /// `nbd_server --file /dev/loopN`; the kernel sees its size on /dev/nbd1, a
+    /// pattern written to /dev/nbd1 and flushed is read back from the loop
+    /// device itself and from the file under it; served `--read-only`, the
+    /// kernel marks /dev/nbd1 read-only and a write there fails.
+    fn block_device_backing_store_through_the_kernel_client() {
+        use std::os::unix::fs::FileExt;
+        require_vm();
+        must(30, "modprobe", &["nbd"]);
+        let _ = run_for(30, "modprobe", &["loop"]);
+        const MIB: u64 = 48;
+        const DEV: &str = "/dev/nbd1";
+        const BSOCK: &str = "/run/blk-nbd.sock";
+        let file = "/tmp/blk-lower.img";
+        fs::File::create(file)
+            .and_then(|f| f.set_len(MIB << 20))
+            .unwrap();
+        let lo = must(30, "losetup", &["-f"]).trim().to_string();
+        must(30, "losetup", &[&lo, file]);
+        struct Teardown(Vec<Child>, String);
+        impl Drop for Teardown {
+            fn drop(&mut self) {
+                let _ = run_for(30, "nbd-client", &["-d", DEV]);
+                for c in &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                let _ = run_for(30, "losetup", &["-d", &self.1]);
+                let _ = fs::remove_file(BSOCK);
             }
-            let _ = run_for(30, "losetup", &["-d", &self.1]);
-            let _ = fs::remove_file(BSOCK);
         }
-    }
-    let mut td = Teardown(Vec::new(), lo.clone());
-    // A device is served at its own size: a --size that differs is refused.
-    let o = Command::new("nbd_server")
-        .args([
-            "--file", &lo, "--listen", "none", "--unix", BSOCK, "--size", "1M",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run nbd_server");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.code() == Some(2) && err.contains(&format!("already {} bytes", MIB << 20)),
-        "nbd_server --size 1M on a {MIB} MiB device: {:?} {err}",
-        o.status
-    );
-    let start = |td: &mut Teardown, extra: &[&str]| {
-        let _ = fs::remove_file(BSOCK);
-        let log = fs::File::create("/tmp/blk-server.log").unwrap();
-        let c = Command::new("nbd_server")
-            .args(["--file", &lo, "--listen", "none", "--unix", BSOCK])
-            .args(extra)
+        let mut td = Teardown(Vec::new(), lo.clone());
+        // A device is served at its own size: a --size that differs is refused.
+        let o = Command::new("nbd_server")
+            .args([
+                "--file", &lo, "--listen", "none", "--unix", BSOCK, "--size", "1M",
+            ])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start nbd_server");
-        td.0.push(c);
-        wait_until("the server's unix socket", 20, || Path::new(BSOCK).exists());
-        must(
-            60,
-            "nbd-client",
-            &[
-                "-unix",
-                BSOCK,
-                DEV,
-                "-N",
-                "disk",
-                "-b",
-                "4096",
-                "-t",
-                NBD_TIMEOUT_S,
-            ],
+            .output()
+            .expect("run nbd_server");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.code() == Some(2) && err.contains(&format!("already {} bytes", MIB << 20)),
+            "nbd_server --size 1M on a {MIB} MiB device: {:?} {err}",
+            o.status
         );
-    };
-    start(&mut td, &[]);
-    let sectors: u64 = fs::read_to_string("/sys/block/nbd1/size")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(sectors * 512, MIB << 20, "the kernel's size of {DEV}");
-    let data = pattern(0xb10c, 4 << 20);
-    let off = 8u64 << 20;
-    {
-        let nbd = fs::OpenOptions::new().write(true).open(DEV).unwrap();
-        nbd.write_all_at(&data, off).unwrap();
-        nbd.sync_all().unwrap(); // NBD_CMD_FLUSH
-    }
-    must(30, "nbd-client", &["-d", DEV]);
-    let mut got = vec![0u8; data.len()];
-    fs::File::open(&lo)
-        .unwrap()
-        .read_exact_at(&mut got, off)
-        .unwrap();
-    assert!(
-        got == data,
-        "the loop device differs from what was written to {DEV}"
-    );
-    got.fill(0);
-    fs::File::open(file)
-        .unwrap()
-        .read_exact_at(&mut got, off)
-        .unwrap();
-    assert!(got == data, "the file under the loop device differs");
-    assert_eq!(
-        fs::metadata(file).unwrap().len(),
-        MIB << 20,
-        "the device was resized"
-    );
-    // Read-only: the kernel honours NBD_FLAG_READ_ONLY.
-    let mut srv = td.0.pop().unwrap();
-    let _ = srv.kill();
-    let _ = srv.wait();
-    start(&mut td, &["--read-only"]);
-    let ro = fs::read_to_string("/sys/block/nbd1/ro").unwrap();
-    assert_eq!(ro.trim(), "1", "{DEV} not read-only");
-    let w = fs::OpenOptions::new()
-        .write(true)
-        .open(DEV)
-        .and_then(|f| f.write_all_at(&[0u8; 4096], 0));
-    assert!(w.is_err(), "a write to the read-only {DEV} succeeded");
-    got.fill(0);
-    fs::File::open(DEV)
-        .unwrap()
-        .read_exact_at(&mut got, off)
-        .unwrap();
-    assert!(got == data, "{DEV} read-only reads other data");
-    say(&format!(
-        "block device export: {lo} ({MIB} MiB) via {DEV}: size, 4 MiB pattern on the \
+        let start = |td: &mut Teardown, extra: &[&str]| {
+            let _ = fs::remove_file(BSOCK);
+            let log = fs::File::create("/tmp/blk-server.log").unwrap();
+            let c = Command::new("nbd_server")
+                .args(["--file", &lo, "--listen", "none", "--unix", BSOCK])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start nbd_server");
+            td.0.push(c);
+            wait_until("the server's unix socket", 20, || Path::new(BSOCK).exists());
+            must(
+                60,
+                "nbd-client",
+                &[
+                    "-unix",
+                    BSOCK,
+                    DEV,
+                    "-N",
+                    "disk",
+                    "-b",
+                    "4096",
+                    "-t",
+                    NBD_TIMEOUT_S,
+                ],
+            );
+        };
+        start(&mut td, &[]);
+        let sectors: u64 = fs::read_to_string("/sys/block/nbd1/size")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(sectors * 512, MIB << 20, "the kernel's size of {DEV}");
+        let data = pattern(0xb10c, 4 << 20);
+        let off = 8u64 << 20;
+        {
+            let nbd = fs::OpenOptions::new().write(true).open(DEV).unwrap();
+            nbd.write_all_at(&data, off).unwrap();
+            nbd.sync_all().unwrap(); // NBD_CMD_FLUSH
+        }
+        must(30, "nbd-client", &["-d", DEV]);
+        let mut got = vec![0u8; data.len()];
+        fs::File::open(&lo)
+            .unwrap()
+            .read_exact_at(&mut got, off)
+            .unwrap();
+        assert!(
+            got == data,
+            "the loop device differs from what was written to {DEV}"
+        );
+        got.fill(0);
+        fs::File::open(file)
+            .unwrap()
+            .read_exact_at(&mut got, off)
+            .unwrap();
+        assert!(got == data, "the file under the loop device differs");
+        assert_eq!(
+            fs::metadata(file).unwrap().len(),
+            MIB << 20,
+            "the device was resized"
+        );
+        // Read-only: the kernel honours NBD_FLAG_READ_ONLY.
+        let mut srv = td.0.pop().unwrap();
+        let _ = srv.kill();
+        let _ = srv.wait();
+        start(&mut td, &["--read-only"]);
+        let ro = fs::read_to_string("/sys/block/nbd1/ro").unwrap();
+        assert_eq!(ro.trim(), "1", "{DEV} not read-only");
+        let w = fs::OpenOptions::new()
+            .write(true)
+            .open(DEV)
+            .and_then(|f| f.write_all_at(&[0u8; 4096], 0));
+        assert!(w.is_err(), "a write to the read-only {DEV} succeeded");
+        got.fill(0);
+        fs::File::open(DEV)
+            .unwrap()
+            .read_exact_at(&mut got, off)
+            .unwrap();
+        assert!(got == data, "{DEV} read-only reads other data");
+        say(&format!(
+            "block device export: {lo} ({MIB} MiB) via {DEV}: size, 4 MiB pattern on the \
          device and its file, read-only honoured"
-    ));
+        ));
+    }
 }
 
 /// Host-side check of the lost-event parser the proof relies on.

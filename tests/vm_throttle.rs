@@ -661,16 +661,18 @@ fn run_mode(daemon: Daemon, mode: Mode) -> Run {
     run
 }
 
-#[test]
-#[ignore = "kernel truth: needs the nbd, xfs and brd modules; runs in the VM via `cargo xtask vm-test`"]
-fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
-    throttle_scenario(Daemon::Nbd);
+vm_test! {
+    reason "kernel truth: needs the nbd, xfs and brd modules; runs in the VM via `cargo xtask vm-test`";
+    fn dirty_throttle_io_flusher_server_is_not_paused_for_the_device_it_serves() {
+        throttle_scenario(Daemon::Nbd);
+    }
 }
 
-#[test]
-#[ignore = "kernel truth: needs target_core_user, tcm_loop, xfs and brd; runs in the VM via `cargo xtask vm-test`"]
-fn dirty_throttle_io_flusher_tcmu_handler_is_not_paused_for_the_disk_it_serves() {
-    throttle_scenario(Daemon::Tcmu);
+vm_test! {
+    reason "kernel truth: needs target_core_user, tcm_loop, xfs and brd; runs in the VM via `cargo xtask vm-test`";
+    fn dirty_throttle_io_flusher_tcmu_handler_is_not_paused_for_the_disk_it_serves() {
+        throttle_scenario(Daemon::Tcmu);
+    }
 }
 
 /// Unprotected runs made at most until one shows the throttling.
@@ -884,102 +886,104 @@ fn throttle_scenario(daemon: Daemon) {
     }
 }
 
-/// `watch` without the right to use tracefs: status 3 and the fix named,
-/// no instance left behind, no panic.
-#[test]
-#[ignore = "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`"]
-fn throttle_watch_unprivileged_is_refused_with_the_fix() {
-    use std::os::unix::process::CommandExt as _;
-    require_vm();
-    let instances = || -> Vec<std::ffi::OsString> {
-        fs::read_dir(format!("{TRACEFS}/instances"))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default()
-    };
-    let before = instances();
-    let o = Command::new("reclaim-scope")
-        .args(["watch", "1", "--duration", "1"])
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run reclaim-scope watch as nobody");
-    let err = String::from_utf8_lossy(&o.stderr);
-    say(&format!(
-        "  watch as uid 65534: exit {:?}: {}",
-        o.status.code(),
-        err.trim()
-    ));
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(o.status.code(), Some(3), "{err}");
-    assert!(err.contains("as root"), "{err}");
-    assert_eq!(before, instances(), "an instance was left behind");
+vm_test! {
+    reason "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`";
+    /// `watch` without the right to use tracefs: status 3 and the fix named,
+    /// no instance left behind, no panic.
+    fn throttle_watch_unprivileged_is_refused_with_the_fix() {
+        use std::os::unix::process::CommandExt as _;
+        require_vm();
+        let instances = || -> Vec<std::ffi::OsString> {
+            fs::read_dir(format!("{TRACEFS}/instances"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        let before = instances();
+        let o = Command::new("reclaim-scope")
+            .args(["watch", "1", "--duration", "1"])
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run reclaim-scope watch as nobody");
+        let err = String::from_utf8_lossy(&o.stderr);
+        say(&format!(
+            "  watch as uid 65534: exit {:?}: {}",
+            o.status.code(),
+            err.trim()
+        ));
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(err.contains("as root"), "{err}");
+        assert_eq!(before, instances(), "an instance was left behind");
+    }
 }
 
-/// `watch` follows tasks created while it watches (a `dd` forked by the
-/// watched shell after `watch` started) and keeps up with a burst of page
-/// allocations: its overhead figure. Lost events, if any, are reported,
-/// never hidden.
-#[test]
-#[ignore = "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`"]
-fn throttle_watch_follows_new_tasks_and_keeps_up() {
-    require_vm();
-    const MIB: u64 = 64;
-    let sh = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "sleep 2; dd if=/dev/zero of=/tmp/watch-burst bs=1M count={MIB} 2>/dev/null; \
+vm_test! {
+    reason "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`";
+    /// `watch` follows tasks created while it watches (a `dd` forked by the
+    /// watched shell after `watch` started) and keeps up with a burst of page
+    /// allocations: its overhead figure. Lost events, if any, are reported,
+    /// never hidden.
+    fn throttle_watch_follows_new_tasks_and_keeps_up() {
+        require_vm();
+        const MIB: u64 = 64;
+        let sh = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "sleep 2; dd if=/dev/zero of=/tmp/watch-burst bs=1M count={MIB} 2>/dev/null; \
                  rm -f /tmp/watch-burst; sleep 1"
-            ),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start sh");
-    let mut sh = sh;
-    let t0 = Instant::now();
-    let o = Command::new("reclaim-scope")
-        .args(["watch", &sh.id().to_string(), "--json", "--duration", "60"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run reclaim-scope watch");
-    let secs = t0.elapsed().as_secs_f64();
-    let _ = sh.wait();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("watch --json: {e}; stderr {err}"));
-    let allocs = v["total"]["page_allocs"].as_u64().unwrap_or(0);
-    let lost = v["lost_events"].as_u64().unwrap_or(u64::MAX);
-    let dd = v["threads"]
-        .as_array()
-        .and_then(|a| a.iter().find(|t| t["name"] == "dd").cloned())
-        .unwrap_or_else(|| panic!("watch did not follow the forked dd: {v}"));
-    let dd_allocs = dd["counts"]["page_allocs"].as_u64().unwrap_or(0);
-    say(&format!(
-        "  watch on a shell that forks dd ({MIB} MiB into the initramfs): exit {:?}, {allocs} page \
+                ),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sh");
+        let mut sh = sh;
+        let t0 = Instant::now();
+        let o = Command::new("reclaim-scope")
+            .args(["watch", &sh.id().to_string(), "--json", "--duration", "60"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run reclaim-scope watch");
+        let secs = t0.elapsed().as_secs_f64();
+        let _ = sh.wait();
+        let err = String::from_utf8_lossy(&o.stderr);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("watch --json: {e}; stderr {err}"));
+        let allocs = v["total"]["page_allocs"].as_u64().unwrap_or(0);
+        let lost = v["lost_events"].as_u64().unwrap_or(u64::MAX);
+        let dd = v["threads"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["name"] == "dd").cloned())
+            .unwrap_or_else(|| panic!("watch did not follow the forked dd: {v}"));
+        let dd_allocs = dd["counts"]["page_allocs"].as_u64().unwrap_or(0);
+        say(&format!(
+            "  watch on a shell that forks dd ({MIB} MiB into the initramfs): exit {:?}, {allocs} page \
          allocations ({dd_allocs} by dd) in {secs:.1} s = {:.0}/s, lost {lost}; stderr: {}",
-        o.status.code(),
-        allocs as f64 / secs,
-        err.trim().replace('\n', " | ")
-    ));
-    assert!(!err.contains("panicked"), "{err}");
-    // Every page of the file is one order-0 allocation by dd: counted,
-    // or accounted as lost.
-    assert!(
-        dd_allocs + lost >= MIB << 8,
-        "dd: {dd_allocs} page allocations + {lost} lost, want >= {}",
-        MIB << 8
-    );
-    if lost > 0 {
-        assert!(err.contains("were lost"), "lost events not reported: {err}");
+            o.status.code(),
+            allocs as f64 / secs,
+            err.trim().replace('\n', " | ")
+        ));
+        assert!(!err.contains("panicked"), "{err}");
+        // Every page of the file is one order-0 allocation by dd: counted,
+        // or accounted as lost.
+        assert!(
+            dd_allocs + lost >= MIB << 8,
+            "dd: {dd_allocs} page allocations + {lost} lost, want >= {}",
+            MIB << 8
+        );
+        if lost > 0 {
+            assert!(err.contains("were lost"), "lost events not reported: {err}");
+        }
+        assert!(
+            err.contains("exited while watched"),
+            "watch did not end on the pid's exit: {err}"
+        );
+        // Page allocations alone are not unsafe; no reclaim, no throttle here:
+        // 0, or 5 (not proved) if events were lost.
+        assert_eq!(o.status.code(), Some(if lost > 0 { 5 } else { 0 }), "{v}");
     }
-    assert!(
-        err.contains("exited while watched"),
-        "watch did not end on the pid's exit: {err}"
-    );
-    // Page allocations alone are not unsafe; no reclaim, no throttle here:
-    // 0, or 5 (not proved) if events were lost.
-    assert_eq!(o.status.code(), Some(if lost > 0 { 5 } else { 0 }), "{v}");
 }
 
 /// The lost events of `watch`'s own instance: the sum of its per-CPU
@@ -993,115 +997,116 @@ fn instance_lost(instance: &str) -> Option<u64> {
     Some(lost)
 }
 
-/// `watch` with a one-page ring buffer per CPU (`--buffer-kb 4`) under a
-/// burst of page allocations (two `dd` of the watched shell at once)
-/// loses events, and says so: its `lost_events` equals the overruns of its
-/// instance's `per_cpu/cpuN/stats` (read here once the burst is over and
-/// the counters are still), stderr names the count, and with nothing
-/// unsafe seen the status is 5 (not proved), not 0.
-#[test]
-#[ignore = "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`"]
-fn throttle_watch_with_a_tiny_buffer_reports_its_lost_events() {
-    require_vm();
-    const MIB: u64 = 64;
-    let done = "/tmp/watch-lossy.done";
-    let _ = fs::remove_file(done);
-    let mut sh = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "sleep 2; for i in 1 2; do dd if=/dev/zero of=/tmp/watch-lossy$i bs=1M \
+vm_test! {
+    reason "kernel truth: needs tracefs; runs in the VM via `cargo xtask vm-test`";
+    /// `watch` with a one-page ring buffer per CPU (`--buffer-kb 4`) under a
+    /// burst of page allocations (two `dd` of the watched shell at once)
+    /// loses events, and says so: its `lost_events` equals the overruns of its
+    /// instance's `per_cpu/cpuN/stats` (read here once the burst is over and
+    /// the counters are still), stderr names the count, and with nothing
+    /// unsafe seen the status is 5 (not proved), not 0.
+    fn throttle_watch_with_a_tiny_buffer_reports_its_lost_events() {
+        require_vm();
+        const MIB: u64 = 64;
+        let done = "/tmp/watch-lossy.done";
+        let _ = fs::remove_file(done);
+        let mut sh = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "sleep 2; for i in 1 2; do dd if=/dev/zero of=/tmp/watch-lossy$i bs=1M \
                  count={MIB} 2>/dev/null & done; wait; rm -f /tmp/watch-lossy1 \
                  /tmp/watch-lossy2; : > {done}; exec sleep 120"
-            ),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start sh");
-    let out = "/tmp/watch-lossy.json";
-    let err = "/tmp/watch-lossy.err";
-    let mut w = Command::new("reclaim-scope")
-        .args(["watch", &sh.id().to_string(), "--json", "--buffer-kb", "4"])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(out).unwrap())
-        .stderr(fs::File::create(err).unwrap())
-        .spawn()
-        .expect("start reclaim-scope watch");
-    let instance = format!("{TRACEFS}/instances/reclaim-scope-watch-{}", w.id());
-    let t0 = Instant::now();
-    wait_until("the burst of the watched shell", 120, || {
-        Path::new(done).exists()
-    });
-    let burst_s = t0.elapsed().as_secs_f64();
-    // Still counters: the shell now sleeps, nothing of it allocates.
-    let mut stats = instance_lost(&instance);
-    for _ in 0..30 {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = instance_lost(&instance);
-        if now == stats {
-            break;
-        }
-        stats = now;
-    }
-    let ring = fs::read_to_string(format!("{instance}/buffer_size_kb")).unwrap_or_default();
-    must(10, "kill", &["-INT", &w.id().to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        match w.try_wait().expect("wait for watch") {
-            Some(st) => break st.code(),
-            None if Instant::now() >= deadline => {
-                let _ = w.kill();
-                let _ = w.wait();
-                panic!("reclaim-scope watch did not end within 30 s of SIGINT");
+                ),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sh");
+        let out = "/tmp/watch-lossy.json";
+        let err = "/tmp/watch-lossy.err";
+        let mut w = Command::new("reclaim-scope")
+            .args(["watch", &sh.id().to_string(), "--json", "--buffer-kb", "4"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(out).unwrap())
+            .stderr(fs::File::create(err).unwrap())
+            .spawn()
+            .expect("start reclaim-scope watch");
+        let instance = format!("{TRACEFS}/instances/reclaim-scope-watch-{}", w.id());
+        let t0 = Instant::now();
+        wait_until("the burst of the watched shell", 120, || {
+            Path::new(done).exists()
+        });
+        let burst_s = t0.elapsed().as_secs_f64();
+        // Still counters: the shell now sleeps, nothing of it allocates.
+        let mut stats = instance_lost(&instance);
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = instance_lost(&instance);
+            if now == stats {
+                break;
             }
-            None => std::thread::sleep(Duration::from_millis(50)),
+            stats = now;
         }
-    };
-    let _ = sh.kill();
-    let _ = sh.wait();
-    let stderr = fs::read_to_string(err).unwrap_or_default();
-    let text = fs::read_to_string(out).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("watch --json output {text:?}: {e}; stderr {stderr}"));
-    let lost = v["lost_events"].as_u64().unwrap_or(0);
-    let allocs = v["total"]["page_allocs"].as_u64().unwrap_or(0);
-    let stats = stats.expect("read the instance's per_cpu stats");
-    say(&format!(
-        "  watch --buffer-kb 4 (instance buffer_size_kb {}) on two dd of {MIB} MiB: exit {status:?}, \
+        let ring = fs::read_to_string(format!("{instance}/buffer_size_kb")).unwrap_or_default();
+        must(10, "kill", &["-INT", &w.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match w.try_wait().expect("wait for watch") {
+                Some(st) => break st.code(),
+                None if Instant::now() >= deadline => {
+                    let _ = w.kill();
+                    let _ = w.wait();
+                    panic!("reclaim-scope watch did not end within 30 s of SIGINT");
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let _ = sh.kill();
+        let _ = sh.wait();
+        let stderr = fs::read_to_string(err).unwrap_or_default();
+        let text = fs::read_to_string(out).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("watch --json output {text:?}: {e}; stderr {stderr}"));
+        let lost = v["lost_events"].as_u64().unwrap_or(0);
+        let allocs = v["total"]["page_allocs"].as_u64().unwrap_or(0);
+        let stats = stats.expect("read the instance's per_cpu stats");
+        say(&format!(
+            "  watch --buffer-kb 4 (instance buffer_size_kb {}) on two dd of {MIB} MiB: exit {status:?}, \
          {allocs} page allocations seen, {lost} lost (instance stats: {stats}), burst {burst_s:.1} s \
          = {:.0} events/s offered, {:.0}/s seen; stderr: {}",
-        ring.trim(),
-        (allocs + lost) as f64 / burst_s,
-        allocs as f64 / burst_s,
-        stderr.trim().replace('\n', " | ")
-    ));
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        lost > 0,
-        "a one-page buffer under {} MiB of page allocations lost nothing: {v}",
-        2 * MIB
-    );
-    assert_eq!(
-        lost, stats,
-        "watch's lost_events vs its instance's per_cpu stats"
-    );
-    assert!(
-        stderr.contains(&format!("{lost} trace events were lost")),
-        "lost events not reported: {stderr}"
-    );
-    // Every page of both files is one order-0 allocation: seen or lost.
-    assert!(
-        allocs + lost >= 2 * (MIB << 8),
-        "{allocs} page allocations + {lost} lost, want >= {}",
-        2 * (MIB << 8)
-    );
-    assert_eq!(v["unsafe"], false, "{v}");
-    assert_eq!(status, Some(5), "nothing unsafe but events lost: {stderr}");
-    assert!(stderr.contains("proves nothing"), "{stderr}");
-    assert!(
-        !Path::new(&instance).exists(),
-        "watch left its trace instance"
-    );
+            ring.trim(),
+            (allocs + lost) as f64 / burst_s,
+            allocs as f64 / burst_s,
+            stderr.trim().replace('\n', " | ")
+        ));
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            lost > 0,
+            "a one-page buffer under {} MiB of page allocations lost nothing: {v}",
+            2 * MIB
+        );
+        assert_eq!(
+            lost, stats,
+            "watch's lost_events vs its instance's per_cpu stats"
+        );
+        assert!(
+            stderr.contains(&format!("{lost} trace events were lost")),
+            "lost events not reported: {stderr}"
+        );
+        // Every page of both files is one order-0 allocation: seen or lost.
+        assert!(
+            allocs + lost >= 2 * (MIB << 8),
+            "{allocs} page allocations + {lost} lost, want >= {}",
+            2 * (MIB << 8)
+        );
+        assert_eq!(v["unsafe"], false, "{v}");
+        assert_eq!(status, Some(5), "nothing unsafe but events lost: {stderr}");
+        assert!(stderr.contains("proves nothing"), "{stderr}");
+        assert!(
+            !Path::new(&instance).exists(),
+            "watch left its trace instance"
+        );
+    }
 }
 
 /// Host-side: the fields of the tracepoint are found by name on both

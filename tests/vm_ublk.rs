@@ -283,178 +283,179 @@ fn fio_verify(dir: &str, tag: &str) -> serde_json::Value {
     serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("fio JSON: {e}: {out}"))
 }
 
-#[test]
-#[ignore = "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs; runs in the VM via `cargo xtask vm-test --kernel 6.12`"]
-fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
-    if !ublk_available() {
-        return;
-    }
-    setup_once();
-    let before = ublk_devices();
-    let backing = fresh_lower();
-    let log = "/tmp/ublk-guarded.log";
-    let (mut rig, dev) = Rig::start(&backing, None, &["--queues", "2"], log);
-    let pid = rig.pid();
-    say(&format!("  ublk_file pid {pid} serves {dev}"));
-    let size: u64 = fs::read_to_string(format!(
-        "/sys/block/{}/size",
-        dev.trim_start_matches("/dev/")
-    ))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
-    assert_eq!(size * 512, BACKING_MIB << 20, "{dev}'s size is the file's");
+vm_test! {
+    reason "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs; runs in the VM via `cargo xtask vm-test --kernel 6.12`";
+    fn ublk_serves_xfs_and_fio_verify_with_every_queue_thread_flagged() {
+        if !ublk_available() {
+            return;
+        }
+        setup_once();
+        let before = ublk_devices();
+        let backing = fresh_lower();
+        let log = "/tmp/ublk-guarded.log";
+        let (mut rig, dev) = Rig::start(&backing, None, &["--queues", "2"], log);
+        let pid = rig.pid();
+        say(&format!("  ublk_file pid {pid} serves {dev}"));
+        let size: u64 = fs::read_to_string(format!(
+            "/sys/block/{}/size",
+            dev.trim_start_matches("/dev/")
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        assert_eq!(size * 512, BACKING_MIB << 20, "{dev}'s size is the file's");
 
-    must(120, "mkfs.xfs", &["-q", "-f", &dev]);
-    must(60, "mount", &["-t", "xfs", &dev, UPPER]);
-    let t0 = Instant::now();
-    let fio = fio_verify(UPPER, "verify");
-    let jobs = fio["jobs"].as_array().expect("fio jobs");
-    assert!(!jobs.is_empty());
-    for j in jobs {
-        assert_eq!(j["error"], 0, "fio job failed: {j}");
-        assert!(
-            j["write"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
-            "fio wrote too little: {}",
-            j["write"]
-        );
-        // The verify phase reads back everything written.
-        assert!(
-            j["read"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
-            "fio verified too little: {}",
-            j["read"]
-        );
-    }
-    say(&format!(
-        "  fio randwrite 4 KiB + crc32c verify, 2 jobs x 16 MiB on XFS on {dev}: {:.1} s, write {} IOPS, verify-read {} IOPS",
-        t0.elapsed().as_secs_f64(),
-        jobs[0]["write"]["iops"],
-        jobs[0]["read"]["iops"]
-    ));
+        must(120, "mkfs.xfs", &["-q", "-f", &dev]);
+        must(60, "mount", &["-t", "xfs", &dev, UPPER]);
+        let t0 = Instant::now();
+        let fio = fio_verify(UPPER, "verify");
+        let jobs = fio["jobs"].as_array().expect("fio jobs");
+        assert!(!jobs.is_empty());
+        for j in jobs {
+            assert_eq!(j["error"], 0, "fio job failed: {j}");
+            assert!(
+                j["write"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
+                "fio wrote too little: {}",
+                j["write"]
+            );
+            // The verify phase reads back everything written.
+            assert!(
+                j["read"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
+                "fio verified too little: {}",
+                j["read"]
+            );
+        }
+        say(&format!(
+            "  fio randwrite 4 KiB + crc32c verify, 2 jobs x 16 MiB on XFS on {dev}: {:.1} s, write {} IOPS, verify-read {} IOPS",
+            t0.elapsed().as_secs_f64(),
+            jobs[0]["write"]["iops"],
+            jobs[0]["read"]["iops"]
+        ));
 
-    // The kernel's flags of the queue threads and of any io_uring worker.
-    let queues = flags_of(pid, "ublk-q");
-    assert_eq!(queues.len(), 2, "two queue threads: {:?}", threads(pid));
-    let workers = flags_of(pid, "iou-");
-    for (tid, name, f) in queues.iter().chain(&workers) {
-        assert_eq!(
-            f & IO_FLUSHER_BITS,
-            IO_FLUSHER_BITS,
-            "{name} ({tid}) is {}",
-            describe_flags(*f)
+        // The kernel's flags of the queue threads and of any io_uring worker.
+        let queues = flags_of(pid, "ublk-q");
+        assert_eq!(queues.len(), 2, "two queue threads: {:?}", threads(pid));
+        let workers = flags_of(pid, "iou-");
+        for (tid, name, f) in queues.iter().chain(&workers) {
+            assert_eq!(
+                f & IO_FLUSHER_BITS,
+                IO_FLUSHER_BITS,
+                "{name} ({tid}) is {}",
+                describe_flags(*f)
+            );
+        }
+        say(&format!(
+            "  /proc: {} queue threads, {} io_uring threads, all NOIO|LOCAL_THROTTLE: {:?}",
+            queues.len(),
+            workers.len(),
+            queues
+                .iter()
+                .chain(&workers)
+                .map(|(t, n, f)| format!("{n}/{t} {f:#x}"))
+                .collect::<Vec<_>>()
+        ));
+
+        // reclaim-scope status: the same, read by the tool.
+        let st = must(10, "reclaim-scope", &["status", &pid.to_string(), "--json"]);
+        let st: serde_json::Value = serde_json::from_str(&st).expect("status JSON");
+        let rows = st[0]["threads"].as_array().expect("status threads").clone();
+        for (tid, name, _) in queues.iter().chain(&workers) {
+            let row = rows
+                .iter()
+                .find(|r| r["tid"] == *tid)
+                .unwrap_or_else(|| panic!("status has no {name} ({tid}): {st}"));
+            assert!(
+                row["noio"] == true && row["local_throttle"] == true && row["io_flusher"] == true,
+                "status: {name} {row}"
+            );
+        }
+
+        // Audit::current() inside the daemon: every queue thread held by its IoFlusher,
+        // every io_uring worker accounted for by the IoFlusher of the thread it
+        // works for (iou-wrk-TID), nothing missing or unaccounted.
+        let audit = rig.audit();
+        say(&format!("  daemon's Audit::current():\n{audit}"));
+        assert!(
+            audit.contains("every flag is accounted for"),
+            "audit has findings: {audit}"
         );
-    }
-    say(&format!(
-        "  /proc: {} queue threads, {} io_uring threads, all NOIO|LOCAL_THROTTLE: {:?}",
-        queues.len(),
-        workers.len(),
-        queues
+        for (tid, name, _) in queues.iter().chain(&workers) {
+            let line = audit
+                .lines()
+                .find(|l| l.contains(&format!("tid {tid} ")))
+                .unwrap_or_else(|| panic!("audit has no {name} ({tid}): {audit}"));
+            assert!(line.contains("held by an IoFlusher guard"), "audit: {line}");
+        }
+        let owners: Vec<String> = workers
             .iter()
-            .chain(&workers)
-            .map(|(t, n, f)| format!("{n}/{t} {f:#x}"))
-            .collect::<Vec<_>>()
-    ));
+            .map(|(t, n, _)| {
+                let owner: u32 = n.trim_start_matches("iou-wrk-").parse().unwrap_or(0);
+                let of = threads(pid)
+                    .into_iter()
+                    .find(|(o, _)| *o as u32 == owner)
+                    .map_or("gone".to_owned(), |(_, c)| c);
+                format!("{n} ({t}) works for {of}")
+            })
+            .collect();
+        say(&format!("  io_uring workers: {owners:?}"));
 
-    // reclaim-scope status: the same, read by the tool.
-    let st = must(10, "reclaim-scope", &["status", &pid.to_string(), "--json"]);
-    let st: serde_json::Value = serde_json::from_str(&st).expect("status JSON");
-    let rows = st[0]["threads"].as_array().expect("status threads").clone();
-    for (tid, name, _) in queues.iter().chain(&workers) {
-        let row = rows
-            .iter()
-            .find(|r| r["tid"] == *tid)
-            .unwrap_or_else(|| panic!("status has no {name} ({tid}): {st}"));
-        assert!(
-            row["noio"] == true && row["local_throttle"] == true && row["io_flusher"] == true,
-            "status: {name} {row}"
+        // The data survives an unmount and remount (fio verified it online).
+        must(60, "umount", &[UPPER]);
+        must(60, "mount", &["-t", "xfs", "-o", "ro", &dev, UPPER]);
+        must(60, "umount", &[UPPER]);
+        let text = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+        say(&format!("  daemon: {}", text.trim().replace('\n', " | ")));
+        assert!(text.contains("device deleted"), "{text}");
+        assert!(!Path::new(&dev).exists(), "{dev} still there after SIGTERM");
+        assert_eq!(ublk_devices(), before, "ublk devices left behind");
+        drop(rig);
+
+        // --no-flusher: between requests the queue thread is clear (each file
+        // call is still NOIO-scoped by NoFsFile), and Audit::current() agrees.
+        let (mut rig, dev) = Rig::start(&backing, None, &["--no-flusher"], "/tmp/ublk-noflusher.log");
+        let pid = rig.pid();
+        must(
+            30,
+            "dd",
+            &[
+                "if=/dev/zero",
+                &format!("of={dev}"),
+                "bs=1M",
+                "count=4",
+                "oflag=direct",
+            ],
         );
-    }
-
-    // Audit::current() inside the daemon: every queue thread held by its IoFlusher,
-    // every io_uring worker accounted for by the IoFlusher of the thread it
-    // works for (iou-wrk-TID), nothing missing or unaccounted.
-    let audit = rig.audit();
-    say(&format!("  daemon's Audit::current():\n{audit}"));
-    assert!(
-        audit.contains("every flag is accounted for"),
-        "audit has findings: {audit}"
-    );
-    for (tid, name, _) in queues.iter().chain(&workers) {
-        let line = audit
-            .lines()
-            .find(|l| l.contains(&format!("tid {tid} ")))
-            .unwrap_or_else(|| panic!("audit has no {name} ({tid}): {audit}"));
-        assert!(line.contains("held by an IoFlusher guard"), "audit: {line}");
-    }
-    let owners: Vec<String> = workers
-        .iter()
-        .map(|(t, n, _)| {
-            let owner: u32 = n.trim_start_matches("iou-wrk-").parse().unwrap_or(0);
-            let of = threads(pid)
-                .into_iter()
-                .find(|(o, _)| *o as u32 == owner)
-                .map_or("gone".to_owned(), |(_, c)| c);
-            format!("{n} ({t}) works for {of}")
-        })
-        .collect();
-    say(&format!("  io_uring workers: {owners:?}"));
-
-    // The data survives an unmount and remount (fio verified it online).
-    must(60, "umount", &[UPPER]);
-    must(60, "mount", &["-t", "xfs", "-o", "ro", &dev, UPPER]);
-    must(60, "umount", &[UPPER]);
-    let text = rig.stop().unwrap_or_else(|e| panic!("{e}"));
-    say(&format!("  daemon: {}", text.trim().replace('\n', " | ")));
-    assert!(text.contains("device deleted"), "{text}");
-    assert!(!Path::new(&dev).exists(), "{dev} still there after SIGTERM");
-    assert_eq!(ublk_devices(), before, "ublk devices left behind");
-    drop(rig);
-
-    // --no-flusher: between requests the queue thread is clear (each file
-    // call is still NOIO-scoped by NoFsFile), and Audit::current() agrees.
-    let (mut rig, dev) = Rig::start(&backing, None, &["--no-flusher"], "/tmp/ublk-noflusher.log");
-    let pid = rig.pid();
-    must(
-        30,
-        "dd",
-        &[
-            "if=/dev/zero",
-            &format!("of={dev}"),
-            "bs=1M",
-            "count=4",
-            "oflag=direct",
-        ],
-    );
-    let q = flags_of(pid, "ublk-q");
-    assert_eq!(q.len(), 1, "{:?}", threads(pid));
-    assert_eq!(
-        q[0].2 & IO_FLUSHER_BITS,
-        0,
-        "--no-flusher: {} is {}",
-        q[0].1,
-        describe_flags(q[0].2)
-    );
-    for (tid, name, f) in flags_of(pid, "iou-") {
+        let q = flags_of(pid, "ublk-q");
+        assert_eq!(q.len(), 1, "{:?}", threads(pid));
         assert_eq!(
-            f & IO_FLUSHER_BITS,
+            q[0].2 & IO_FLUSHER_BITS,
             0,
-            "--no-flusher: {name} ({tid}) is {}",
-            describe_flags(f)
+            "--no-flusher: {} is {}",
+            q[0].1,
+            describe_flags(q[0].2)
         );
-    }
-    let audit = rig.audit();
-    assert!(audit.contains("every flag is accounted for"), "{audit}");
-    assert!(
-        audit
-            .lines()
-            .any(|l| l.contains(&format!("tid {} ", q[0].0)) && l.ends_with(": clear")),
-        "{audit}"
-    );
-    rig.stop().unwrap_or_else(|e| panic!("{e}"));
-    drop(rig);
-    if is_mounted(LOWER) {
-        let _ = run_for(30, "umount", &[LOWER]);
+        for (tid, name, f) in flags_of(pid, "iou-") {
+            assert_eq!(
+                f & IO_FLUSHER_BITS,
+                0,
+                "--no-flusher: {name} ({tid}) is {}",
+                describe_flags(f)
+            );
+        }
+        let audit = rig.audit();
+        assert!(audit.contains("every flag is accounted for"), "{audit}");
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(&format!("tid {} ", q[0].0)) && l.ends_with(": clear")),
+            "{audit}"
+        );
+        rig.stop().unwrap_or_else(|e| panic!("{e}"));
+        drop(rig);
+        if is_mounted(LOWER) {
+            let _ = run_for(30, "umount", &[LOWER]);
+        }
     }
 }
 
@@ -513,25 +514,26 @@ fn run_scenario(mode: Mode) -> Stats {
     s
 }
 
-#[test]
-#[ignore = "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs, tracefs; runs in the VM via `cargo xtask vm-test --kernel 6.12`"]
-fn seed_scenario_ublk_queue_thread_never_reclaims_with_fs_or_io() {
-    if !ublk_available() {
-        return;
-    }
-    setup_once();
-    seed::run_all_modes(
-        TRACE_BUFFER_KB,
-        LOWER,
-        &format!(
-            "brd → ext4 → {BACKING_MIB} MiB sparse file → ublk_file (cgroup \
+vm_test! {
+    reason "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs, tracefs; runs in the VM via `cargo xtask vm-test --kernel 6.12`";
+    fn seed_scenario_ublk_queue_thread_never_reclaims_with_fs_or_io() {
+        if !ublk_available() {
+            return;
+        }
+        setup_once();
+        seed::run_all_modes(
+            TRACE_BUFFER_KB,
+            LOWER,
+            &format!(
+                "brd → ext4 → {BACKING_MIB} MiB sparse file → ublk_file (cgroup \
              memory.max={MEMORY_MAX}) → /dev/ublkb0 → XFS; mkfs.xfs + {DATA_MIB} MiB verified \
              file + {DD_MIB} MiB dd"
-        ),
-        "ublk_file",
-        WORKER,
-        run_scenario,
-    );
+            ),
+            "ublk_file",
+            WORKER,
+            run_scenario,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -795,89 +797,90 @@ fn throttle_run(mode: Mode) -> ThrRun {
     run
 }
 
-#[test]
-#[ignore = "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs, tracefs; runs in the VM via `cargo xtask vm-test --kernel 6.12`"]
-fn dirty_throttle_io_flusher_ublk_queue_is_not_paused_for_the_device_it_serves() {
-    if !ublk_available() {
-        return;
-    }
-    setup_once();
-    let old_kb = set_trace_buffer_kb(THR_TRACE_BUFFER_KB).expect("size the trace buffer");
-    let runs: Vec<(Mode, ThrRun)> = Mode::ALL.iter().map(|&m| (m, throttle_run(m))).collect();
-    let _ = set_trace_buffer_kb(old_kb);
-    assert_eq!(
-        ublk_devices(),
-        Vec::<String>::new(),
-        "ublk devices left behind (a hung run is killed and its device deleted with --delete)"
-    );
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut t = format!(
-        "dirty throttling (kernel {}): brd → ext4 → {THR_BACKING_MIB} MiB sparse file → \
+vm_test! {
+    reason "kernel truth: needs ublk_drv (Linux >= 6.0), brd, xfs, tracefs; runs in the VM via `cargo xtask vm-test --kernel 6.12`";
+    fn dirty_throttle_io_flusher_ublk_queue_is_not_paused_for_the_device_it_serves() {
+        if !ublk_available() {
+            return;
+        }
+        setup_once();
+        let old_kb = set_trace_buffer_kb(THR_TRACE_BUFFER_KB).expect("size the trace buffer");
+        let runs: Vec<(Mode, ThrRun)> = Mode::ALL.iter().map(|&m| (m, throttle_run(m))).collect();
+        let _ = set_trace_buffer_kb(old_kb);
+        assert_eq!(
+            ublk_devices(),
+            Vec::<String>::new(),
+            "ublk devices left behind (a hung run is killed and its device deleted with --delete)"
+        );
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut t = format!(
+            "dirty throttling (kernel {}): brd → ext4 → {THR_BACKING_MIB} MiB sparse file → \
          ublk_file → /dev/ublkb0 → XFS; vm.dirty_bytes=16M, dirty_background_bytes=4M; \
          dd {THR_DD_MIB} MiB + sync, deadline {THR_DEADLINE_S} s\n\
          | ublk_file | balance_dirty_pages events | with pause > 0 | total paused | max pause | \
          {WORKER} NOIO\\|LOCAL_THROTTLE in /proc | {WORKER} in balance_dirty_pages (wchan) | \
          dd + sync |\n|---|---|---|---|---|---|---|---|\n",
-        kernel.trim()
-    );
-    for (m, r) in &runs {
-        t.push_str(&format!(
-            "| {} | {} | {} | {:.2} s | {} ms | {}/{} samples | {} samples | {} |\n",
-            m.label(),
-            r.bdp_events,
-            r.paused_events,
-            r.paused_ms as f64 / 1000.0,
-            r.max_pause_ms,
-            r.proc_flagged,
-            r.proc_samples,
-            r.proc_in_bdp,
-            r.secs.map_or_else(
-                || format!("not done after {THR_DEADLINE_S} s"),
-                |s| format!("{s:.0} s")
-            ),
-        ));
+            kernel.trim()
+        );
+        for (m, r) in &runs {
+            t.push_str(&format!(
+                "| {} | {} | {} | {:.2} s | {} ms | {}/{} samples | {} samples | {} |\n",
+                m.label(),
+                r.bdp_events,
+                r.paused_events,
+                r.paused_ms as f64 / 1000.0,
+                r.max_pause_ms,
+                r.proc_flagged,
+                r.proc_samples,
+                r.proc_in_bdp,
+                r.secs.map_or_else(
+                    || format!("not done after {THR_DEADLINE_S} s"),
+                    |s| format!("{s:.0} s")
+                ),
+            ));
+        }
+        say(&format!("\n{t}"));
+        let get = |m: Mode| {
+            &runs
+                .iter()
+                .find(|(x, _)| *x == m)
+                .expect("every mode ran")
+                .1
+        };
+        let g = get(Mode::Guarded);
+        assert!(
+            g.secs.is_some(),
+            "guarded: dd + sync did not finish within {THR_DEADLINE_S} s:\n{}",
+            g.evidence
+        );
+        assert!(
+            g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
+            "guarded: {WORKER} flagged in only {}/{} samples",
+            g.proc_flagged,
+            g.proc_samples
+        );
+        assert!(
+            g.paused_events <= 5 && g.paused_ms <= 500,
+            "guarded: {} pauses, {} ms in balance_dirty_pages",
+            g.paused_events,
+            g.paused_ms
+        );
+        let u = get(Mode::Unprotected);
+        assert!(
+            u.proc_flagged < u.proc_samples,
+            "unprotected: {WORKER} flagged in {}/{} samples",
+            u.proc_flagged,
+            u.proc_samples
+        );
+        assert!(
+            u.paused_events >= 20 && u.paused_ms > 10 * g.paused_ms.max(100),
+            "unprotected: only {} pauses, {} ms: the setup does not show the throttling",
+            u.paused_events,
+            u.paused_ms
+        );
+        assert!(
+            u.proc_in_bdp > 0,
+            "unprotected: /proc never showed {WORKER} asleep in balance_dirty_pages"
+        );
     }
-    say(&format!("\n{t}"));
-    let get = |m: Mode| {
-        &runs
-            .iter()
-            .find(|(x, _)| *x == m)
-            .expect("every mode ran")
-            .1
-    };
-    let g = get(Mode::Guarded);
-    assert!(
-        g.secs.is_some(),
-        "guarded: dd + sync did not finish within {THR_DEADLINE_S} s:\n{}",
-        g.evidence
-    );
-    assert!(
-        g.proc_samples > 0 && g.proc_flagged == g.proc_samples,
-        "guarded: {WORKER} flagged in only {}/{} samples",
-        g.proc_flagged,
-        g.proc_samples
-    );
-    assert!(
-        g.paused_events <= 5 && g.paused_ms <= 500,
-        "guarded: {} pauses, {} ms in balance_dirty_pages",
-        g.paused_events,
-        g.paused_ms
-    );
-    let u = get(Mode::Unprotected);
-    assert!(
-        u.proc_flagged < u.proc_samples,
-        "unprotected: {WORKER} flagged in {}/{} samples",
-        u.proc_flagged,
-        u.proc_samples
-    );
-    assert!(
-        u.paused_events >= 20 && u.paused_ms > 10 * g.paused_ms.max(100),
-        "unprotected: only {} pauses, {} ms: the setup does not show the throttling",
-        u.paused_events,
-        u.paused_ms
-    );
-    assert!(
-        u.proc_in_bdp > 0,
-        "unprotected: /proc never showed {WORKER} asleep in balance_dirty_pages"
-    );
 }

@@ -173,6 +173,8 @@ impl NoFsIoError {
     /// Errors with an errno convert to a plain OS error and answer `None`:
     /// keep the `NoFsIoError` itself when the context matters.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::{NoFsFile, NoFsIoError};
     ///
@@ -190,6 +192,8 @@ impl NoFsIoError {
     /// The syscall, e.g. `"pwrite64"` or
     /// `"fallocate(FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE)"`.
     ///
+    /// # Examples
+    ///
     /// ```
     /// # use reclaim_scope::NoFsFile;
     /// # let file = NoFsFile::new(std::fs::File::open("/dev/null")?);
@@ -204,6 +208,8 @@ impl NoFsIoError {
     /// The file offset the call was asked to start at (for `ftruncate`,
     /// the new length; 0 for the sync calls and `fstat`).
     ///
+    /// # Examples
+    ///
     /// ```
     /// # use reclaim_scope::NoFsFile;
     /// # let file = NoFsFile::new(std::fs::File::open("/dev/null")?);
@@ -216,6 +222,8 @@ impl NoFsIoError {
     }
 
     /// The length in bytes the call was asked for.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # use reclaim_scope::NoFsFile;
@@ -232,6 +240,8 @@ impl NoFsIoError {
     /// How many bytes were read or written (from [`offset`](Self::offset)
     /// on) before the failure. The bytes after them were not touched by
     /// this call.
+    ///
+    /// # Examples
     ///
     /// ```
     /// # use reclaim_scope::NoFsFile;
@@ -250,6 +260,8 @@ impl NoFsIoError {
     /// [`open_direct`](super::NoFsFile::open_direct) was given; `None` for
     /// the calls on an open file.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use reclaim_scope::NoFsFile;
     /// use std::fs::OpenOptions;
@@ -264,6 +276,8 @@ impl NoFsIoError {
     }
 
     /// The `RWF_*` flags of the call (empty for the non-vectored calls).
+    ///
+    /// # Examples
     ///
     /// ```
     /// # use reclaim_scope::{NoFsFile, RwFlags};
@@ -281,6 +295,8 @@ impl NoFsIoError {
     /// The `errno` the I/O syscall answered; `None` when no syscall failed
     /// (end of file, a write of 0 bytes, a range rejected before any
     /// syscall, or a strict refusal — see [`refusal`](Self::refusal)).
+    ///
+    /// # Examples
     ///
     /// ```
     /// # use reclaim_scope::NoFsFile;
@@ -301,6 +317,8 @@ impl NoFsIoError {
     /// Why the I/O was not attempted, when the file's policy is
     /// [`NoFsPolicy::Strict`](super::NoFsPolicy::Strict) and the
     /// I/O-flusher context could not be entered.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::{NoFsFile, NoFsPolicy};
@@ -326,6 +344,8 @@ impl NoFsIoError {
     /// The [`io::ErrorKind`] of the failure: for an errno, exactly what
     /// [`io::Error::from_raw_os_error`] answers (so it does not change when
     /// the error is converted).
+    ///
+    /// # Examples
     ///
     /// ```
     /// # use reclaim_scope::NoFsFile;

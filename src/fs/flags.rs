@@ -14,6 +14,8 @@ use std::ops::{BitAnd, BitOr, BitOrAssign};
 /// No `RWF_NOFS` was ever merged: these flags change no allocation context;
 /// [`NoFsFile`] gets that from its scope.
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::RwFlags;
 ///
@@ -70,6 +72,8 @@ impl RwFlags {
 
     /// No flag: `preadv2`/`pwritev2` behave like `preadv`/`pwritev`.
     ///
+    /// # Examples
+    ///
     /// ```
     /// assert_eq!(reclaim_scope::RwFlags::empty().bits(), 0);
     /// ```
@@ -80,6 +84,8 @@ impl RwFlags {
 
     /// The raw `rwf_t` value.
     ///
+    /// # Examples
+    ///
     /// ```
     /// assert_eq!(reclaim_scope::RwFlags::NOWAIT.bits(), 0x8);
     /// ```
@@ -89,6 +95,8 @@ impl RwFlags {
     }
 
     /// The flags of `bits`, or `None` if a bit is unknown to this crate.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::RwFlags;
@@ -107,6 +115,8 @@ impl RwFlags {
     /// The flags of `bits`, keeping bits unknown to this crate (for flags of
     /// kernels newer than it; the kernel rejects what it does not know).
     ///
+    /// # Examples
+    ///
     /// ```
     /// let f = reclaim_scope::RwFlags::from_bits_retain(0x100);
     /// assert_eq!(f.bits(), 0x100);
@@ -117,6 +127,8 @@ impl RwFlags {
     }
 
     /// Whether every flag of `other` is set in `self`.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::RwFlags;
@@ -129,6 +141,8 @@ impl RwFlags {
 
     /// Whether no flag is set.
     ///
+    /// # Examples
+    ///
     /// ```
     /// assert!(!reclaim_scope::RwFlags::SYNC.is_empty());
     /// ```
@@ -138,6 +152,8 @@ impl RwFlags {
     }
 
     /// Both sets of flags (the `const` form of `|`).
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::RwFlags;
@@ -151,6 +167,8 @@ impl RwFlags {
 
     /// The first Linux version that accepts every flag of `self`, e.g.
     /// `"6.11"`; `None` if a bit is unknown to this crate.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use reclaim_scope::RwFlags;

@@ -17,6 +17,8 @@ use std::sync::atomic::AtomicU8;
 /// [`NoFsFile::set_default_policy`] — or, better, check once at start-up with
 /// [`IoFlusher::try_enter`](crate::IoFlusher::try_enter).
 ///
+/// # Examples
+///
 /// ```
 /// use reclaim_scope::{NoFsFile, NoFsPolicy};
 ///

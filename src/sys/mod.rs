@@ -78,6 +78,35 @@ pub(crate) fn thread_flags_self() -> io::Result<u32> {
     procfs::parse_stat(&stat).map(|s| s.flags)
 }
 
+/// What a new thread takes of the backend's per-thread state from its
+/// creator, as `clone()` copies the kernel's flags: nothing in the real
+/// backend (the kernel copies them itself); in unit tests, the creator's
+/// [`fake`] kernel. Captured on the creating thread right before it spawns
+/// ([`capture`](Self::capture)), applied first thing on the new thread
+/// ([`apply`](Self::apply)).
+pub(crate) struct CloneState {
+    #[cfg(test)]
+    fake: Option<fake::FakeThread>,
+}
+
+impl CloneState {
+    /// Called on the creating thread, right before it spawns.
+    #[inline]
+    pub(crate) fn capture() -> CloneState {
+        CloneState {
+            #[cfg(test)]
+            fake: fake::inherit_capture(),
+        }
+    }
+
+    /// Called first on the new thread.
+    #[inline]
+    pub(crate) fn apply(self) {
+        #[cfg(test)]
+        fake::inherit_apply(self.fake);
+    }
+}
+
 /// The kernel's id of the calling thread (`gettid(2)`).
 #[inline]
 pub(crate) fn gettid() -> i32 {

@@ -5,6 +5,7 @@
 //! and its device attached).
 
 use std::fmt::Write as _;
+use std::fs;
 
 /// How the daemon under test protects its worker.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -9,6 +9,8 @@
 //! installer only for its tests. The two calls below are the only `unsafe`
 //! in the test suite.
 
+#![allow(unsafe_code)]
+
 use std::io;
 
 // <linux/filter.h>, <linux/seccomp.h>, <linux/audit.h>
