@@ -463,7 +463,11 @@ mod tests {
     fn ids_that_name_no_task_are_not_found() {
         for (pid, tid) in [(0, 0), (-1, -1), (i32::MIN, 1), (1, i32::MAX)] {
             let e = ThreadFlags::of_task(pid, tid).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::NotFound, "of_task({pid}, {tid}): {e}");
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::NotFound,
+                "of_task({pid}, {tid}): {e}"
+            );
         }
         for pid in [0, -1, i32::MIN, i32::MAX] {
             let e = threads_of(pid).unwrap_err();
