@@ -83,12 +83,28 @@ impl Entry {
     }
 
     /// Marks the entry in transition: a guard's syscall is under way. No
-    /// generation bump: the bit itself changes the word, and the update
-    /// that ends the transition bumps it (so set + clear is never ABA).
-    #[inline]
-    fn mark_in_transition(&self) {
+    /// generation bump: the bit itself changes the word, and the store that
+    /// ends the transition ([`end_set`](Self::end_set), [`SetMark::failed`]) bumps it (so set +
+    /// clear is never ABA). Returns the word from before.
+    #[inline(always)]
+    fn begin_set(&self) -> u64 {
         let old = self.word.load(Ordering::Relaxed);
         self.word.store(old | IN_TRANSITION, Ordering::Release);
+        old
+    }
+
+    /// Ends the transition [`begin_set`](Self::begin_set) started (`old`:
+    /// its result) after a successful syscall: the scoped bits say what it
+    /// set, the generation is bumped, the mark is gone. One store.
+    #[inline(always)]
+    fn end_set(&self, old: u64, on: bool) {
+        let scoped = if on { SCOPED_ON } else { SCOPED_OFF };
+        // With the mark and the scoped bits cleared (`old` has no mark
+        // unless a guard in a signal handler interrupted another's set; the
+        // same `and` clears it then), the add changes only the generation
+        // (wrapping at bit 63, as `update` does) and sets the scoped bits.
+        let new = (old & !(SCOPED_MASK | IN_TRANSITION)).wrapping_add(GENERATION_ONE | scoped);
+        self.word.store(new, Ordering::Release);
     }
 
     #[inline]
@@ -177,31 +193,98 @@ fn with_entry(f: impl FnOnce(&Entry)) {
     }
 }
 
-/// Runs a guard's `prctl(PR_SET_IO_FLUSHER, on)` and publishes the state
-/// it set. Marks the thread in transition around the syscall, so that an
-/// audit never judges a state the registry does not show yet.
+/// A guard's `prctl(PR_SET_IO_FLUSHER)` under way, published for
+/// [`Audit::current`]: [`begin_set`] marks the thread in transition before
+/// the syscall, [`done`](SetMark::done) or [`failed`](SetMark::failed) ends
+/// the transition after it, so that an audit never judges a state the
+/// registry does not show yet.
 ///
 /// Beside the ~200 ns syscall this costs one thread-local load and test,
-/// and two plain load + store pairs.
+/// one load and two stores: the word after the syscall is computed from the
+/// word before it (only this thread writes it, so nothing changed it
+/// meanwhile). The guards' outermost path uses the three steps directly, so
+/// that a failure is one cold call with everything it needs.
+#[must_use]
+pub(crate) struct SetMark {
+    e: &'static Entry,
+    old: u64,
+}
+
+/// Marks the calling thread in transition: its guard is about to make the
+/// syscall.
+#[inline(always)]
+pub(crate) fn begin_set() -> SetMark {
+    let e = guard_entry();
+    SetMark {
+        e,
+        old: e.begin_set(),
+    }
+}
+
+impl SetMark {
+    /// The syscall set the flag to `on`.
+    #[inline(always)]
+    pub(crate) fn done(self, on: bool) {
+        self.e.end_set(self.old, on);
+    }
+
+    /// The syscall was refused: the word from before comes back (generation
+    /// bumped).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn failed(self) {
+        self.e
+            .word
+            .store(self.old.wrapping_add(GENERATION_ONE), Ordering::Release);
+    }
+}
+
+/// Runs a guard's `prctl(PR_SET_IO_FLUSHER, on)` (`set`) and publishes the
+/// state it set (see [`SetMark`]).
 #[inline]
 pub(crate) fn guard_set<E>(on: bool, set: impl FnOnce(bool) -> Result<(), E>) -> Result<(), E> {
-    let Some(e) = entry() else {
-        // Thread-local teardown: no entry, the syscall all the same.
-        return set(on);
-    };
-    e.mark_in_transition();
+    let mark = begin_set();
     match set(on) {
         Ok(()) => {
-            let scoped = if on { SCOPED_ON } else { SCOPED_OFF };
-            e.update(|w| w & !(IN_TRANSITION | SCOPED_MASK) | scoped);
+            mark.done(on);
             Ok(())
         }
         Err(err) => {
-            e.update(|w| w & !IN_TRANSITION);
+            mark.failed();
             Err(err)
         }
     }
 }
+
+/// The entry a guard's syscall publishes to: the calling thread's, created
+/// on first use, or during thread-local teardown (no entry can be made)
+/// [`UNLISTED`]. Never "none", so that the guards' path has one branch (a
+/// thread's first set) and no second way out.
+#[inline(always)]
+fn guard_entry() -> &'static Entry {
+    match ENTRY.try_with(Cell::get) {
+        Ok(Some(e)) => e,
+        _ => guard_entry_cold(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn guard_entry_cold() -> &'static Entry {
+    match ENTRY.try_with(Cell::get) {
+        Ok(Some(e)) => e,
+        Ok(None) => register().unwrap_or(&UNLISTED),
+        Err(_) => &UNLISTED,
+    }
+}
+
+/// The entry of threads in thread-local teardown: in no registry list, so
+/// no audit reads it; the guards of such threads write it (atomically, so
+/// several at once are harmless) and nothing else does.
+static UNLISTED: Entry = Entry {
+    tid: AtomicI32::new(0),
+    word: AtomicU64::new(0),
+};
 
 /// An [`IoFlusher`](crate::IoFlusher)'s registration, dropped with it.
 pub(crate) struct Claim(ClaimKind);
@@ -262,6 +345,120 @@ impl Drop for Claim {
 
 mod build;
 mod report;
+
+/// The registry's writer side against the audit: what a thread in the middle
+/// of a guard's syscall, and after one, looks like to [`Audit::current`]'s
+/// logic (`audit_with`).
+#[cfg(test)]
+mod registry_tests {
+    use super::build::{audit_with, word_of};
+    use super::*;
+    use crate::proc::current_tid;
+    use crate::proc::{ThreadFlags, ThreadInfo};
+    use crate::scope::tests::on_fake;
+    use crate::sys::fake::{self, FakeThread, Mode};
+    use crate::{IoFlusher, NoFsScope};
+
+    fn audit_self() -> Verdict {
+        let me = || ThreadFlags::from_bits(fake::state().unwrap().flags);
+        let info = ThreadInfo {
+            tid: current_tid(),
+            name: "fake".into(),
+            flags: me(),
+        };
+        audit_with(1, || Ok(vec![info]), |_| Ok(me()))
+            .unwrap()
+            .verdict(current_tid())
+            .unwrap()
+    }
+
+    fn word() -> u64 {
+        word_of(current_tid()).unwrap()
+    }
+
+    thread_local! {
+        static SEEN: std::cell::RefCell<Vec<(Verdict, u64)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Inside the syscall: the kernel's flag has changed, the registry's
+    /// state not yet.
+    fn record() {
+        let v = audit_self();
+        SEEN.with(|s| s.borrow_mut().push((v, word())));
+    }
+
+    fn seen() -> Vec<(Verdict, u64)> {
+        SEEN.with(|s| s.take())
+    }
+
+    /// The outermost set and restore each publish with one store before and
+    /// one after the syscall: in between the thread is in transition (never
+    /// judged on a state the registry does not show), after it the scoped
+    /// bits say what the syscall set, with a new generation each time.
+    #[test]
+    fn a_thread_inside_its_guards_syscall_is_never_misjudged() {
+        on_fake(FakeThread::new(Mode::Permitted), || {
+            let _ = guard_entry();
+            let w0 = word();
+            fake::during_set(Some(record));
+            let s = NoFsScope::try_enter().unwrap();
+            let w1 = word();
+            drop(s);
+            let w2 = word();
+            let f = IoFlusher::try_enter().unwrap();
+            drop(f);
+            fake::during_set(None);
+            let inside = seen();
+            assert_eq!(inside.len(), 4, "one audit inside each syscall");
+            for (v, w) in &inside {
+                assert_eq!(*v, Verdict::Unsettled, "judged mid-change: {v:?}");
+                assert_ne!(w & IN_TRANSITION, 0);
+            }
+            assert_eq!(
+                inside[0].1,
+                w0 | IN_TRANSITION,
+                "the mark is the only change"
+            );
+            assert_eq!(w1 & (IN_TRANSITION | SCOPED_MASK), SCOPED_ON);
+            assert_eq!(w2 & (IN_TRANSITION | SCOPED_MASK), SCOPED_OFF);
+            assert_eq!(w1 >> 32, (w0 >> 32) + 1, "the set bumps the generation");
+            assert_eq!(w2 >> 32, (w1 >> 32) + 1, "the restore bumps the generation");
+            assert_eq!(w1 & FLUSHERS_MASK, w0 & FLUSHERS_MASK);
+            assert_eq!(audit_self(), Verdict::Clear);
+        });
+    }
+
+    /// A refused set: the word from before comes back under a new
+    /// generation (the in-transition mark then its end is no ABA for a
+    /// reader that saw the word before the mark).
+    #[test]
+    fn a_refused_set_restores_the_word_with_a_new_generation() {
+        on_fake(FakeThread::new(Mode::Filtered(libc::EACCES)), || {
+            let _ = guard_entry();
+            let w0 = word();
+            fake::during_set(Some(record));
+            assert!(NoFsScope::try_enter().is_err());
+            fake::during_set(None);
+            let inside = seen();
+            assert_eq!(inside, vec![(Verdict::Unsettled, w0 | IN_TRANSITION)]);
+            let w1 = word();
+            assert_eq!(w1 & !(u64::MAX << 32), w0 & !(u64::MAX << 32));
+            assert_eq!(w1 >> 32, (w0 >> 32) + 1);
+            assert_eq!(audit_self(), Verdict::Clear);
+        });
+    }
+
+    /// During thread-local teardown a guard's syscall writes the unlisted
+    /// entry, which no audit reads.
+    #[test]
+    fn the_unlisted_entry_is_in_no_list() {
+        let reg = REGISTRY.lock();
+        assert!(!reg.live.iter().any(|e| std::ptr::eq(*e, &UNLISTED)));
+        assert!(!reg.free.iter().any(|e| std::ptr::eq(*e, &UNLISTED)));
+    }
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -122,12 +122,12 @@ fn set_refused(errno: i32) {
     REFUSED.store(errno, Ordering::Relaxed);
 }
 
-/// `prctl(PR_SET_IO_FLUSHER, on)`, published for `Audit::current()`: the one call
-/// every guard that changes the kernel's state makes. Lean (an `Errno` in a
-/// register, no `Error` built) because it is the outermost guard's common
-/// path, not a cold one; inlined into the two out-of-line callers of that
-/// path ([`enter_change`], [`restore`]), so each is one call deep.
-#[inline(always)]
+/// `prctl(PR_SET_IO_FLUSHER, on)`, published for `Audit::current()`: the call
+/// every guard that changes the kernel's state makes, on the cold paths.
+/// The outermost guard's two out-of-line functions ([`enter_change`],
+/// [`restore`]) make the same three steps themselves (mark, syscall, done or
+/// failed), with a failure in one cold call.
+#[inline]
 fn set_kernel_flag(on: bool) -> Result<(), sys::Errno> {
     crate::audit::guard_set(on, sys::set_io_flusher)
 }
@@ -135,20 +135,29 @@ fn set_kernel_flag(on: bool) -> Result<(), sys::Errno> {
 /// A refused set: remembered for the process when it is a missing
 /// capability (`EPERM`) or an old kernel (`EINVAL`), so later scopes make no
 /// syscall; any other errno (a seccomp filter, an LSM) is asked again.
+/// Returns the errno.
 #[cold]
 #[inline(never)]
-fn refusal(errno: sys::Errno) -> Error {
+fn refusal(errno: sys::Errno) -> sys::Errno {
     if errno == sys::EPERM || errno == sys::EINVAL {
         set_refused(errno);
     }
+    errno
+}
+
+/// The public error of a refused set: built only on failure, out of the
+/// guards' inlined code.
+#[cold]
+#[inline(never)]
+fn set_error(errno: sys::Errno) -> Error {
     Error::from_errno(OP_SET, errno)
 }
 
 /// Sets the flag unless a refusal is remembered; remembers a new refusal.
-fn apply(on: bool) -> Result<(), Error> {
+fn apply(on: bool) -> Result<(), sys::Errno> {
     let memo = refused();
     if memo != 0 {
-        return Err(Error::from_errno(OP_SET, memo));
+        return Err(memo);
     }
     set_kernel_flag(on).map_err(refusal)
 }
@@ -167,11 +176,11 @@ fn probe(state: &Cell<Word>) {
 }
 
 /// Changes the kernel flag and records it: `Ok(true)` if done, `Ok(false)`
-/// if refused in best-effort mode (reported once), `Err` if refused in
-/// strict mode.
+/// if refused in best-effort mode (reported once), `Err(errno)` if refused
+/// in strict mode.
 #[cold]
 #[inline(never)]
-fn change(state: &Cell<Word>, on: bool, strict: bool) -> Result<bool, Error> {
+fn change(state: &Cell<Word>, on: bool, strict: bool) -> Result<bool, sys::Errno> {
     let memo = refused();
     if memo != 0 && !strict {
         // Refused before: no syscall, no error to build unless this is the
@@ -185,9 +194,9 @@ fn change(state: &Cell<Word>, on: bool, strict: bool) -> Result<bool, Error> {
             state.set(Word(w.0 & !KERNEL_MASK | kernel_bits(on)));
             Ok(true)
         }
-        Err(e) if strict => Err(e),
-        Err(e) => {
-            report::degraded(&e);
+        Err(errno) if strict => Err(errno),
+        Err(errno) => {
+            report::degraded(&set_error(errno));
             Ok(false)
         }
     }
@@ -212,61 +221,99 @@ fn too_deep() -> ! {
 }
 
 /// The fast path of every guard: already in the requested state (nested,
-/// or inherited), no syscall. `None`: the state must change.
+/// or inherited), no syscall. `Err(word)`: the state must change; the word
+/// goes to [`enter_change`] in a register, not read again there.
 #[inline(always)]
-fn enter_fast(state: &Cell<Word>, on: bool) -> Option<Scope> {
+fn enter_fast(state: &Cell<Word>, on: bool) -> Result<Scope, Word> {
     let w = state.get();
     if w.kernel() == kernel_bits(on) {
-        return Some(push(state, w, on, true));
+        return Ok(push(state, w, on, true));
     }
-    None
+    Err(w)
 }
 
 /// A guard that changes the kernel's state: out of line, so that the fast
-/// path stays a few inlined instructions.
+/// path stays a few inlined instructions, and one copy per `(on, strict)`,
+/// so that neither is a register to keep across the syscall. The result is
+/// the packed guard or an errno, both in registers; the public [`Error`] is
+/// built by the caller, on failure only ([`set_error`]).
+///
+/// `w` is the thread's word as [`enter_fast`] read it. What lives across
+/// the `prctl` call (in callee-saved registers, pushed and popped here): `w`,
+/// the audit entry and its word. The guard and the new word are computed from the first after the
+/// call; the depth check comes before it, so an overflow changes nothing.
 #[inline(never)]
-fn enter_change(on: bool, strict: bool) -> Result<Scope, Error> {
-    // Small closures, each a thread-local access: one that returned the
-    // whole `Result` would copy it through the stack.
-    let Ok(w) = STATE.try_with(Cell::get) else {
-        // Thread-local teardown; `Scope::enter` checked, but stay total.
-        return Ok(Scope::detached());
-    };
+fn enter_change<const ON: bool, const STRICT: bool>(w: Word) -> Result<Scope, sys::Errno> {
     // `enter_fast` failed, so a known kernel flag is in the other state
     // (`KERNEL_ON` is never set without `KNOWN`).
-    if w.0 & KNOWN != 0 && refused() == 0 {
-        debug_assert!(w.kernel() == kernel_bits(!on));
-        // Nothing refused: the outermost guard's set. The guard restores
-        // the DESIRED bit of `w`.
-        return match set_kernel_flag(on) {
-            Ok(()) => Ok(STATE
-                .with(|state| push(state, Word(w.0 & !KERNEL_MASK | kernel_bits(on)), on, true))),
-            Err(errno) => enter_refused(w, on, strict, errno),
-        };
+    if w.0 & KNOWN == 0 || refused() != 0 {
+        return enter_slow(ON, STRICT);
     }
-    enter_slow(on, strict)
+    debug_assert!(w.kernel() == kernel_bits(!ON));
+    if w.depth() >= MAX_DEPTH {
+        too_deep();
+    }
+    // Nothing refused: the outermost guard's set. The guard restores the
+    // DESIRED bit of `w`.
+    let mark = crate::audit::begin_set();
+    match sys::set_io_flusher(ON) {
+        Ok(()) => {
+            mark.done(ON);
+            let up = (w.0 & !(KERNEL_MASK | DESIRED)) + DEPTH_ONE;
+            STATE.with(|st| st.set(Word(up | kernel_bits(ON) | u32::from(ON) << 2)));
+            Ok(Scope::from_packed(w.0 & !(KERNEL_MASK | OUT_OF_ORDER) | 1))
+        }
+        Err(errno) => enter_failed(mark, w, ON, STRICT, errno),
+    }
+}
+
+/// [`enter_change`]'s refused syscall, all of it in one cold call (so the
+/// errno needs no register of its own there).
+#[cold]
+#[inline(never)]
+fn enter_failed(
+    mark: crate::audit::SetMark,
+    w: Word,
+    on: bool,
+    strict: bool,
+    errno: sys::Errno,
+) -> Result<Scope, sys::Errno> {
+    mark.failed();
+    enter_refused(w, on, strict, errno)
+}
+
+/// [`enter_change`] for a request known only at run time (every caller in
+/// the crate passes constants, so this folds to one call).
+#[inline(always)]
+fn enter_change_dyn(w: Word, on: bool, strict: bool) -> Result<Scope, sys::Errno> {
+    match (on, strict) {
+        (true, true) => enter_change::<true, true>(w),
+        (true, false) => enter_change::<true, false>(w),
+        (false, true) => enter_change::<false, true>(w),
+        (false, false) => enter_change::<false, false>(w),
+    }
 }
 
 /// The kernel refused the outermost guard's set: fail (strict) or push a
 /// level that is not effective (best effort, reported once).
 #[cold]
 #[inline(never)]
-fn enter_refused(w: Word, on: bool, strict: bool, errno: sys::Errno) -> Result<Scope, Error> {
-    let e = refusal(errno);
+fn enter_refused(w: Word, on: bool, strict: bool, errno: sys::Errno) -> Result<Scope, sys::Errno> {
+    let errno = refusal(errno);
     if strict {
-        return Err(e);
+        return Err(errno);
     }
-    report::degraded(&e);
+    report::degraded(&set_error(errno));
     Ok(STATE.with(|state| push(state, w, on, false)))
 }
 
 #[cold]
 #[inline(never)]
-fn enter_slow(on: bool, strict: bool) -> Result<Scope, Error> {
+fn enter_slow(on: bool, strict: bool) -> Result<Scope, sys::Errno> {
     STATE.with(|state| enter_slow_at(state, on, strict))
 }
 
-fn enter_slow_at(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, Error> {
+fn enter_slow_at(state: &Cell<Word>, on: bool, strict: bool) -> Result<Scope, sys::Errno> {
     if state.get().kernel() & KNOWN == 0 {
         probe(state);
     }
@@ -294,27 +341,50 @@ fn exit(state: &Cell<Word>, scope: &Scope) {
     let down = Word(w.0 & KERNEL_MASK | g & !KERNEL_MASK);
     state.set(down);
     if !down.in_desired_state() {
-        restore(down, scope.restore());
+        // One copy per direction: `on` is no register to keep across the
+        // syscall.
+        if down.0 & DESIRED != 0 {
+            restore::<true>(down)
+        } else {
+            restore::<false>(down)
+        }
     }
 }
 
-/// Puts the kernel flag back to `on` when a guard that changed it ends.
-/// Best effort: a drop cannot fail. A refusal here can only follow a
-/// refusal at entry, which was reported already.
+/// Puts the kernel flag back to `ON` when a guard that changed it ends:
+/// `down` is the word after the drop, whose `DESIRED` bit is `ON` (the
+/// guard's restore value). Best effort: a drop cannot fail. A refusal here
+/// can only follow a refusal at entry, which was reported already.
 #[inline(never)]
-fn restore(down: Word, on: bool) {
-    let _ = STATE.try_with(|state| {
-        if down.kernel() & KNOWN != 0 && refused() == 0 {
-            // Known to be in the other state (else `down` would be in the
-            // desired one), nothing refused: the outermost guard's restore.
-            match set_kernel_flag(on) {
-                Ok(()) => state.set(Word(down.0 & !KERNEL_MASK | kernel_bits(on))),
-                Err(errno) => report::degraded(&refusal(errno)),
+fn restore<const ON: bool>(down: Word) {
+    debug_assert_eq!(down.0 & DESIRED != 0, ON);
+    if down.kernel() & KNOWN != 0 && refused() == 0 {
+        // Known to be in the other state (else `down` would be in the
+        // desired one), nothing refused: the outermost guard's restore.
+        let mark = crate::audit::begin_set();
+        match sys::set_io_flusher(ON) {
+            Ok(()) => {
+                mark.done(ON);
+                STATE.with(|st| st.set(Word(down.0 & !KERNEL_MASK | kernel_bits(ON))));
             }
-        } else {
-            let _ = change(state, on, false);
+            Err(errno) => restore_refused(mark, errno),
         }
-    });
+    } else {
+        restore_slow(ON);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn restore_refused(mark: crate::audit::SetMark, errno: sys::Errno) {
+    mark.failed();
+    report::degraded(&set_error(refusal(errno)));
+}
+
+#[cold]
+#[inline(never)]
+fn restore_slow(on: bool) {
+    let _ = STATE.try_with(|state| change(state, on, false));
 }
 
 /// Out-of-order drops, pending out-of-order entries, and detached guards.
@@ -404,8 +474,8 @@ impl Scope {
     #[inline(always)]
     fn enter(on: bool, strict: bool) -> Result<Scope, Error> {
         match STATE.try_with(|st| enter_fast(st, on)) {
-            Ok(Some(scope)) => Ok(scope),
-            Ok(None) => enter_change(on, strict),
+            Ok(Ok(scope)) => Ok(scope),
+            Ok(Err(w)) => enter_change_dyn(w, on, strict).map_err(set_error),
             // Thread-local teardown. Lazily: an unused fallback guard would
             // be dropped, i.e. exited.
             Err(_) => Ok(Scope::detached()),

@@ -87,7 +87,31 @@ fn refusal(mode: Mode) -> Option<Errno> {
     }
 }
 
+thread_local! {
+    /// Run inside every fake `PR_SET_IO_FLUSHER` of this thread, after the
+    /// fake kernel answered (and changed its flags) and before the call
+    /// returns: the moment a real thread is "in the syscall".
+    static DURING_SET: std::cell::Cell<Option<fn()>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes `hook` run inside each fake `PR_SET_IO_FLUSHER` of this thread
+/// (`None`: no more), e.g. to audit the thread in the middle of a guard's
+/// change.
+pub(crate) fn during_set(hook: Option<fn()>) {
+    DURING_SET.with(|h| h.set(hook));
+}
+
 pub(crate) fn set_io_flusher(on: bool) -> Option<Result<(), Errno>> {
+    let r = fake_set(on);
+    if r.is_some() {
+        if let Some(hook) = DURING_SET.with(std::cell::Cell::get) {
+            hook();
+        }
+    }
+    r
+}
+
+fn fake_set(on: bool) -> Option<Result<(), Errno>> {
     FAKE.with(|f| {
         let mut f = f.borrow_mut();
         let s = f.as_mut()?;
