@@ -6,11 +6,9 @@
 
 #![no_main]
 
-#[path = "../../examples/nbd_server/server.rs"]
-mod server;
-
 use cap::Cap;
 use libfuzzer_sys::fuzz_target;
+use reclaim_scope_examples::nbd as server;
 use server::{Export, Guarding, MAX_OPTION};
 use std::alloc::System;
 use std::sync::OnceLock;

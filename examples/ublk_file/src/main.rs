@@ -27,16 +27,14 @@
 //! thread. Exit status 0 after a clean stop, 1 when the final sync failed,
 //! 2 for a usage or set-up error, 3 for `--strict` refused.
 
-#[path = "../../common/daemon.rs"]
-mod daemon;
-
 use clap::Parser;
 use daemon::Protection;
 use libublk::ctrl::UblkCtrlBuilder;
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
 use nix::sys::signal::{SigSet, Signal};
-use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError};
+use reclaim_scope::{NoFsFile, NoFsIoError};
+use reclaim_scope_examples::daemon::{self, exit};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -359,16 +357,12 @@ fn queue_thread(
     protection: Protection,
     ready: mpsc::Sender<Result<(u16, i32), String>>,
 ) {
-    let _guard = match protection {
-        Protection::IoFlusher | Protection::Strict => match IoFlusher::try_enter() {
-            Ok(g) => Some(g),
-            Err(e) if protection == Protection::Strict => {
-                let _ = ready.send(Err(format!("queue {qid}: --strict: {e}")));
-                return;
-            }
-            Err(_) => None, // said once at start-up by daemon::announce
-        },
-        Protection::NoFlusher | Protection::Unprotected => None,
+    let _guard = match protection.guarding().enter() {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = ready.send(Err(format!("queue {qid}: --strict: {e}")));
+            return;
+        }
     };
     let mut bufs = dev.alloc_queue_io_bufs();
     let queue = UblkQueue::new_for_thread(qid, dev, 0)
@@ -409,11 +403,11 @@ fn delete(id: u32) -> ExitCode {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             eprintln!("ublk-file: {}", ublk_error(&format!("device {id}"), e));
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
         Err(_) => {
             eprintln!("ublk-file: --delete {id}: out of range");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     match ctrl.del_dev() {
@@ -426,7 +420,7 @@ fn delete(id: u32) -> ExitCode {
                 "ublk-file: {}",
                 ublk_error(&format!("delete device {id}"), e)
             );
-            ExitCode::from(2)
+            ExitCode::from(exit::SETUP)
         }
     }
 }
@@ -442,14 +436,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = check_control() {
         eprintln!("ublk-file: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
     if let Some(id) = args.delete {
         return delete(id);
     }
     let protection = args.protection.protection();
-    if daemon::announce("ublk-file", "queue threads", protection).is_err() {
-        return ExitCode::from(3);
+    if let Err(code) = daemon::announce("ublk-file", "queue threads", protection) {
+        return code;
     }
     let Some(file) = &args.file else {
         unreachable!("clap requires --file without --delete");
@@ -458,13 +452,13 @@ fn main() -> ExitCode {
         Ok(v) => v,
         Err(e) => {
             eprintln!("ublk-file: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let backing = Arc::new(Backing {
         file,
         size,
-        plain_io: protection == Protection::Unprotected,
+        plain_io: protection.plain_io(),
         stats: Stats::default(),
     });
 
@@ -483,7 +477,7 @@ fn main() -> ExitCode {
     }
     if let Err(e) = signals.thread_block() {
         eprintln!("ublk-file: cannot block signals: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
 
     // The main thread adds, starts, stops and deletes the device through
@@ -491,16 +485,12 @@ fn main() -> ExitCode {
     // and STOP wait, so io_uring hands them to an io-wq worker of this
     // thread, which copies this thread's flags when it is created. So this
     // thread is an I/O flusher too, from before its ring exists.
-    let _main_guard = match protection {
-        Protection::IoFlusher | Protection::Strict => match IoFlusher::try_enter() {
-            Ok(g) => Some(g),
-            Err(e) if protection == Protection::Strict => {
-                eprintln!("ublk-file: --strict: {e}");
-                return ExitCode::from(3);
-            }
-            Err(_) => None,
-        },
-        Protection::NoFlusher | Protection::Unprotected => None,
+    let _main_guard = match protection.guarding().enter() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("ublk-file: --strict: {e}");
+            return ExitCode::from(exit::REFUSED);
+        }
     };
     let ctrl = match UblkCtrlBuilder::default()
         .name("ublk_file")
@@ -514,7 +504,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ublk-file: {}", ublk_error("add the ublk device", e));
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let read_only = args.read_only;
@@ -541,7 +531,7 @@ fn main() -> ExitCode {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("ublk-file: {}", ublk_error("set up the ublk device", e));
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
 
@@ -556,7 +546,7 @@ fn main() -> ExitCode {
             Ok(h) => threads.push(h),
             Err(e) => {
                 eprintln!("ublk-file: spawn queue thread {qid}: {e}");
-                return ExitCode::from(2);
+                return ExitCode::from(exit::SETUP);
             }
         }
     }
@@ -617,7 +607,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("ublk-file: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit::SETUP)
         }
     };
     // STOP_DEV: the block device goes away, requests still queued fail, the
@@ -656,7 +646,7 @@ fn main() -> ExitCode {
                 "ublk-file: final sync failed: {}",
                 io::Error::from_raw_os_error(errno)
             );
-            ExitCode::from(1)
+            ExitCode::from(exit::FAILED)
         }
     }
 }

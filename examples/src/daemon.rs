@@ -1,12 +1,25 @@
 //! What the example daemons share: the switches that choose how their
-//! workers get the allocation context, the one start-up line that says
-//! which it is, and size arguments. Included with
-//! `#[path = "../common/daemon.rs"] mod daemon;`.
-
-#![allow(dead_code)] // each daemon uses a subset
+//! workers get the allocation context ([`ProtectionArgs`], [`Protection`]),
+//! the one start-up line that says which it is ([`announce`]), entering the
+//! `IoFlusher` strictly or not ([`Guarding::enter`]), whether file I/O
+//! bypasses `NoFsFile` ([`Protection::plain_io`]), size arguments and the
+//! exit statuses ([`exit`]).
 
 use clap::Args;
-use reclaim_scope::{support, Support};
+use reclaim_scope::{support, IoFlusher, Support};
+use std::process::ExitCode;
+
+/// The daemons' exit statuses (besides 0: served, drained, stopped).
+pub mod exit {
+    /// Serving ended in an error (the backing store failed, a worker died).
+    pub const FAILED: u8 = 1;
+    /// A usage or set-up error: bad arguments, a backing store or device
+    /// that cannot be opened or set up.
+    pub const SETUP: u8 = 2;
+    /// `--strict`, and the workers could not be I/O flushers (or the
+    /// kernel refused the mount to an unprivileged daemon).
+    pub const REFUSED: u8 = 3;
+}
 
 /// How a daemon's workers are protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +56,8 @@ pub struct ProtectionArgs {
 }
 
 impl ProtectionArgs {
+    /// The protection the switches select (`--unprotected` over
+    /// `--no-flusher` over `--strict`; clap refuses the conflicting pairs).
     pub fn protection(&self) -> Protection {
         if self.unprotected {
             Protection::Unprotected
@@ -56,10 +71,53 @@ impl ProtectionArgs {
     }
 }
 
+impl Protection {
+    /// How the workers enter their allocation context.
+    pub fn guarding(self) -> Guarding {
+        match self {
+            Protection::IoFlusher => Guarding::IoFlusher,
+            Protection::Strict => Guarding::Strict,
+            Protection::NoFlusher | Protection::Unprotected => Guarding::None,
+        }
+    }
+
+    /// Whether file I/O bypasses `NoFsFile` (plain `pread`/`pwrite`/
+    /// `fdatasync`/`fallocate`): `--unprotected` only.
+    pub fn plain_io(self) -> bool {
+        self == Protection::Unprotected
+    }
+}
+
+/// How a worker thread gets its allocation context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarding {
+    /// The thread holds an `IoFlusher`; best effort (a refusal was reported
+    /// once at start-up by [`announce`]).
+    IoFlusher,
+    /// The thread must be an I/O flusher; it refuses to serve otherwise.
+    Strict,
+    /// No `IoFlusher`: the baseline for comparison.
+    None,
+}
+
+impl Guarding {
+    /// Enters the thread's `IoFlusher` (held until the guard drops): `None`
+    /// for [`Guarding::None`]; under [`Guarding::Strict`] the kernel's
+    /// refusal is the error, under [`Guarding::IoFlusher`] the guard is
+    /// returned either way (see `IoFlusher::is_effective`).
+    pub fn enter(self) -> Result<Option<IoFlusher>, reclaim_scope::Error> {
+        match self {
+            Guarding::None => Ok(None),
+            Guarding::IoFlusher => Ok(Some(IoFlusher::enter())),
+            Guarding::Strict => IoFlusher::try_enter().map(Some),
+        }
+    }
+}
+
 /// Prints the one start-up line about `protection` (`daemon` prefixes it,
-/// `workers` names the threads). `Err(())` under `--strict` when the kernel
-/// refuses: the caller exits with status 3.
-pub fn announce(daemon: &str, workers: &str, protection: Protection) -> Result<(), ()> {
+/// `workers` names the threads). Under `--strict`, when the kernel refuses,
+/// the status to exit with ([`exit::REFUSED`]).
+pub fn announce(daemon: &str, workers: &str, protection: Protection) -> Result<(), ExitCode> {
     let why = |s: Support| s.error().map_or(s.to_string(), |e| e.to_string());
     match (protection, support()) {
         (Protection::Unprotected, _) => eprintln!(
@@ -72,7 +130,7 @@ pub fn announce(daemon: &str, workers: &str, protection: Protection) -> Result<(
         (_, Support::Available) => eprintln!("{daemon}: {workers} are I/O flushers"),
         (Protection::Strict, s) => {
             eprintln!("{daemon}: --strict: {}", why(s));
-            return Err(());
+            return Err(ExitCode::from(exit::REFUSED));
         }
         (_, s) => {
             eprintln!(

@@ -20,13 +20,9 @@
 //! Every external command has a timeout; teardown removes the dm-zoned
 //! target, unmounts, then stops the daemon with SIGTERM.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)]
-#[path = "../examples/tcmu_file/scsi.rs"]
-mod scsi;
-#[allow(dead_code)]
-#[path = "../examples/tcmu_file/zbc.rs"]
-mod zbc;
+use reclaim_scope_examples::tcmu::zbc;
 
 use common::seed::{self, Mode, Stats};
 use common::tcmu::{configfs_leftovers, Rig, HANDLER};

@@ -3,15 +3,11 @@
 //! that breaks the protocol on purpose. Needs no capability: the server runs
 //! in this process, with best-effort guards.
 
-#[path = "../examples/nbd_server/server.rs"]
-mod server;
+use reclaim_scope_examples::nbd as server;
 
-mod common;
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+use reclaim_scope_examples::testkit::rng::Rng;
 
-use common::scratch::require_root;
+use reclaim_scope_examples::testkit::require_root;
 use server::*;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -1249,19 +1245,6 @@ fn example_bin() -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.ends_with("release") {
             c.arg("--release");
-        }
-        let mut features = Vec::new();
-        for (on, f) in [
-            (cfg!(feature = "cli"), "cli"),
-            (cfg!(feature = "tokio"), "tokio"),
-            (cfg!(feature = "futures-core"), "futures-core"),
-        ] {
-            if on {
-                features.push(f);
-            }
-        }
-        if !features.is_empty() {
-            c.arg("--features").arg(features.join(","));
         }
         run(&mut c);
         profile_dir.join("examples/nbd_server")

@@ -1,7 +1,7 @@
 //! The SCSI direct-access disk over its backing store (a regular file or a
-//! block device): decoded commands ([`crate::scsi::parse`]) executed with
-//! `NoFsFile` I/O, responses from [`crate::pages`], backing-store errors
-//! turned into sense data ([`crate::scsi::errno_fail`]).
+//! block device): decoded commands ([`super::scsi::parse`]) executed with
+//! `NoFsFile` I/O, responses from [`super::pages`], backing-store errors
+//! turned into sense data ([`super::scsi::errno_fail`]).
 //!
 //! Thin provisioning: READ CAPACITY(16) sets LBPME and LBPRZ, VPD 0xb2
 //! advertises UNMAP and WRITE SAME with UNMAP, so Linux sends discards as
@@ -11,16 +11,16 @@
 //! repeatedly. Where the backing store cannot punch, zeros are written, so
 //! an unmapped block always reads as zeros, as LBPRZ promises.
 //!
-//! Zoned (`--zbc`, [`crate::zbc`]): no thin provisioning; reads, writes
+//! Zoned (`--zbc`, [`super::zbc`]): no thin provisioning; reads, writes
 //! and WRITE SAME go through the zone rules (blocks past a write pointer
 //! read as zeros), ZBC IN / ZBC OUT report and manage the zones, and
 //! SYNCHRONIZE CACHE and FUA writes make the zone state durable after the
 //! data.
 
-use crate::pages::{
+use super::pages::{
     self, ModeArgs, Unit, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
-use crate::scsi::{
+use super::scsi::{
     errno_fail, parse, ByteCheck, Command, Fail, IoDir, Range, Sense, ILLEGAL_REQUEST,
 };
 use reclaim_scope::{NoFsFile, NoFsIoError};
@@ -30,7 +30,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The command's data buffer (the ring's iovecs).
 pub trait DataBuf {
+    /// The buffer's length in bytes.
     fn len(&self) -> usize;
+    /// Whether the command carries no data.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Data-in: copy `src` to the start of the initiator's buffer and zero
     /// the rest of it (no stale bytes); bytes of `src` copied.
     fn fill(&mut self, src: &[u8]) -> usize;
@@ -122,7 +127,7 @@ pub struct Disk {
     pub counters: Counters,
     /// The zones of a ZBC host-managed disk (`--zbc`); `None`: a
     /// conventional disk.
-    pub zones: Option<crate::zbc::Zones>,
+    pub zones: Option<super::zbc::Zones>,
 }
 
 /// Send `r`, at most `alloc` bytes of it, as data-in; the length sent.
@@ -155,7 +160,7 @@ impl Disk {
                 let zone_rule = sense.asc == 0x21 && matches!(sense.ascq, 0x04 | 0x05 | 0x07);
                 if sense.key == ILLEGAL_REQUEST && !zone_rule && self.counters.refuse(op) {
                     let hex: Vec<String> = cdb.iter().map(|b| format!("{b:02x}")).collect();
-                    let name = crate::scsi::lookup(cdb, zoned).map_or("unsupported", |c| c.name);
+                    let name = super::scsi::lookup(cdb, zoned).map_or("unsupported", |c| c.name);
                     eprintln!(
                         "tcmu-file: refused opcode {op:#04x} ({name}) with ILLEGAL REQUEST, ASC \
                          {:#04x}/{:#04x} (cdb {}); later refusals of this opcode are only counted",

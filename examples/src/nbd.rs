@@ -25,13 +25,10 @@
 //! requests are kept (TCP keepalive finds dead peers) unless
 //! [`Limits::idle_timeout`] is set.
 
-#![allow(dead_code)] // shared with tests/nbd_server.rs and fuzz/, which use a subset
-
-#[path = "proto.rs"]
 pub mod proto;
 
 pub use proto::*;
-use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError};
+use reclaim_scope::{NoFsFile, NoFsIoError};
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
@@ -42,17 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How connection workers get their allocation context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Guarding {
-    /// Each connection thread holds an `IoFlusher`; best effort (a refusal
-    /// was reported at start-up).
-    IoFlusher,
-    /// Each connection thread must be an I/O flusher; refuse to serve
-    /// otherwise.
-    Strict,
-    /// No guard at all: the unprotected baseline for comparison.
-    None,
-}
+pub use crate::daemon::Guarding;
 
 /// Bounds on what clients can hold (issue 13; qemu-nbd's CVE-2024-7409 is
 /// this class: clients that never finish negotiating pinned the server).
@@ -442,13 +429,9 @@ pub fn serve<R: Wire, W: Write>(export: &Export, reader: R, writer: W, peer: &st
 fn serve_inner<R: Wire, W: Write>(export: &Export, reader: R, writer: W) -> End {
     // The whole connection runs as an I/O flusher: the NoFsFile calls below
     // then add no syscall of their own.
-    let _flusher = match export.guarding {
-        Guarding::None => None,
-        Guarding::IoFlusher => Some(IoFlusher::enter()),
-        Guarding::Strict => match IoFlusher::try_enter() {
-            Ok(g) => Some(g),
-            Err(e) => return End::Unprotected(e),
-        },
+    let _flusher = match export.guarding.enter() {
+        Ok(g) => g,
+        Err(e) => return End::Unprotected(e),
     };
     let mut r = BufReader::with_capacity(256 << 10, reader);
     let mut w = BufWriter::with_capacity(256 << 10, writer);

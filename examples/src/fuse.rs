@@ -36,14 +36,10 @@
 //! and would otherwise put the appended bytes in its page cache at that
 //! (possibly stale) offset.
 
-#![allow(dead_code)] // shared with tests/fuse_passthrough.rs and tests/vm_fuse.rs
-
-#[path = "creds.rs"]
-mod creds;
-#[path = "dirstream.rs"]
-mod dirstream;
-#[path = "inodes.rs"]
-mod inodes;
+pub mod creds;
+pub mod dirstream;
+pub mod inodes;
+pub mod rig;
 
 pub use inodes::Stats;
 
@@ -88,18 +84,9 @@ const TTL: Duration = Duration::from_secs(1);
 /// `FUSE_UNKNOWN_INO`).
 pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 
-/// How serving threads get their allocation context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Guarding {
-    /// Each serving thread holds an `IoFlusher`; best effort (a refusal was
-    /// reported at start-up).
-    IoFlusher,
-    /// Like `IoFlusher`, but the mount is refused unless the thread that
-    /// mounts can be an I/O flusher.
-    Strict,
-    /// No `IoFlusher`: the baseline for comparison.
-    None,
-}
+/// How serving threads get their allocation context (under `Strict` the
+/// mount is refused unless the thread that mounts can be an I/O flusher).
+pub use crate::daemon::Guarding;
 
 /// The passthrough file system over `source`.
 pub struct Passthrough {
@@ -1688,7 +1675,7 @@ impl Mounted {
 
     /// Whether the session has ended (the serving thread returned).
     pub fn ended(&self) -> bool {
-        self.serving.as_ref().map_or(true, |t| t.is_finished())
+        self.serving.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// What unmounts this mount, for a signal handler (once).
@@ -1721,20 +1708,16 @@ pub fn mount(fs: Passthrough, mountpoint: &Path, threads: usize) -> io::Result<M
     let serving = std::thread::Builder::new()
         .name("fuse-serve".into())
         .spawn(move || {
-            let _guard = match guarding {
-                Guarding::None => None,
-                Guarding::IoFlusher => Some(IoFlusher::enter()),
-                Guarding::Strict => match IoFlusher::try_enter() {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        let e = io::Error::new(
-                            io::ErrorKind::PermissionDenied,
-                            format!("refusing to serve unprotected (--strict): {e}"),
-                        );
-                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-                        return Err(e);
-                    }
-                },
+            let _guard = match guarding.enter() {
+                Ok(g) => g,
+                Err(e) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("refusing to serve unprotected (--strict): {e}"),
+                    );
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
             };
             let mut session = match Session::new(fs, &mp, &config) {
                 Ok(s) => s,

@@ -69,7 +69,7 @@
 //! write-back cache loses unsynchronized writes; a torn slot write leaves
 //! the other slot current.
 
-use crate::scsi::{Fail, Sense, DATA_PROTECT, ILLEGAL_REQUEST};
+use super::scsi::{Fail, Sense, DATA_PROTECT, ILLEGAL_REQUEST};
 use reclaim_scope::NoFsFile;
 use std::fs::OpenOptions;
 use std::io;
@@ -475,7 +475,7 @@ impl Zones {
                 Err(e) => why.push(format!("slot {i}: {e}")),
                 Ok(Err(e)) => return Err(format!("zone state {p}: {e}")),
                 Ok(Ok(st)) => {
-                    if best.as_ref().map_or(true, |b| st.generation > b.generation) {
+                    if best.as_ref().is_none_or(|b| st.generation > b.generation) {
                         best = Some(st);
                     }
                 }
