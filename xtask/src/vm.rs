@@ -722,6 +722,8 @@ pub struct Artifacts {
 }
 
 const PACKAGE: &str = "reclaim-scope";
+/// The example daemons and their tests (examples/Cargo.toml).
+pub const EXAMPLES_PACKAGE: &str = "reclaim-scope-examples";
 const UBLK_PACKAGE: &str = "ublk_file";
 
 pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
@@ -735,6 +737,8 @@ pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
             "--message-format=json",
             "-p",
             PACKAGE,
+            "-p",
+            EXAMPLES_PACKAGE,
         ]);
         for (kind, name, exe) in cargo_executables(&mut c)? {
             if kind == "test" && name.starts_with("vm_") {
@@ -751,6 +755,8 @@ pub fn build_artifacts(ws: &Workspace, with_tests: bool) -> Result<Artifacts> {
         "--message-format=json",
         "-p",
         PACKAGE,
+        "-p",
+        EXAMPLES_PACKAGE,
     ]);
     for (kind, name, exe) in cargo_executables(&mut c)? {
         if kind == "example" || kind == "bin" {
