@@ -94,27 +94,18 @@ fn main() -> ExitCode {
         return code;
     }
     let guarding = protection.guarding();
-    let (file, size) = match server::open_backing(
-        &args.file,
-        args.size.unwrap_or(DEFAULT_SIZE),
-        args.read_only,
-    ) {
-        Ok(v) => v,
+    let opts = daemon::BackingOpts {
+        size: args.size,
+        default_size: DEFAULT_SIZE,
+        read_only: args.read_only,
+    };
+    let (file, size) = match daemon::open_backing(&args.file, opts, |_| Ok(())) {
+        Ok(b) => (b.file, b.size),
         Err(e) => {
             eprintln!("nbd-server: {e}");
             return ExitCode::from(exit::SETUP);
         }
     };
-    // Silently serving another size than the one asked for would hand the
-    // client a disk it did not expect (and mkfs would size for it).
-    if let Some(asked) = args.size.filter(|&s| s != size) {
-        eprintln!(
-            "nbd-server: --size {asked} bytes, but {} is already {size} bytes: --size only \
-             sizes a new backing file; drop --size, or resize the file first (truncate -s)",
-            args.file.display()
-        );
-        return ExitCode::from(exit::SETUP);
-    }
     let mut export = Export::new(args.name.clone(), file, size, args.read_only, guarding);
     export.log = !args.quiet;
     export.plain_io = protection.plain_io();

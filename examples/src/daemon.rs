@@ -2,11 +2,15 @@
 //! workers get the allocation context ([`ProtectionArgs`], [`Protection`]),
 //! the one start-up line that says which it is ([`announce`]), entering the
 //! `IoFlusher` strictly or not ([`Guarding::enter`]), whether file I/O
-//! bypasses `NoFsFile` ([`Protection::plain_io`]), size arguments and the
+//! bypasses `NoFsFile` ([`Protection::plain_io`], [`FileIo`]), size arguments and the
 //! exit statuses ([`exit`]).
 
 use clap::Args;
-use reclaim_scope::{support, IoFlusher, Support};
+use reclaim_scope::{support, IoFlusher, NoFsFile, NoFsIoError, Support};
+use std::fmt;
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The daemons' exit statuses (besides 0: served, drained, stopped).
@@ -112,6 +116,271 @@ impl Guarding {
             Guarding::Strict => IoFlusher::try_enter().map(Some),
         }
     }
+}
+
+/// A backing store's data I/O, the one place that chooses between
+/// `NoFsFile` (each call NOIO-scoped) and, under `--unprotected`
+/// ([`Protection::plain_io`]), the plain syscalls on the same descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct FileIo<'a> {
+    /// The backing store.
+    pub file: &'a NoFsFile,
+    /// Plain `pread`/`pwrite`/`fdatasync`/`fsync`/`ftruncate`, bypassing
+    /// `NoFsFile`: the unprotected baseline.
+    pub plain: bool,
+}
+
+/// Why a [`FileIo`] call failed: the plain syscall's error, or `NoFsFile`'s
+/// (which keeps the offset and the bytes done).
+#[derive(Debug)]
+pub enum IoError {
+    /// From a plain syscall (`--unprotected`).
+    Plain(io::Error),
+    /// From `NoFsFile`.
+    NoFs(NoFsIoError),
+}
+
+impl IoError {
+    /// The errno of the failing syscall; `None` for an error found before
+    /// any syscall (a `NoFsFile` range check).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            IoError::Plain(e) => e.raw_os_error(),
+            IoError::NoFs(e) => e.raw_os_error(),
+        }
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoError::Plain(e) => e.fmt(f),
+            IoError::NoFs(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for IoError {}
+
+impl From<IoError> for io::Error {
+    fn from(e: IoError) -> io::Error {
+        match e {
+            IoError::Plain(e) => e,
+            IoError::NoFs(e) => e.into(),
+        }
+    }
+}
+
+impl FileIo<'_> {
+    /// Fills `buf` from `offset` (`pread` until done; EOF is an error).
+    pub fn read_exact_at(self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        if self.plain {
+            self.file
+                .get_ref()
+                .read_exact_at(buf, offset)
+                .map_err(IoError::Plain)
+        } else {
+            self.file
+                .read_exact_at_nofs(buf, offset)
+                .map_err(IoError::NoFs)
+        }
+    }
+
+    /// One `pread` at `offset`: the bytes read (0 at EOF).
+    pub fn read_at(self, buf: &mut [u8], offset: u64) -> Result<usize, IoError> {
+        if self.plain {
+            self.file
+                .get_ref()
+                .read_at(buf, offset)
+                .map_err(IoError::Plain)
+        } else {
+            self.file.pread_nofs(buf, offset).map_err(IoError::NoFs)
+        }
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_all_at(self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        if self.plain {
+            self.file
+                .get_ref()
+                .write_all_at(buf, offset)
+                .map_err(IoError::Plain)
+        } else {
+            self.file
+                .write_all_at_nofs(buf, offset)
+                .map_err(IoError::NoFs)
+        }
+    }
+
+    /// `fdatasync(2)`.
+    pub fn sync_data(self) -> Result<(), IoError> {
+        if self.plain {
+            self.file.get_ref().sync_data().map_err(IoError::Plain)
+        } else {
+            self.file.sync_data_nofs().map_err(IoError::NoFs)
+        }
+    }
+
+    /// `fsync(2)`.
+    pub fn sync_all(self) -> Result<(), IoError> {
+        if self.plain {
+            self.file.get_ref().sync_all().map_err(IoError::Plain)
+        } else {
+            self.file.sync_all_nofs().map_err(IoError::NoFs)
+        }
+    }
+
+    /// `ftruncate(2)` to `len` bytes.
+    pub fn set_len(self, len: u64) -> Result<(), IoError> {
+        if self.plain {
+            self.file.get_ref().set_len(len).map_err(IoError::Plain)
+        } else {
+            self.file.set_len_nofs(len).map_err(IoError::NoFs)
+        }
+    }
+}
+
+/// How a daemon wants its backing store opened ([`open_backing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackingOpts {
+    /// `--size`: the size a new (missing or empty) backing file gets; an
+    /// existing file or device of another size is refused.
+    pub size: Option<u64>,
+    /// A new backing file's size without `--size`, in bytes.
+    pub default_size: u64,
+    /// `--read-only`: opened read-only, and never created or sized.
+    pub read_only: bool,
+}
+
+/// A backing store opened by [`open_backing`].
+#[derive(Debug)]
+pub struct Backing {
+    /// The canonical path.
+    pub path: PathBuf,
+    /// The file or block device, for `NoFsFile` I/O.
+    pub file: NoFsFile,
+    /// Its size in bytes (never 0).
+    pub size: u64,
+    /// Whether this call created the file (the daemon may remove it if it
+    /// never served).
+    pub created: bool,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Opens (or creates, sparse) the backing store at `path`: a regular file or
+/// a block device, never anything else; a missing path under `/dev` is a
+/// mistyped device and never becomes a file in devtmpfs; `--read-only`
+/// never creates or sizes a file; a new or empty file gets `opts.size` (or
+/// `opts.default_size`) bytes after `check_new` accepted that size; an
+/// existing file or device of another size than `--size` is refused (a
+/// client would get a disk it did not expect). Each error names the path
+/// and keeps the kind of the failing call (`NotFound`, `ReadOnlyFilesystem`,
+/// ...; `InvalidInput` for a refusal).
+pub fn open_backing(
+    path: &Path,
+    opts: BackingOpts,
+    check_new: impl FnOnce(u64) -> Result<(), String>,
+) -> io::Result<Backing> {
+    let new_size = opts.size.unwrap_or(opts.default_size);
+    let mut check_new = Some(check_new);
+    let mut check = |bytes: u64| match check_new.take() {
+        Some(f) => f(bytes).map_err(invalid),
+        None => Ok(()),
+    };
+    let created = match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
+            return Err(invalid(format!(
+                "{}: not a regular file or a block device (a {:?})",
+                path.display(),
+                m.file_type()
+            )));
+        }
+        Ok(_) => false,
+        // A mistyped device name must not become a file in devtmpfs.
+        Err(_) if path.starts_with("/dev") => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: no such device (a backing file is never created under /dev)",
+                    path.display()
+                ),
+            ));
+        }
+        Err(_) if opts.read_only => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: no such file (--read-only never creates a backing file)",
+                    path.display()
+                ),
+            ));
+        }
+        Err(_) => {
+            check(new_size)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", path.display())))?;
+            true
+        }
+    };
+    let path = std::fs::canonicalize(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let mut oo = std::fs::OpenOptions::new();
+    oo.read(true).write(!opts.read_only);
+    // The error names the path and keeps its kind.
+    let file = NoFsFile::open(&path, &oo).map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+    let mut size = file
+        .size_nofs()
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: size: {e}", path.display())))?;
+    if file.is_block_device() {
+        if size == 0 {
+            return Err(invalid(format!(
+                "{}: the block device has no media (size 0)",
+                path.display()
+            )));
+        }
+        if let Some(asked) = opts.size.filter(|&s| s != size) {
+            return Err(invalid(format!(
+                "--size {asked} bytes, but {} is already {size} bytes: a block device \
+                 keeps its size; drop --size",
+                path.display()
+            )));
+        }
+    } else if size == 0 {
+        if opts.read_only {
+            return Err(invalid(format!(
+                "{}: the backing file is empty (and --read-only)",
+                path.display()
+            )));
+        }
+        check(new_size)?;
+        file.set_len_nofs(new_size)
+            .map_err(|e| io::Error::new(e.kind(), format!("size {}: {e}", path.display())))?;
+        size = new_size;
+    } else if let Some(asked) = opts.size.filter(|&s| s != size) {
+        return Err(invalid(format!(
+            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
+             backing file; drop --size, or resize the file first (truncate -s)",
+            path.display()
+        )));
+    }
+    if size == 0 {
+        return Err(invalid(format!(
+            "{}: the backing file is empty",
+            path.display()
+        )));
+    }
+    Ok(Backing {
+        path,
+        file,
+        size,
+        created,
+    })
 }
 
 /// Prints the one start-up line about `protection` (`daemon` prefixes it,

@@ -17,7 +17,7 @@
 //! The threads that read `/dev/fuse` and run these methods are the ones the
 //! kernel may wait on while it reclaims memory (dirty pages of this mount are
 //! written back through them), so each one is an I/O flusher for its whole
-//! life: [`Passthrough::serve_guard`] enters an `IoFlusher` on the first
+//! life: `Passthrough::serve_guard` enters an `IoFlusher` on the first
 //! request a thread serves and keeps it until the thread ends. fuser creates
 //! its worker threads itself (`fuser-0`, ...), so the guard cannot be
 //! entered around their spawn.
@@ -69,7 +69,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -87,6 +87,7 @@ pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 /// How serving threads get their allocation context (under `Strict` the
 /// mount is refused unless the thread that mounts can be an I/O flusher).
 pub use crate::daemon::Guarding;
+use crate::daemon::{FileIo, IoError};
 
 /// The passthrough file system over `source`.
 pub struct Passthrough {
@@ -157,6 +158,14 @@ pub fn nofs_errno(e: NoFsIoError) -> Errno {
     match e.raw_os_error() {
         Some(n) => Errno::from_i32(n),
         None => io_errno(&io::Error::from(e)),
+    }
+}
+
+/// The errno for the kernel of a backing-file I/O error.
+fn backing_errno(e: IoError) -> Errno {
+    match e {
+        IoError::Plain(e) => io_errno(&e),
+        IoError::NoFs(e) => nofs_errno(e),
     }
 }
 
@@ -462,13 +471,10 @@ impl Passthrough {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
-            let n = if self.plain_io {
-                f.get_ref()
-                    .read_at(&mut buf[done..], at)
-                    .map_err(|e| io_errno(&e))
-            } else {
-                f.pread_nofs(&mut buf[done..], at).map_err(nofs_errno)
-            };
+            let n = self
+                .io(f)
+                .read_at(&mut buf[done..], at)
+                .map_err(backing_errno);
             match n {
                 Ok(0) => break,
                 Ok(n) => done += n,
@@ -479,31 +485,28 @@ impl Passthrough {
         Ok(done)
     }
 
-    fn write_at(&self, f: &NoFsFile, buf: &[u8], offset: u64) -> Result<(), Errno> {
-        if self.plain_io {
-            f.get_ref()
-                .write_all_at(buf, offset)
-                .map_err(|e| io_errno(&e))
-        } else {
-            f.write_all_at_nofs(buf, offset).map_err(nofs_errno)
+    /// `f`'s data I/O: through `NoFsFile`, or plain under `--unprotected`.
+    fn io<'f>(&self, f: &'f NoFsFile) -> FileIo<'f> {
+        FileIo {
+            file: f,
+            plain: self.plain_io,
         }
     }
 
+    fn write_at(&self, f: &NoFsFile, buf: &[u8], offset: u64) -> Result<(), Errno> {
+        self.io(f).write_all_at(buf, offset).map_err(backing_errno)
+    }
+
     fn sync(&self, f: &NoFsFile, datasync: bool) -> Result<(), Errno> {
-        match (self.plain_io, datasync) {
-            (true, true) => f.get_ref().sync_data().map_err(|e| io_errno(&e)),
-            (true, false) => f.get_ref().sync_all().map_err(|e| io_errno(&e)),
-            (false, true) => f.sync_data_nofs().map_err(nofs_errno),
-            (false, false) => f.sync_all_nofs().map_err(nofs_errno),
+        if datasync {
+            self.io(f).sync_data().map_err(backing_errno)
+        } else {
+            self.io(f).sync_all().map_err(backing_errno)
         }
     }
 
     fn set_len(&self, f: &NoFsFile, len: u64) -> Result<(), Errno> {
-        if self.plain_io {
-            f.get_ref().set_len(len).map_err(|e| io_errno(&e))
-        } else {
-            f.set_len_nofs(len).map_err(nofs_errno)
-        }
+        self.io(f).set_len(len).map_err(backing_errno)
     }
 
     /// SETATTR in `passthrough_hp`'s order: mode, owner, size, times, each
@@ -1246,7 +1249,7 @@ impl Filesystem for Passthrough {
     /// SETXATTR as the caller (like the creating requests), with the
     /// kernel's `XATTR_CREATE`/`XATTR_REPLACE` passed to the source so it
     /// answers EEXIST/ENODATA itself, atomically. Through the inode's
-    /// `/proc/self/fd/N` path, following it (see [`xattr_path`]).
+    /// `/proc/self/fd/N` path, following it (see `xattr_path`).
     fn setxattr(
         &self,
         req: &Request,

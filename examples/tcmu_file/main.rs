@@ -181,8 +181,12 @@ impl Drop for Created {
 /// call created it. Everything a new file's size must satisfy (`--zbc`'s
 /// zone geometry) is checked before it is created.
 fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64, bool), String> {
-    let exists = args.file.exists();
-    let new_size = args.size.unwrap_or(DEFAULT_SIZE);
+    let opts = daemon::BackingOpts {
+        size: args.size,
+        default_size: DEFAULT_SIZE,
+        read_only: args.read_only,
+    };
+    // A new disk's size must be a whole number of zones.
     let check_zones = |bytes: u64| -> Result<(), String> {
         if args.zbc {
             let bs = u64::from(args.block_size);
@@ -192,68 +196,14 @@ fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64, bool), String> {
         }
         Ok(())
     };
-    if !exists {
-        if args.read_only {
-            return Err(format!(
-                "{}: missing (and --read-only)",
-                args.file.display()
-            ));
-        }
-        if args.file.starts_with("/dev") {
-            return Err(format!(
-                "{}: no such device (a backing file is never created under /dev)",
-                args.file.display()
-            ));
-        }
-        check_zones(new_size)?;
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&args.file)
-            .map_err(|e| format!("create {}: {e}", args.file.display()))?;
-    }
-    let path =
-        std::fs::canonicalize(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    if path.to_str().is_none_or(|p| p.contains(',')) {
+    let b = daemon::open_backing(&args.file, opts, check_zones).map_err(|e| e.to_string())?;
+    if b.path.to_str().is_none_or(|p| p.contains(',')) {
         return Err(format!(
             "{}: needs a UTF-8 path without ','",
-            path.display()
+            b.path.display()
         ));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!args.read_only)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = NoFsFile::new(file);
-    let mut size = file
-        .size_nofs()
-        .map_err(|e| format!("{}: size: {e}", path.display()))?;
-    if file.is_block_device() {
-        if args.size.is_some_and(|s| s != size) {
-            return Err(format!(
-                "{}: a block device of {size} bytes; --size cannot resize it",
-                path.display()
-            ));
-        }
-    } else if size == 0 {
-        if args.read_only {
-            return Err(format!("{}: empty (and --read-only)", path.display()));
-        }
-        check_zones(new_size)?;
-        size = new_size;
-        file.set_len_nofs(size)
-            .map_err(|e| format!("size {}: {e}", path.display()))?;
-    } else if let Some(asked) = args.size.filter(|&s| s != size) {
-        // Serving another size than asked for would hand the initiator a
-        // disk it did not expect.
-        return Err(format!(
-            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
-             backing file; drop --size, or resize the file first (truncate -s)",
-            path.display()
-        ));
-    }
-    Ok((path, file, size, !exists))
+    Ok((b.path, b.file, b.size, b.created))
 }
 
 /// The handler thread: opens the ring (after `reset` of an adopted

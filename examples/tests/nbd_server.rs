@@ -3,7 +3,22 @@
 //! that breaks the protocol on purpose. Needs no capability: the server runs
 //! in this process, with best-effort guards.
 
+use reclaim_scope_examples::daemon::{self, BackingOpts};
 use reclaim_scope_examples::nbd as server;
+
+/// The daemon's backing store at `path`, a new file getting `size` bytes.
+fn open_backing(
+    path: &Path,
+    size: u64,
+    read_only: bool,
+) -> std::io::Result<(reclaim_scope::NoFsFile, u64)> {
+    let opts = BackingOpts {
+        size: None,
+        default_size: size,
+        read_only,
+    };
+    daemon::open_backing(path, opts, |_| Ok(())).map(|b| (b.file, b.size))
+}
 
 use reclaim_scope_examples::testkit::rng::Rng;
 

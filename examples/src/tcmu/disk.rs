@@ -23,6 +23,7 @@ use super::pages::{
 use super::scsi::{
     errno_fail, parse, ByteCheck, Command, Fail, IoDir, Range, Sense, ILLEGAL_REQUEST,
 };
+use crate::daemon::{FileIo, IoError};
 use reclaim_scope::{NoFsFile, NoFsIoError};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -104,6 +105,15 @@ impl From<NoFsIoError> for IoErr {
             errno: e.raw_os_error(),
             at: Some(e.offset() + e.bytes_done()),
             text: e.to_string(),
+        }
+    }
+}
+
+impl From<IoError> for IoErr {
+    fn from(e: IoError) -> IoErr {
+        match e {
+            IoError::Plain(e) => e.into(),
+            IoError::NoFs(e) => e.into(),
         }
     }
 }
@@ -608,28 +618,23 @@ impl Disk {
         fail
     }
 
-    fn read_at(&self, b: &mut [u8], off: u64) -> Result<(), IoErr> {
-        if self.plain_io {
-            Ok(self.file.get_ref().read_exact_at(b, off)?)
-        } else {
-            Ok(self.file.read_exact_at_nofs(b, off)?)
+    fn io(&self) -> FileIo<'_> {
+        FileIo {
+            file: &self.file,
+            plain: self.plain_io,
         }
+    }
+
+    fn read_at(&self, b: &mut [u8], off: u64) -> Result<(), IoErr> {
+        Ok(self.io().read_exact_at(b, off)?)
     }
 
     fn write_at(&self, b: &[u8], off: u64) -> Result<(), IoErr> {
-        if self.plain_io {
-            Ok(self.file.get_ref().write_all_at(b, off)?)
-        } else {
-            Ok(self.file.write_all_at_nofs(b, off)?)
-        }
+        Ok(self.io().write_all_at(b, off)?)
     }
 
     fn sync(&self) -> Result<(), IoErr> {
-        if self.plain_io {
-            Ok(self.file.get_ref().sync_data()?)
-        } else {
-            Ok(self.file.sync_data_nofs()?)
-        }
+        Ok(self.io().sync_data()?)
     }
 
     /// Zero a range: a hole (`punch`) or zeroed blocks; where the backing

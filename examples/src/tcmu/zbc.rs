@@ -70,10 +70,10 @@
 //! the other slot current.
 
 use super::scsi::{Fail, Sense, DATA_PROTECT, ILLEGAL_REQUEST};
+use crate::daemon::FileIo;
 use reclaim_scope::NoFsFile;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -513,13 +513,12 @@ impl Zones {
         st.generation += 1;
         let b = Self::encode(&self.geo, &st);
         let at = (st.generation % 2) * Self::slot_len(self.geo.zones());
-        if self.plain_io {
-            self.file.get_ref().write_all_at(&b, at)?;
-            self.file.get_ref().sync_data()?;
-        } else {
-            self.file.write_all_at_nofs(&b, at)?;
-            self.file.sync_data_nofs()?;
-        }
+        let io = FileIo {
+            file: &self.file,
+            plain: self.plain_io,
+        };
+        io.write_all_at(&b, at)?;
+        io.sync_data()?;
         st.dirty = false;
         Ok(())
     }

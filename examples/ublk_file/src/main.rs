@@ -34,10 +34,9 @@ use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
 use nix::sys::signal::{SigSet, Signal};
 use reclaim_scope::{NoFsFile, NoFsIoError};
-use reclaim_scope_examples::daemon::{self, exit};
+use reclaim_scope_examples::daemon::{self, exit, FileIo, IoError};
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,39 +114,32 @@ fn nofs_errno(e: &NoFsIoError) -> i32 {
     e.raw_os_error().unwrap_or(libc::EINVAL)
 }
 
+/// The errno for the driver of a backing-store I/O error.
+fn backing_errno(e: IoError) -> i32 {
+    match e {
+        IoError::Plain(e) => errno_of(&e),
+        IoError::NoFs(e) => nofs_errno(&e),
+    }
+}
+
 impl Backing {
-    fn read(&self, buf: &mut [u8], off: u64) -> Result<(), i32> {
-        if self.plain_io {
-            self.file
-                .get_ref()
-                .read_exact_at(buf, off)
-                .map_err(|e| errno_of(&e))
-        } else {
-            self.file
-                .read_exact_at_nofs(buf, off)
-                .map_err(|e| nofs_errno(&e))
+    fn io(&self) -> FileIo<'_> {
+        FileIo {
+            file: &self.file,
+            plain: self.plain_io,
         }
+    }
+
+    fn read(&self, buf: &mut [u8], off: u64) -> Result<(), i32> {
+        self.io().read_exact_at(buf, off).map_err(backing_errno)
     }
 
     fn write(&self, buf: &[u8], off: u64) -> Result<(), i32> {
-        if self.plain_io {
-            self.file
-                .get_ref()
-                .write_all_at(buf, off)
-                .map_err(|e| errno_of(&e))
-        } else {
-            self.file
-                .write_all_at_nofs(buf, off)
-                .map_err(|e| nofs_errno(&e))
-        }
+        self.io().write_all_at(buf, off).map_err(backing_errno)
     }
 
     fn sync(&self) -> Result<(), i32> {
-        if self.plain_io {
-            self.file.get_ref().sync_data().map_err(|e| errno_of(&e))
-        } else {
-            self.file.sync_data_nofs().map_err(|e| nofs_errno(&e))
-        }
+        self.io().sync_data().map_err(backing_errno)
     }
 
     /// DISCARD (`unmap`) or WRITE_ZEROES (`!unmap`: the range must read as
@@ -237,64 +229,17 @@ impl Backing {
 
 /// Open (or create) the backing store: canonical path, file, size.
 fn open_backing(args: &Args, path: &std::path::Path) -> Result<(PathBuf, NoFsFile, u64), String> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
-            return Err(format!(
-                "{}: not a regular file or a block device",
-                path.display()
-            ))
-        }
-        Ok(_) => {}
-        Err(_) if path.starts_with("/dev") => {
-            return Err(format!(
-                "{}: no such device (a backing file is never created under /dev)",
-                path.display()
-            ))
-        }
-        Err(_) if args.read_only => {
-            return Err(format!("{}: missing (and --read-only)", path.display()))
-        }
-        Err(_) => {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(|e| format!("create {}: {e}", path.display()))?;
-        }
-    }
-    let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(!args.read_only);
-    let file = NoFsFile::open(&path, &opts).map_err(|e| e.to_string())?;
-    let mut size = file
-        .size_nofs()
-        .map_err(|e| format!("{}: size: {e}", path.display()))?;
-    if file.is_block_device() {
-        if size == 0 {
-            return Err(format!("{}: the block device has no media", path.display()));
-        }
-        if args.size.is_some_and(|s| s != size) {
-            return Err(format!(
-                "{}: a block device of {size} bytes; --size cannot resize it",
-                path.display()
-            ));
-        }
-    } else if size == 0 {
-        if args.read_only {
-            return Err(format!("{}: empty (and --read-only)", path.display()));
-        }
-        size = args.size.unwrap_or(DEFAULT_SIZE);
-        file.set_len_nofs(size)
-            .map_err(|e| format!("size {}: {e}", path.display()))?;
-    } else if let Some(asked) = args.size.filter(|&s| s != size) {
-        // As nbd_server and tcmu_file: never a disk of another size than
-        // the one asked for.
-        return Err(format!(
-            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
-             backing file; drop --size, or resize the file first (truncate -s)",
-            path.display()
-        ));
-    }
+    let opts = daemon::BackingOpts {
+        size: args.size,
+        default_size: DEFAULT_SIZE,
+        read_only: args.read_only,
+    };
+    let daemon::Backing {
+        path,
+        file,
+        mut size,
+        ..
+    } = daemon::open_backing(path, opts, |_| Ok(())).map_err(|e| e.to_string())?;
     if size % 512 != 0 {
         eprintln!(
             "ublk-file: {}: {size} bytes is not a multiple of 512; the last {} bytes are not served",
@@ -654,6 +599,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn backing(size: u64) -> (tempdir::Dir, Backing) {
         let d = tempdir::Dir::new();
