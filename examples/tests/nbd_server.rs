@@ -5,6 +5,16 @@
 
 use reclaim_scope_examples::daemon::{self, BackingOpts};
 use reclaim_scope_examples::nbd as server;
+use reclaim_scope_examples::testkit::require_root;
+use reclaim_scope_examples::testkit::rng::Rng;
+use server::*;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// The daemon's backing store at `path`, a new file getting `size` bytes.
 fn open_backing(
@@ -19,18 +29,6 @@ fn open_backing(
     };
     daemon::open_backing(path, opts, |_| Ok(())).map(|b| (b.file, b.size))
 }
-
-use reclaim_scope_examples::testkit::rng::Rng;
-
-use reclaim_scope_examples::testkit::require_root;
-use server::*;
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 const SIZE: u64 = 64 << 20;
 
