@@ -23,13 +23,10 @@
 //! no mount and no daemon stay behind (users of files still open there get
 //! `ENOTCONN`). A second signal exits at once.
 
-#[path = "../common/daemon.rs"]
-mod daemon;
-mod passthrough;
-
 use clap::Parser;
-use daemon::Protection;
-use passthrough::{Guarding, Passthrough, Stats, Unmounted};
+use passthrough::{Passthrough, Stats, Unmounted};
+use reclaim_scope_examples::daemon::{self, exit};
+use reclaim_scope_examples::fuse as passthrough;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
@@ -87,35 +84,31 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("fuse-passthrough: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let protection = args.protection.protection();
-    if daemon::announce("fuse-passthrough", "serving threads", protection).is_err() {
-        return ExitCode::from(3);
+    if let Err(code) = daemon::announce("fuse-passthrough", "serving threads", protection) {
+        return code;
     }
-    let guarding = match protection {
-        Protection::IoFlusher => Guarding::IoFlusher,
-        Protection::Strict => Guarding::Strict,
-        Protection::NoFlusher | Protection::Unprotected => Guarding::None,
-    };
+    let guarding = protection.guarding();
     // Registered before mounting: a signal that arrives during the mount is
     // served after it, and the mount is never left behind.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fuse-passthrough: cannot handle signals: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let mut fs = match Passthrough::new(source.clone(), guarding) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("fuse-passthrough: --source {}: {e}", source.display());
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
-    fs.plain_io = protection == Protection::Unprotected;
+    fs.plain_io = protection.plain_io();
     fs.allow_other = args.allow_other;
     fs.readdirplus = !args.no_readdirplus;
     fs.xattr = !args.no_xattr;
@@ -129,9 +122,9 @@ fn main() -> ExitCode {
                 args.mountpoint.display()
             );
             return ExitCode::from(if e.kind() == std::io::ErrorKind::PermissionDenied {
-                3
+                exit::REFUSED
             } else {
-                2
+                exit::SETUP
             });
         }
     };

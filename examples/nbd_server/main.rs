@@ -21,13 +21,10 @@
 //! `IoFlusher` (each file I/O is still NOIO-scoped by `NoFsFile`);
 //! `--unprotected` also bypasses `NoFsFile`: the 2019 daemon, for comparison.
 
-#[path = "../common/daemon.rs"]
-mod daemon;
-mod server;
-
 use clap::Parser;
-use daemon::Protection;
-use server::{Export, Guarding, Limits};
+use reclaim_scope_examples::daemon::{self, exit};
+use reclaim_scope_examples::nbd as server;
+use server::{Export, Limits};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -93,38 +90,25 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let protection = args.protection.protection();
-    if daemon::announce("nbd-server", "workers", protection).is_err() {
-        return ExitCode::from(3);
+    if let Err(code) = daemon::announce("nbd-server", "workers", protection) {
+        return code;
     }
-    let guarding = match protection {
-        Protection::IoFlusher => Guarding::IoFlusher,
-        Protection::Strict => Guarding::Strict,
-        Protection::NoFlusher | Protection::Unprotected => Guarding::None,
+    let guarding = protection.guarding();
+    let opts = daemon::BackingOpts {
+        size: args.size,
+        default_size: DEFAULT_SIZE,
+        read_only: args.read_only,
     };
-    let (file, size) = match server::open_backing(
-        &args.file,
-        args.size.unwrap_or(DEFAULT_SIZE),
-        args.read_only,
-    ) {
-        Ok(v) => v,
+    let (file, size) = match daemon::open_backing(&args.file, opts, |_| Ok(())) {
+        Ok(b) => (b.file, b.size),
         Err(e) => {
             eprintln!("nbd-server: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
-    // Silently serving another size than the one asked for would hand the
-    // client a disk it did not expect (and mkfs would size for it).
-    if let Some(asked) = args.size.filter(|&s| s != size) {
-        eprintln!(
-            "nbd-server: --size {asked} bytes, but {} is already {size} bytes: --size only \
-             sizes a new backing file; drop --size, or resize the file first (truncate -s)",
-            args.file.display()
-        );
-        return ExitCode::from(2);
-    }
     let mut export = Export::new(args.name.clone(), file, size, args.read_only, guarding);
     export.log = !args.quiet;
-    export.plain_io = protection == Protection::Unprotected;
+    export.plain_io = protection.plain_io();
     export.limits = Limits {
         handshake_timeout: args.handshake_timeout,
         max_handshakes: args.max_handshakes as usize,
@@ -165,7 +149,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("nbd-server: cannot listen on {}: {e}", path.display());
-                return ExitCode::from(2);
+                return ExitCode::from(exit::SETUP);
             }
         }
     }
@@ -184,13 +168,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("nbd-server: cannot listen on {}: {e}", args.listen);
-                return ExitCode::from(2);
+                return ExitCode::from(exit::SETUP);
             }
         }
     }
     if threads.is_empty() {
         eprintln!("nbd-server: nothing to listen on (--listen none and no --unix)");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
     let Some(mut signals) = signals else {
         for t in threads {
@@ -241,11 +225,11 @@ fn drain(export: &Export, sig: i32, timeout: Duration) -> ExitCode {
         }
         (n, Ok(())) => {
             eprintln!("nbd-server: {n} connections still busy after {timeout:?}; exiting anyway");
-            ExitCode::from(1)
+            ExitCode::from(exit::FAILED)
         }
         (_, Err(e)) => {
             eprintln!("nbd-server: final sync failed: {e}");
-            ExitCode::from(1)
+            ExitCode::from(exit::FAILED)
         }
     }
 }

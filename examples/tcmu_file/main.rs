@@ -23,21 +23,15 @@
 //! after a SIGKILL, the next start with the same `--name` takes the objects
 //! over (see `target.rs`).
 
-#[path = "../common/daemon.rs"]
-mod daemon;
-mod disk;
-mod handler;
-mod pages;
-mod ring;
-mod scsi;
 mod target;
-mod zbc;
 
 use clap::Parser;
 use daemon::Protection;
 use disk::Disk;
 use pages::Unit;
-use reclaim_scope::{IoFlusher, NoFsFile};
+use reclaim_scope::NoFsFile;
+use reclaim_scope_examples::daemon::{self, exit};
+use reclaim_scope_examples::tcmu::{disk, handler, pages, ring, zbc};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -187,8 +181,12 @@ impl Drop for Created {
 /// call created it. Everything a new file's size must satisfy (`--zbc`'s
 /// zone geometry) is checked before it is created.
 fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64, bool), String> {
-    let exists = args.file.exists();
-    let new_size = args.size.unwrap_or(DEFAULT_SIZE);
+    let opts = daemon::BackingOpts {
+        size: args.size,
+        default_size: DEFAULT_SIZE,
+        read_only: args.read_only,
+    };
+    // A new disk's size must be a whole number of zones.
     let check_zones = |bytes: u64| -> Result<(), String> {
         if args.zbc {
             let bs = u64::from(args.block_size);
@@ -198,68 +196,14 @@ fn open_backing(args: &Args) -> Result<(PathBuf, NoFsFile, u64, bool), String> {
         }
         Ok(())
     };
-    if !exists {
-        if args.read_only {
-            return Err(format!(
-                "{}: missing (and --read-only)",
-                args.file.display()
-            ));
-        }
-        if args.file.starts_with("/dev") {
-            return Err(format!(
-                "{}: no such device (a backing file is never created under /dev)",
-                args.file.display()
-            ));
-        }
-        check_zones(new_size)?;
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&args.file)
-            .map_err(|e| format!("create {}: {e}", args.file.display()))?;
-    }
-    let path =
-        std::fs::canonicalize(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    if path.to_str().map_or(true, |p| p.contains(',')) {
+    let b = daemon::open_backing(&args.file, opts, check_zones).map_err(|e| e.to_string())?;
+    if b.path.to_str().is_none_or(|p| p.contains(',')) {
         return Err(format!(
             "{}: needs a UTF-8 path without ','",
-            path.display()
+            b.path.display()
         ));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!args.read_only)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = NoFsFile::new(file);
-    let mut size = file
-        .size_nofs()
-        .map_err(|e| format!("{}: size: {e}", path.display()))?;
-    if file.is_block_device() {
-        if args.size.is_some_and(|s| s != size) {
-            return Err(format!(
-                "{}: a block device of {size} bytes; --size cannot resize it",
-                path.display()
-            ));
-        }
-    } else if size == 0 {
-        if args.read_only {
-            return Err(format!("{}: empty (and --read-only)", path.display()));
-        }
-        check_zones(new_size)?;
-        size = new_size;
-        file.set_len_nofs(size)
-            .map_err(|e| format!("size {}: {e}", path.display()))?;
-    } else if let Some(asked) = args.size.filter(|&s| s != size) {
-        // Serving another size than asked for would hand the initiator a
-        // disk it did not expect.
-        return Err(format!(
-            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
-             backing file; drop --size, or resize the file first (truncate -s)",
-            path.display()
-        ));
-    }
-    Ok((path, file, size, !exists))
+    Ok((b.path, b.file, b.size, b.created))
 }
 
 /// The handler thread: opens the ring (after `reset` of an adopted
@@ -273,22 +217,15 @@ fn spawn_handler(
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, String> {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let flusher = matches!(protection, Protection::IoFlusher | Protection::Strict);
-    let strict = protection == Protection::Strict;
     let handler = std::thread::Builder::new()
         .name("tcmu-handler".into())
         .spawn(move || {
-            let _guard = if flusher {
-                match IoFlusher::try_enter() {
-                    Ok(g) => Some(g),
-                    Err(e) if strict => {
-                        let _ = ready_tx.send(Err(format!("--strict: {e}")));
-                        return;
-                    }
-                    Err(_) => None,
+            let _guard = match protection.guarding().enter() {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("--strict: {e}")));
+                    return;
                 }
-            } else {
-                None
             };
             let ring = match ring::Ring::open(&uio, map_len) {
                 Ok(r) => r,
@@ -361,7 +298,7 @@ fn replace_stale(
     let disk = Arc::new(Disk {
         file: NoFsFile::new(file),
         unit: unit_for(&old, &unit.serial, unit.naa, false, unit.timeout_secs),
-        plain_io: protection == Protection::Unprotected,
+        plain_io: protection.plain_io(),
         counters: Default::default(),
         zones: None,
     });
@@ -379,7 +316,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.block_size != 512 && args.block_size != 4096 {
         eprintln!("tcmu-file: --block-size must be 512 or 4096");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
     if !args
         .name
@@ -387,17 +324,17 @@ fn main() -> ExitCode {
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         eprintln!("tcmu-file: --name: letters, digits, '_' and '-' only");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
     let protection = args.protection.protection();
-    if daemon::announce("tcmu-file", "handler threads", protection).is_err() {
-        return ExitCode::from(3);
+    if let Err(code) = daemon::announce("tcmu-file", "handler threads", protection) {
+        return code;
     }
     let (path, file, size, created) = match open_backing(&args) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("tcmu-file: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let mut created_files = Created::default();
@@ -411,7 +348,7 @@ fn main() -> ExitCode {
     let blocks = size / args.block_size as u64;
     if blocks == 0 {
         eprintln!("tcmu-file: {}: smaller than one block", path.display());
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
     let h = hash(&args.name);
     let cfg = Config {
@@ -422,12 +359,12 @@ fn main() -> ExitCode {
     let serial = format!("{:016x}", h);
     let naa = (0x5u64 << 60) | (0x001_4051u64 << 36) | (h & 0xf_ffff_ffff);
     let mut unit = unit_for(&cfg, &serial, naa, args.read_only, args.cmd_time_out);
-    let plain_io = protection == Protection::Unprotected;
+    let plain_io = protection.plain_io();
     let zones = match open_zones(&args, &path, cfg.dev_size, file.is_block_device(), plain_io) {
         Ok(z) => z,
         Err(e) => {
             eprintln!("tcmu-file: --zbc: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     if let Some(z) = &zones {
@@ -456,7 +393,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tcmu-file: signals: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
 
@@ -480,9 +417,8 @@ fn main() -> ExitCode {
                         "tcmu-file: replacing the configfs objects of an earlier {:?} ({:?})",
                         args.name, stale.config
                     );
-                    replace_stale(&mut tgt, stale, &unit, protection).map_err(|e| {
+                    replace_stale(&mut tgt, stale, &unit, protection).inspect_err(|_| {
                         tgt.forget();
-                        e
                     })?;
                 }
             }
@@ -493,9 +429,8 @@ fn main() -> ExitCode {
             Some((uio, map_len)) => {
                 let dev = tgt.dev().map(Path::to_owned);
                 let h = spawn_handler(uio, map_len, disk.clone(), protection, dev, stop.clone())
-                    .map_err(|e| {
+                    .inspect_err(|_| {
                         tgt.forget();
-                        e
                     })?;
                 if let Err(e) = tgt.set_timeouts(args.cmd_time_out, args.qfull_time_out) {
                     eprintln!("tcmu-file: warning: {e}");
@@ -550,7 +485,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("tcmu-file: {e}");
-            (ExitCode::from(2), None)
+            (ExitCode::from(exit::SETUP), None)
         }
     };
     let served = handler.is_some();

@@ -1,14 +1,10 @@
-//! The option and request parsers of examples/nbd_server/proto.rs on raw
+//! The option and request parsers of examples/src/nbd/proto.rs on raw
 //! bytes, with the invariants the server relies on checked.
 
 #![no_main]
 
-#[path = "../../examples/nbd_server/proto.rs"]
-#[allow(dead_code)]
-mod proto;
-
 use libfuzzer_sys::fuzz_target;
-use proto::*;
+use reclaim_scope_examples::nbd::proto::*;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = parse_info_request(data) {

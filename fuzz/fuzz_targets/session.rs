@@ -6,11 +6,10 @@
 
 #![no_main]
 
-#[path = "../../examples/nbd_server/server.rs"]
-mod server;
-
 use cap::Cap;
 use libfuzzer_sys::fuzz_target;
+use reclaim_scope_examples::daemon;
+use reclaim_scope_examples::nbd as server;
 use server::{Export, Guarding, MAX_OPTION};
 use std::alloc::System;
 use std::sync::OnceLock;
@@ -30,7 +29,13 @@ fn export() -> &'static Export {
         let _ = reclaim_scope::set_degradation_hook(|_| {});
         let path = std::env::temp_dir().join(format!("nbd-fuzz-{}.img", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let (file, size) = server::open_backing(&path, EXPORT_SIZE, false).unwrap();
+        let opts = daemon::BackingOpts {
+            size: None,
+            default_size: EXPORT_SIZE,
+            read_only: false,
+        };
+        let b = daemon::open_backing(&path, opts, |_| Ok(())).unwrap();
+        let (file, size) = (b.file, b.size);
         let _ = std::fs::remove_file(&path); // the open file stays
         let mut e = Export::new("disk".into(), file, size, false, Guarding::None);
         e.log = false;

@@ -25,8 +25,8 @@ Commands:
         alone), then `vm-test` on each of the three kernels (`--kernel all`;
         `--kernel K` for one). Fails if any fails.
   vm-test [VM-OPTIONS] [-- TEST-ARGS]
-        Build every tests/vm_*.rs, boot them in a QEMU/TCG VM with Debian's cloud
-        kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
+        Build every tests/vm_*.rs and examples/tests/vm_*.rs, boot them in a
+        QEMU/TCG VM with Debian's cloud kernel, run each with `--include-ignored --test-threads=1 TEST-ARGS`.
         Fails if any fails, if the VM does not finish, or if zero tests ran.
         Defaults: --mem 1G, --modules brd,fuse,loop,nbd,xfs,target_core_user,tcm_loop,
         sd_mod (tests/vm_tcmu.rs), --host-bin for qemu-nbd, qemu-io, qemu-img,
@@ -36,7 +36,7 @@ Commands:
         tests/vm_tcmu.rs: EIO from a device-mapper error target), sg3-utils'
         sg_* and losetup (tests/vm_tcmu.rs), fio and ublk_drv where the kernel
         has it (tests/vm_ublk.rs), dm_zoned, blkzone and dmzadm (trixie's
-        dm-zoned-tools, downloaded; tests/vm_zoned.rs).
+        dm-zoned-tools, downloaded; examples/tests/vm_zoned.rs).
   vm-run [VM-OPTIONS] -- SCRIPT [ARGS...] | -- COMMAND...
         Boot the same VM and run a host shell script (copied in) or a shell
         command; its exit status becomes this command's. Examples and package
@@ -222,11 +222,11 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         // The gfp proof formats an ext4 on a brd ramdisk: page cache of a real
         // block-backed file system, not shmem.
         o.modules = vec!["brd".into(), "loop".into()];
-        // tests/vm_fuse.rs mounts examples/fuse_passthrough over that ext4.
+        // examples/tests/vm_fuse.rs mounts examples/fuse_passthrough over that ext4.
         o.modules.push("fuse".into());
         // tests/vm_cli.rs runs an unmodified daemon under `reclaim-scope exec`.
         o.host_bins = vec!["qemu-nbd".into()];
-        // tests/nbd_server.rs (host): real NBD clients for the example server,
+        // examples/tests/nbd_server.rs (host): real NBD clients for the example server,
         // block status maps (libnbd-bin), loop devices and RLIMIT_FSIZE.
         o.host_bins.extend(
             [
@@ -277,7 +277,7 @@ fn parse_vm_opts(args: &[String], test_defaults: bool) -> Result<(VmOpts, Vec<St
         // ublk_drv; 6.1 and 5.10 do not), XFS and fio with verify on it.
         o.optional_modules.push("ublk_drv".into());
         o.host_bins.push("fio".into());
-        // tests/vm_zoned.rs: tcmu_file --zbc as a host-managed disk, blkzone
+        // examples/tests/vm_zoned.rs: tcmu_file --zbc as a host-managed disk, blkzone
         // on it, dm-zoned over it (dmzadm from trixie's dm-zoned-tools,
         // fetched, since bookworm has none).
         o.modules.push("dm_zoned".into());

@@ -12,7 +12,7 @@
 //! error. No assertion: the numbers are for the README and the lead.
 
 use crate::util::{bail, capture, run, which, Context, Result};
-use crate::vm::Workspace;
+use crate::vm::{Workspace, EXAMPLES_PACKAGE};
 use std::fs;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -237,6 +237,8 @@ pub fn main(ws: &Workspace, args: &[String]) -> Result<()> {
     run(Command::new(&ws.cargo).current_dir(&ws.root).args([
         "build",
         "--release",
+        "--package",
+        EXAMPLES_PACKAGE,
         "--example",
         "nbd_server",
     ]))?;

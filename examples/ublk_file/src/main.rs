@@ -27,19 +27,16 @@
 //! thread. Exit status 0 after a clean stop, 1 when the final sync failed,
 //! 2 for a usage or set-up error, 3 for `--strict` refused.
 
-#[path = "../../common/daemon.rs"]
-mod daemon;
-
 use clap::Parser;
 use daemon::Protection;
 use libublk::ctrl::UblkCtrlBuilder;
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
 use nix::sys::signal::{SigSet, Signal};
-use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError};
+use reclaim_scope::{NoFsFile, NoFsIoError};
+use reclaim_scope_examples::daemon::{self, exit, FileIo, IoError};
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,39 +114,32 @@ fn nofs_errno(e: &NoFsIoError) -> i32 {
     e.raw_os_error().unwrap_or(libc::EINVAL)
 }
 
+/// The errno for the driver of a backing-store I/O error.
+fn backing_errno(e: IoError) -> i32 {
+    match e {
+        IoError::Plain(e) => errno_of(&e),
+        IoError::NoFs(e) => nofs_errno(&e),
+    }
+}
+
 impl Backing {
-    fn read(&self, buf: &mut [u8], off: u64) -> Result<(), i32> {
-        if self.plain_io {
-            self.file
-                .get_ref()
-                .read_exact_at(buf, off)
-                .map_err(|e| errno_of(&e))
-        } else {
-            self.file
-                .read_exact_at_nofs(buf, off)
-                .map_err(|e| nofs_errno(&e))
+    fn io(&self) -> FileIo<'_> {
+        FileIo {
+            file: &self.file,
+            plain: self.plain_io,
         }
+    }
+
+    fn read(&self, buf: &mut [u8], off: u64) -> Result<(), i32> {
+        self.io().read_exact_at(buf, off).map_err(backing_errno)
     }
 
     fn write(&self, buf: &[u8], off: u64) -> Result<(), i32> {
-        if self.plain_io {
-            self.file
-                .get_ref()
-                .write_all_at(buf, off)
-                .map_err(|e| errno_of(&e))
-        } else {
-            self.file
-                .write_all_at_nofs(buf, off)
-                .map_err(|e| nofs_errno(&e))
-        }
+        self.io().write_all_at(buf, off).map_err(backing_errno)
     }
 
     fn sync(&self) -> Result<(), i32> {
-        if self.plain_io {
-            self.file.get_ref().sync_data().map_err(|e| errno_of(&e))
-        } else {
-            self.file.sync_data_nofs().map_err(|e| nofs_errno(&e))
-        }
+        self.io().sync_data().map_err(backing_errno)
     }
 
     /// DISCARD (`unmap`) or WRITE_ZEROES (`!unmap`: the range must read as
@@ -239,64 +229,17 @@ impl Backing {
 
 /// Open (or create) the backing store: canonical path, file, size.
 fn open_backing(args: &Args, path: &std::path::Path) -> Result<(PathBuf, NoFsFile, u64), String> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
-            return Err(format!(
-                "{}: not a regular file or a block device",
-                path.display()
-            ))
-        }
-        Ok(_) => {}
-        Err(_) if path.starts_with("/dev") => {
-            return Err(format!(
-                "{}: no such device (a backing file is never created under /dev)",
-                path.display()
-            ))
-        }
-        Err(_) if args.read_only => {
-            return Err(format!("{}: missing (and --read-only)", path.display()))
-        }
-        Err(_) => {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(|e| format!("create {}: {e}", path.display()))?;
-        }
-    }
-    let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(!args.read_only);
-    let file = NoFsFile::open(&path, &opts).map_err(|e| e.to_string())?;
-    let mut size = file
-        .size_nofs()
-        .map_err(|e| format!("{}: size: {e}", path.display()))?;
-    if file.is_block_device() {
-        if size == 0 {
-            return Err(format!("{}: the block device has no media", path.display()));
-        }
-        if args.size.is_some_and(|s| s != size) {
-            return Err(format!(
-                "{}: a block device of {size} bytes; --size cannot resize it",
-                path.display()
-            ));
-        }
-    } else if size == 0 {
-        if args.read_only {
-            return Err(format!("{}: empty (and --read-only)", path.display()));
-        }
-        size = args.size.unwrap_or(DEFAULT_SIZE);
-        file.set_len_nofs(size)
-            .map_err(|e| format!("size {}: {e}", path.display()))?;
-    } else if let Some(asked) = args.size.filter(|&s| s != size) {
-        // As nbd_server and tcmu_file: never a disk of another size than
-        // the one asked for.
-        return Err(format!(
-            "--size {asked} bytes, but {} is already {size} bytes: --size only sizes a new \
-             backing file; drop --size, or resize the file first (truncate -s)",
-            path.display()
-        ));
-    }
+    let opts = daemon::BackingOpts {
+        size: args.size,
+        default_size: DEFAULT_SIZE,
+        read_only: args.read_only,
+    };
+    let daemon::Backing {
+        path,
+        file,
+        mut size,
+        ..
+    } = daemon::open_backing(path, opts, |_| Ok(())).map_err(|e| e.to_string())?;
     if size % 512 != 0 {
         eprintln!(
             "ublk-file: {}: {size} bytes is not a multiple of 512; the last {} bytes are not served",
@@ -359,16 +302,12 @@ fn queue_thread(
     protection: Protection,
     ready: mpsc::Sender<Result<(u16, i32), String>>,
 ) {
-    let _guard = match protection {
-        Protection::IoFlusher | Protection::Strict => match IoFlusher::try_enter() {
-            Ok(g) => Some(g),
-            Err(e) if protection == Protection::Strict => {
-                let _ = ready.send(Err(format!("queue {qid}: --strict: {e}")));
-                return;
-            }
-            Err(_) => None, // said once at start-up by daemon::announce
-        },
-        Protection::NoFlusher | Protection::Unprotected => None,
+    let _guard = match protection.guarding().enter() {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = ready.send(Err(format!("queue {qid}: --strict: {e}")));
+            return;
+        }
     };
     let mut bufs = dev.alloc_queue_io_bufs();
     let queue = UblkQueue::new_for_thread(qid, dev, 0)
@@ -409,11 +348,11 @@ fn delete(id: u32) -> ExitCode {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             eprintln!("ublk-file: {}", ublk_error(&format!("device {id}"), e));
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
         Err(_) => {
             eprintln!("ublk-file: --delete {id}: out of range");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     match ctrl.del_dev() {
@@ -426,7 +365,7 @@ fn delete(id: u32) -> ExitCode {
                 "ublk-file: {}",
                 ublk_error(&format!("delete device {id}"), e)
             );
-            ExitCode::from(2)
+            ExitCode::from(exit::SETUP)
         }
     }
 }
@@ -442,14 +381,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = check_control() {
         eprintln!("ublk-file: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
     if let Some(id) = args.delete {
         return delete(id);
     }
     let protection = args.protection.protection();
-    if daemon::announce("ublk-file", "queue threads", protection).is_err() {
-        return ExitCode::from(3);
+    if let Err(code) = daemon::announce("ublk-file", "queue threads", protection) {
+        return code;
     }
     let Some(file) = &args.file else {
         unreachable!("clap requires --file without --delete");
@@ -458,13 +397,13 @@ fn main() -> ExitCode {
         Ok(v) => v,
         Err(e) => {
             eprintln!("ublk-file: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let backing = Arc::new(Backing {
         file,
         size,
-        plain_io: protection == Protection::Unprotected,
+        plain_io: protection.plain_io(),
         stats: Stats::default(),
     });
 
@@ -483,7 +422,7 @@ fn main() -> ExitCode {
     }
     if let Err(e) = signals.thread_block() {
         eprintln!("ublk-file: cannot block signals: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::SETUP);
     }
 
     // The main thread adds, starts, stops and deletes the device through
@@ -491,16 +430,12 @@ fn main() -> ExitCode {
     // and STOP wait, so io_uring hands them to an io-wq worker of this
     // thread, which copies this thread's flags when it is created. So this
     // thread is an I/O flusher too, from before its ring exists.
-    let _main_guard = match protection {
-        Protection::IoFlusher | Protection::Strict => match IoFlusher::try_enter() {
-            Ok(g) => Some(g),
-            Err(e) if protection == Protection::Strict => {
-                eprintln!("ublk-file: --strict: {e}");
-                return ExitCode::from(3);
-            }
-            Err(_) => None,
-        },
-        Protection::NoFlusher | Protection::Unprotected => None,
+    let _main_guard = match protection.guarding().enter() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("ublk-file: --strict: {e}");
+            return ExitCode::from(exit::REFUSED);
+        }
     };
     let ctrl = match UblkCtrlBuilder::default()
         .name("ublk_file")
@@ -514,7 +449,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ublk-file: {}", ublk_error("add the ublk device", e));
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
     let read_only = args.read_only;
@@ -541,7 +476,7 @@ fn main() -> ExitCode {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("ublk-file: {}", ublk_error("set up the ublk device", e));
-            return ExitCode::from(2);
+            return ExitCode::from(exit::SETUP);
         }
     };
 
@@ -556,7 +491,7 @@ fn main() -> ExitCode {
             Ok(h) => threads.push(h),
             Err(e) => {
                 eprintln!("ublk-file: spawn queue thread {qid}: {e}");
-                return ExitCode::from(2);
+                return ExitCode::from(exit::SETUP);
             }
         }
     }
@@ -617,7 +552,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("ublk-file: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit::SETUP)
         }
     };
     // STOP_DEV: the block device goes away, requests still queued fail, the
@@ -656,7 +591,7 @@ fn main() -> ExitCode {
                 "ublk-file: final sync failed: {}",
                 io::Error::from_raw_os_error(errno)
             );
-            ExitCode::from(1)
+            ExitCode::from(exit::FAILED)
         }
     }
 }
@@ -664,6 +599,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn backing(size: u64) -> (tempdir::Dir, Backing) {
         let d = tempdir::Dir::new();

@@ -2,30 +2,14 @@
 //! TCMU ring laid out in a plain file (mapped like /dev/uioN), with good and
 //! malformed entries, served by the example's handler over a backing file
 //! or a loop device. The example's own unit tests (CDB decoding, response
-//! builders, the errno table) run in this binary too.
+//! builders, the errno table) are the library's (`cargo test --lib`).
 //!
 //! The errno and block-device tests need root (tmpfs mounts, loop devices;
 //! the project's test machines are root) and fail, not skip, without it.
 
-#![allow(dead_code)] // the example's modules, partly used here
-
-#[path = "../examples/tcmu_file/disk.rs"]
-mod disk;
-#[path = "../examples/tcmu_file/handler.rs"]
-mod handler;
-#[path = "../examples/tcmu_file/pages.rs"]
-mod pages;
-#[path = "../examples/tcmu_file/ring.rs"]
-mod ring;
-#[path = "../examples/tcmu_file/scsi.rs"]
-mod scsi;
-#[path = "../examples/tcmu_file/zbc.rs"]
-mod zbc;
-
-mod common;
-
-use common::scratch::{require_root, run};
 use reclaim_scope::NoFsFile;
+use reclaim_scope_examples::tcmu::{disk, handler, pages, ring};
+use reclaim_scope_examples::testkit::{require_root, run};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -16,9 +16,9 @@
 //! - FORGET: after the kernel drops its inodes (`drop_caches`), the
 //!   passthrough's inode table is back to the root, and names still resolve.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[path = "../examples/fuse_passthrough/passthrough.rs"]
-mod passthrough;
+use reclaim_scope_examples::fuse as passthrough;
 
 use common::*;
 use std::fs;

@@ -7,10 +7,8 @@
 //! source's d_off cookies, lazy unmount of a busy mount). Needs root
 //! and /dev/fuse.
 
-#[path = "../examples/fuse_passthrough/passthrough.rs"]
-mod passthrough;
-#[path = "fuse/rig.rs"]
-mod rig;
+use reclaim_scope_examples::fuse as passthrough;
+use reclaim_scope_examples::fuse::rig;
 
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use nix::sys::stat::{mknod, Mode, SFlag};

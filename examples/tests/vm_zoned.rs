@@ -20,13 +20,9 @@
 //! Every external command has a timeout; teardown removes the dm-zoned
 //! target, unmounts, then stops the daemon with SIGTERM.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)]
-#[path = "../examples/tcmu_file/scsi.rs"]
-mod scsi;
-#[allow(dead_code)]
-#[path = "../examples/tcmu_file/zbc.rs"]
-mod zbc;
+use reclaim_scope_examples::tcmu::zbc;
 
 use common::seed::{self, Mode, Stats};
 use common::tcmu::{configfs_leftovers, Rig, HANDLER};
@@ -232,141 +228,141 @@ fn dd_direct(dev: &str, seek_4k: u64, count: u64) -> Result<String, String> {
     )
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn zoned_disk_is_host_managed_and_blkzone_agrees_with_the_handler() {
-    require_vm();
-    require_tools(&["blkzone", "mkfs.ext4"]);
-    setup_once();
-    let backing = fresh_lower();
-    let (mut rig, dev) = start(&backing, None, &[], "/tmp/zoned-basic.log");
-    let sd = dev.trim_start_matches("/dev/").to_owned();
-    assert_eq!(sysfs(&sd, "queue/zoned"), "host-managed", "{dev}");
-    assert_eq!(sysfs(&sd, "queue/nr_zones"), ZONES.to_string());
-    assert_eq!(
-        sysfs(&sd, "queue/chunk_sectors"),
-        SECTORS_PER_ZONE.to_string()
-    );
-    assert_eq!(sysfs(&sd, "queue/max_open_zones"), MAX_OPEN.to_string());
-    assert_eq!(sysfs(&sd, "size"), (BACKING_MIB << 11).to_string());
-
-    let z = blkzone_report(&dev);
-    for (i, zone) in z.iter().enumerate() {
-        let conv = (i as u32) < CONVENTIONAL;
+common::vm_test! {
+    fn zoned_disk_is_host_managed_and_blkzone_agrees_with_the_handler() {
+        require_vm();
+        require_tools(&["blkzone", "mkfs.ext4"]);
+        setup_once();
+        let backing = fresh_lower();
+        let (mut rig, dev) = start(&backing, None, &[], "/tmp/zoned-basic.log");
+        let sd = dev.trim_start_matches("/dev/").to_owned();
+        assert_eq!(sysfs(&sd, "queue/zoned"), "host-managed", "{dev}");
+        assert_eq!(sysfs(&sd, "queue/nr_zones"), ZONES.to_string());
         assert_eq!(
-            (zone.start, zone.len, zone.ztype, zone.cond),
-            (
-                i as u64 * SECTORS_PER_ZONE,
-                SECTORS_PER_ZONE,
-                if conv { 1 } else { 2 },
-                if conv { 0 } else { 1 }
-            ),
-            "zone {i}: {zone:?}"
+            sysfs(&sd, "queue/chunk_sectors"),
+            SECTORS_PER_ZONE.to_string()
         );
-    }
+        assert_eq!(sysfs(&sd, "queue/max_open_zones"), MAX_OPEN.to_string());
+        assert_eq!(sysfs(&sd, "size"), (BACKING_MIB << 11).to_string());
 
-    // Writes: at a sequential zone's write pointer (zone 4, then on), off
-    // it (zone 5's middle: the handler answers UNALIGNED WRITE COMMAND, the
-    // kernel fails the write), anywhere in a conventional zone.
-    let zone_4k = SECTORS_PER_ZONE / 8;
-    dd_direct(&dev, 4 * zone_4k, 4).unwrap_or_else(|e| panic!("write at the wp: {e}"));
-    dd_direct(&dev, 4 * zone_4k + 4, 2).unwrap_or_else(|e| panic!("write at the wp: {e}"));
-    let off = dd_direct(&dev, 5 * zone_4k + 8, 1);
-    assert!(
-        off.is_err(),
-        "a write off the write pointer succeeded: {off:?}"
-    );
-    dd_direct(&dev, zone_4k + 100, 3).unwrap_or_else(|e| panic!("conventional: {e}"));
-    let z = blkzone_report(&dev);
-    assert_eq!(
-        (z[4].cond, z[4].wp),
-        (2, z[4].start + 48),
-        "zone 4 implicitly open"
-    );
-    assert_eq!((z[5].cond, z[5].wp), (1, z[5].start), "zone 5 untouched");
+        let z = blkzone_report(&dev);
+        for (i, zone) in z.iter().enumerate() {
+            let conv = (i as u32) < CONVENTIONAL;
+            assert_eq!(
+                (zone.start, zone.len, zone.ztype, zone.cond),
+                (
+                    i as u64 * SECTORS_PER_ZONE,
+                    SECTORS_PER_ZONE,
+                    if conv { 1 } else { 2 },
+                    if conv { 0 } else { 1 }
+                ),
+                "zone {i}: {zone:?}"
+            );
+        }
 
-    // Zone management through the kernel: open, finish, reset.
-    let at = |zone: u64| (zone * SECTORS_PER_ZONE).to_string();
-    must(30, "blkzone", &["open", "-o", &at(6), "-c", "1", &dev]);
-    must(30, "blkzone", &["finish", "-o", &at(7), "-c", "1", &dev]);
-    dd_direct(&dev, 8 * zone_4k, 1).unwrap();
-    must(30, "blkzone", &["finish", "-o", &at(8), "-c", "1", &dev]);
-    dd_direct(&dev, 9 * zone_4k, 2).unwrap();
-    must(30, "blkzone", &["close", "-o", &at(9), "-c", "1", &dev]);
-    dd_direct(&dev, 10 * zone_4k, 1).unwrap();
-    must(30, "blkzone", &["reset", "-o", &at(10), "-c", "1", &dev]);
-    let z = blkzone_report(&dev);
-    let got: Vec<(u8, u64)> = z[4..11].iter().map(|z| (z.cond, z.wp - z.start)).collect();
-    assert_eq!(
-        got,
-        [
-            (2, 48),
-            (1, 0),
-            (3, 0),
-            (14, SECTORS_PER_ZONE),
-            (14, SECTORS_PER_ZONE),
-            (4, 16),
-            (1, 0)
-        ],
-        "zones 4..10 after open, finish, close, reset"
-    );
-    // The kernel's view, before the daemon stops.
-    let seen = z.clone();
+        // Writes: at a sequential zone's write pointer (zone 4, then on), off
+        // it (zone 5's middle: the handler answers UNALIGNED WRITE COMMAND, the
+        // kernel fails the write), anywhere in a conventional zone.
+        let zone_4k = SECTORS_PER_ZONE / 8;
+        dd_direct(&dev, 4 * zone_4k, 4).unwrap_or_else(|e| panic!("write at the wp: {e}"));
+        dd_direct(&dev, 4 * zone_4k + 4, 2).unwrap_or_else(|e| panic!("write at the wp: {e}"));
+        let off = dd_direct(&dev, 5 * zone_4k + 8, 1);
+        assert!(
+            off.is_err(),
+            "a write off the write pointer succeeded: {off:?}"
+        );
+        dd_direct(&dev, zone_4k + 100, 3).unwrap_or_else(|e| panic!("conventional: {e}"));
+        let z = blkzone_report(&dev);
+        assert_eq!(
+            (z[4].cond, z[4].wp),
+            (2, z[4].start + 48),
+            "zone 4 implicitly open"
+        );
+        assert_eq!((z[5].cond, z[5].wp), (1, z[5].start), "zone 5 untouched");
 
-    // SIGTERM: the daemon writes its zone state; it is what blkzone saw
-    // (opened zones closed, as a restart loads them).
-    let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
-    drop(rig);
-    say(&format!(
-        "  [zoned] daemon: {}",
-        log.trim().replace('\n', " | ")
-    ));
-    assert!(log.contains("zones at exit"), "{log}");
-    let want: Vec<(u8, u64)> = seen.iter().map(after_power_cycle).collect();
-    assert_eq!(saved_zones(&backing), want, "zone-state file vs blkzone");
+        // Zone management through the kernel: open, finish, reset.
+        let at = |zone: u64| (zone * SECTORS_PER_ZONE).to_string();
+        must(30, "blkzone", &["open", "-o", &at(6), "-c", "1", &dev]);
+        must(30, "blkzone", &["finish", "-o", &at(7), "-c", "1", &dev]);
+        dd_direct(&dev, 8 * zone_4k, 1).unwrap();
+        must(30, "blkzone", &["finish", "-o", &at(8), "-c", "1", &dev]);
+        dd_direct(&dev, 9 * zone_4k, 2).unwrap();
+        must(30, "blkzone", &["close", "-o", &at(9), "-c", "1", &dev]);
+        dd_direct(&dev, 10 * zone_4k, 1).unwrap();
+        must(30, "blkzone", &["reset", "-o", &at(10), "-c", "1", &dev]);
+        let z = blkzone_report(&dev);
+        let got: Vec<(u8, u64)> = z[4..11].iter().map(|z| (z.cond, z.wp - z.start)).collect();
+        assert_eq!(
+            got,
+            [
+                (2, 48),
+                (1, 0),
+                (3, 0),
+                (14, SECTORS_PER_ZONE),
+                (14, SECTORS_PER_ZONE),
+                (4, 16),
+                (1, 0)
+            ],
+            "zones 4..10 after open, finish, close, reset"
+        );
+        // The kernel's view, before the daemon stops.
+        let seen = z.clone();
 
-    // Restarted on the same backing file: the kernel sees the same zones.
-    let (mut rig, dev) = start(&backing, None, &[], "/tmp/zoned-restart.log");
-    let again: Vec<(u8, u64)> = blkzone_report(&dev)
-        .iter()
-        .map(|z| match z.cond {
-            0 => (0, u64::MAX),
-            c => (c, z.wp),
-        })
-        .collect();
-    assert_eq!(again, want, "blkzone after a restart");
-    // The data written at zone 4's write pointer survived the restart.
-    let back = must(
-        30,
-        "dd",
-        &[
-            &format!("if={dev}"),
-            "of=/dev/null",
-            "bs=4k",
-            &format!("skip={}", 4 * zone_4k),
-            "count=6",
-            "iflag=direct",
-        ],
-    );
-    assert!(!back.contains("error"), "{back}");
-    // blkzone reset of everything: every sequential zone EMPTY.
-    must(60, "blkzone", &["reset", &dev]);
-    let z = blkzone_report(&dev);
-    assert!(
-        z[CONVENTIONAL as usize..]
+        // SIGTERM: the daemon writes its zone state; it is what blkzone saw
+        // (opened zones closed, as a restart loads them).
+        let log = rig.stop().unwrap_or_else(|e| panic!("{e}"));
+        drop(rig);
+        say(&format!(
+            "  [zoned] daemon: {}",
+            log.trim().replace('\n', " | ")
+        ));
+        assert!(log.contains("zones at exit"), "{log}");
+        let want: Vec<(u8, u64)> = seen.iter().map(after_power_cycle).collect();
+        assert_eq!(saved_zones(&backing), want, "zone-state file vs blkzone");
+
+        // Restarted on the same backing file: the kernel sees the same zones.
+        let (mut rig, dev) = start(&backing, None, &[], "/tmp/zoned-restart.log");
+        let again: Vec<(u8, u64)> = blkzone_report(&dev)
             .iter()
-            .all(|z| z.cond == 1 && z.wp == z.start),
-        "after blkzone reset: {z:?}"
-    );
-    rig.stop().unwrap_or_else(|e| panic!("{e}"));
-    drop(rig);
-    assert_eq!(
-        configfs_leftovers(),
-        Vec::<String>::new(),
-        "configfs leftovers"
-    );
-    if is_mounted(LOWER) {
-        let _ = run_for(30, "umount", &[LOWER]);
+            .map(|z| match z.cond {
+                0 => (0, u64::MAX),
+                c => (c, z.wp),
+            })
+            .collect();
+        assert_eq!(again, want, "blkzone after a restart");
+        // The data written at zone 4's write pointer survived the restart.
+        let back = must(
+            30,
+            "dd",
+            &[
+                &format!("if={dev}"),
+                "of=/dev/null",
+                "bs=4k",
+                &format!("skip={}", 4 * zone_4k),
+                "count=6",
+                "iflag=direct",
+            ],
+        );
+        assert!(!back.contains("error"), "{back}");
+        // blkzone reset of everything: every sequential zone EMPTY.
+        must(60, "blkzone", &["reset", &dev]);
+        let z = blkzone_report(&dev);
+        assert!(
+            z[CONVENTIONAL as usize..]
+                .iter()
+                .all(|z| z.cond == 1 && z.wp == z.start),
+            "after blkzone reset: {z:?}"
+        );
+        rig.stop().unwrap_or_else(|e| panic!("{e}"));
+        drop(rig);
+        assert_eq!(
+            configfs_leftovers(),
+            Vec::<String>::new(),
+            "configfs leftovers"
+        );
+        if is_mounted(LOWER) {
+            let _ = run_for(30, "umount", &[LOWER]);
+        }
     }
 }
 
@@ -623,33 +619,33 @@ fn run_scenario(mode: Mode) -> Stats {
     s
 }
 
-#[test]
-#[ignore = "kernel truth: needs CAP_SYS_RESOURCE; runs in the VM via `cargo xtask vm-test`"]
-fn seed_scenario_zoned_dm_zoned_xfs_fio_handler_never_reclaims_with_fs_or_io() {
-    require_vm();
-    require_tools(&[
-        "blkzone",
-        "dmzadm",
-        "dmsetup",
-        "mkfs.xfs",
-        "mkfs.ext4",
-        "fio",
-    ]);
-    setup_once();
-    seed::run_all_modes(
-        TRACE_BUFFER_KB,
-        LOWER,
-        &format!(
-            "brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file --zbc ({ZONE_MIB} MiB zones, \
-             {CONVENTIONAL} conventional, cgroup memory.max={MEMORY_MAX}) → target_core_user + \
-             tcm_loop /dev/sdX (host managed) → dm-zoned → XFS; mkfs.xfs + {DATA_MIB} MiB \
-             verified file + fio {FIO_JOBS}×{FIO_MIB} MiB crc32c-verified, verified again after \
-             remount"
-        ),
-        "handler",
-        HANDLER,
-        run_scenario,
-    );
+common::vm_test! {
+    fn seed_scenario_zoned_dm_zoned_xfs_fio_handler_never_reclaims_with_fs_or_io() {
+        require_vm();
+        require_tools(&[
+            "blkzone",
+            "dmzadm",
+            "dmsetup",
+            "mkfs.xfs",
+            "mkfs.ext4",
+            "fio",
+        ]);
+        setup_once();
+        seed::run_all_modes(
+            TRACE_BUFFER_KB,
+            LOWER,
+            &format!(
+                "brd → ext4 → {BACKING_MIB} MiB sparse file → tcmu_file --zbc ({ZONE_MIB} MiB zones, \
+                 {CONVENTIONAL} conventional, cgroup memory.max={MEMORY_MAX}) → target_core_user + \
+                 tcm_loop /dev/sdX (host managed) → dm-zoned → XFS; mkfs.xfs + {DATA_MIB} MiB \
+                 verified file + fio {FIO_JOBS}×{FIO_MIB} MiB crc32c-verified, verified again after \
+                 remount"
+            ),
+            "handler",
+            HANDLER,
+            run_scenario,
+        );
+    }
 }
 
 #[test]

@@ -69,11 +69,11 @@
 //! write-back cache loses unsynchronized writes; a torn slot write leaves
 //! the other slot current.
 
-use crate::scsi::{Fail, Sense, DATA_PROTECT, ILLEGAL_REQUEST};
+use super::scsi::{Fail, Sense, DATA_PROTECT, ILLEGAL_REQUEST};
+use crate::daemon::FileIo;
 use reclaim_scope::NoFsFile;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -475,7 +475,7 @@ impl Zones {
                 Err(e) => why.push(format!("slot {i}: {e}")),
                 Ok(Err(e)) => return Err(format!("zone state {p}: {e}")),
                 Ok(Ok(st)) => {
-                    if best.as_ref().map_or(true, |b| st.generation > b.generation) {
+                    if best.as_ref().is_none_or(|b| st.generation > b.generation) {
                         best = Some(st);
                     }
                 }
@@ -513,13 +513,12 @@ impl Zones {
         st.generation += 1;
         let b = Self::encode(&self.geo, &st);
         let at = (st.generation % 2) * Self::slot_len(self.geo.zones());
-        if self.plain_io {
-            self.file.get_ref().write_all_at(&b, at)?;
-            self.file.get_ref().sync_data()?;
-        } else {
-            self.file.write_all_at_nofs(&b, at)?;
-            self.file.sync_data_nofs()?;
-        }
+        let io = FileIo {
+            file: &self.file,
+            plain: self.plain_io,
+        };
+        io.write_all_at(&b, at)?;
+        io.sync_data()?;
         st.dirty = false;
         Ok(())
     }

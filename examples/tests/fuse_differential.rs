@@ -22,10 +22,8 @@
 //! (default 10000), `FUSE_DIFF_TRACE=1` prints each step; every failure
 //! message names the seed and the step.
 
-#[path = "../examples/fuse_passthrough/passthrough.rs"]
-mod passthrough;
-#[path = "fuse/rig.rs"]
-mod rig;
+use reclaim_scope_examples::fuse as passthrough;
+use reclaim_scope_examples::fuse::rig;
 
 use nix::fcntl::{fallocate, renameat2, FallocateFlags, RenameFlags, AT_FDCWD};
 use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
@@ -40,9 +38,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+use reclaim_scope_examples::testkit::rng::Rng;
 
 /// What an operation answered: a value rendered as text, or an errno.
 type Outcome = Result<String, i32>;

@@ -2,7 +2,7 @@
 //! payloads and request headers, the encoders of replies, and the errno →
 //! NBD error mapping. Field by field from
 //! <https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>.
-//! Everything here is driven from bytes (tests/nbd_server.rs, the fuzz
+//! Everything here is driven from bytes (examples/tests/nbd_server.rs, the fuzz
 //! targets in fuzz/), so nothing here may panic or allocate more than the
 //! input it was given.
 
@@ -135,9 +135,6 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn be64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 /// An option header: the 16 bytes after the client flags (and after each

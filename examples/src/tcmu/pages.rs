@@ -4,7 +4,7 @@
 //! fields computed from the data it returns; the caller sends at most the
 //! allocation length of it.
 
-use crate::scsi::{commands, CmdInfo, PageControl, Sense};
+use super::scsi::{commands, CmdInfo, PageControl, Sense};
 
 pub const VENDOR: &[u8; 8] = b"RSCOPE  ";
 pub const PRODUCT: &[u8; 16] = b"TCMU-FILE       ";
@@ -328,7 +328,7 @@ pub fn report_opcodes(
         r[..4].copy_from_slice(&n.to_be_bytes());
         return Ok(r);
     }
-    let with_sa = crate::scsi::has_service_actions(op, zoned);
+    let with_sa = super::scsi::has_service_actions(op, zoned);
     let found: Option<&CmdInfo> = match options {
         1 if with_sa => return Err(Sense::invalid_cdb_byte(3)),
         2 if !with_sa && commands(zoned).any(|c| c.op == op) => {
@@ -364,7 +364,7 @@ pub fn report_luns(select: u8) -> Result<Vec<u8>, Sense> {
 /// REQUEST SENSE parameter data (SPC-5): nothing pending (the kernel
 /// keeps unit attentions), NO SENSE, in the format asked for.
 pub fn request_sense(desc: bool) -> Vec<u8> {
-    let none = Sense::new(crate::scsi::NO_SENSE, 0, 0);
+    let none = Sense::new(super::scsi::NO_SENSE, 0, 0);
     if desc {
         none.descriptor()
     } else {
@@ -375,7 +375,7 @@ pub fn request_sense(desc: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::{parse, Command, COMMANDS};
+    use crate::tcmu::scsi::{parse, Command, COMMANDS};
 
     fn unit() -> Unit {
         Unit {

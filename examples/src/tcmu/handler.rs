@@ -1,9 +1,9 @@
 //! The command loop: entries from the ring, validated, executed on the
 //! disk, completed in order.
 
-use crate::disk::{DataBuf, Disk, Scratch};
-use crate::ring::{Ring, MAILBOX_LEN};
-use crate::scsi::{cdb_len, Fail, Sense, GOOD};
+use super::disk::{DataBuf, Disk, Scratch};
+use super::ring::{Ring, MAILBOX_LEN};
+use super::scsi::{cdb_len, Fail, Sense, GOOD};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -209,7 +209,7 @@ fn command(
         .checked_add(extra)
         .and_then(|n| n.checked_mul(IOVEC_LEN))
         .and_then(|n| n.checked_add(REQ_IOV));
-    if iov_end.map_or(true, |e| e > entry.len()) {
+    if iov_end.is_none_or(|e| e > entry.len()) {
         return Err(bad(format!(
             "{iov_cnt}+{extra} iovecs in {} bytes",
             entry.len()

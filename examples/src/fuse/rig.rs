@@ -1,12 +1,10 @@
-//! The FUSE test rig shared by the host tests of `examples/fuse_passthrough`
-//! (`#[path = "fuse/rig.rs"] mod rig;` next to `mod passthrough;`): a
+//! The FUSE test rig shared by the tests of the passthrough
+//! (`examples/tests/fuse_*.rs`): a
 //! source directory, a mount point, the passthrough mounted in this process,
 //! undone on drop (also when a test panics), and a watchdog that unmounts
 //! and aborts the run if a workload hangs.
 
-#![allow(dead_code)] // each test file uses a subset
-
-use super::passthrough::{self, Guarding, Mounted, Passthrough};
+use super::{Guarding, Mounted, Passthrough};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,7 +77,7 @@ pub struct Rig {
     pub mnt: PathBuf,
     pub mounted: Option<Mounted>,
     done: Arc<AtomicBool>,
-    pub stats: Arc<passthrough::Stats>,
+    pub stats: Arc<super::Stats>,
 }
 
 impl Rig {
@@ -102,7 +100,7 @@ impl Rig {
         let mut fs = Passthrough::new(src.clone(), Guarding::IoFlusher).expect("open the source");
         configure(&mut fs);
         let stats = fs.stats();
-        let mounted = passthrough::mount(fs, &mnt, threads).expect("mount the passthrough");
+        let mounted = super::mount(fs, &mnt, threads).expect("mount the passthrough");
         assert!(is_mounted(&mnt), "{} is not in /proc/mounts", mnt.display());
         // Watchdog: a hung workload must not hang the test run or leave the
         // mount behind.

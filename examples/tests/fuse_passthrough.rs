@@ -10,15 +10,11 @@
 //! unmount), also when a test panics; a watchdog aborts the FUSE connection,
 //! unmounts and aborts the run if the workload hangs (`fuse/rig.rs`).
 
-#[path = "../examples/fuse_passthrough/passthrough.rs"]
-mod passthrough;
+use reclaim_scope_examples::fuse as passthrough;
 
-#[path = "fuse/rig.rs"]
-mod rig;
+use reclaim_scope_examples::fuse::rig;
 
-mod common;
-
-use common::pattern;
+use reclaim_scope_examples::testkit::pattern;
 
 use rig::{names, require_mount, run, wait_for, Rig};
 use std::fs;

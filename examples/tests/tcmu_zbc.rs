@@ -1,5 +1,5 @@
 //! Host checks of examples/tcmu_file's ZBC host-managed mode (`--zbc`): a
-//! TCMU ring laid out in a plain file (as tests/tcmu_ring.rs does), served
+//! TCMU ring laid out in a plain file (as tcmu_ring.rs does), served
 //! by the example's handler over a zoned disk of 8 zones of 64 blocks (2
 //! conventional, 2 open at most) and its zone-state file; and the daemon's
 //! start-up refusals of a zone-state file that does not fit, run as the
@@ -9,22 +9,8 @@
 //! backing file's bytes and every zone's condition and write pointer.
 //! No root needed: plain files in the temporary directory.
 
-#![allow(dead_code)] // the example's modules, partly used here
-
-#[path = "../examples/tcmu_file/disk.rs"]
-mod disk;
-#[path = "../examples/tcmu_file/handler.rs"]
-mod handler;
-#[path = "../examples/tcmu_file/pages.rs"]
-mod pages;
-#[path = "../examples/tcmu_file/ring.rs"]
-mod ring;
-#[path = "../examples/tcmu_file/scsi.rs"]
-mod scsi;
-#[path = "../examples/tcmu_file/zbc.rs"]
-mod zbc;
-
 use reclaim_scope::NoFsFile;
+use reclaim_scope_examples::tcmu::{disk, handler, pages, ring, zbc};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -79,8 +79,14 @@ impl Ring {
         })
     }
 
+    /// The mapping's length in bytes.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether the mapping is empty (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The 32-bit mailbox word at `off` (12 or 64) as an atomic.

@@ -17,7 +17,7 @@
 //! The threads that read `/dev/fuse` and run these methods are the ones the
 //! kernel may wait on while it reclaims memory (dirty pages of this mount are
 //! written back through them), so each one is an I/O flusher for its whole
-//! life: [`Passthrough::serve_guard`] enters an `IoFlusher` on the first
+//! life: `Passthrough::serve_guard` enters an `IoFlusher` on the first
 //! request a thread serves and keeps it until the thread ends. fuser creates
 //! its worker threads itself (`fuser-0`, ...), so the guard cannot be
 //! entered around their spawn.
@@ -36,14 +36,10 @@
 //! and would otherwise put the appended bytes in its page cache at that
 //! (possibly stale) offset.
 
-#![allow(dead_code)] // shared with tests/fuse_passthrough.rs and tests/vm_fuse.rs
-
-#[path = "creds.rs"]
-mod creds;
-#[path = "dirstream.rs"]
-mod dirstream;
-#[path = "inodes.rs"]
-mod inodes;
+pub mod creds;
+pub mod dirstream;
+pub mod inodes;
+pub mod rig;
 
 pub use inodes::Stats;
 
@@ -73,7 +69,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -88,18 +84,10 @@ const TTL: Duration = Duration::from_secs(1);
 /// `FUSE_UNKNOWN_INO`).
 pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 
-/// How serving threads get their allocation context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Guarding {
-    /// Each serving thread holds an `IoFlusher`; best effort (a refusal was
-    /// reported at start-up).
-    IoFlusher,
-    /// Like `IoFlusher`, but the mount is refused unless the thread that
-    /// mounts can be an I/O flusher.
-    Strict,
-    /// No `IoFlusher`: the baseline for comparison.
-    None,
-}
+/// How serving threads get their allocation context (under `Strict` the
+/// mount is refused unless the thread that mounts can be an I/O flusher).
+pub use crate::daemon::Guarding;
+use crate::daemon::{FileIo, IoError};
 
 /// The passthrough file system over `source`.
 pub struct Passthrough {
@@ -170,6 +158,14 @@ pub fn nofs_errno(e: NoFsIoError) -> Errno {
     match e.raw_os_error() {
         Some(n) => Errno::from_i32(n),
         None => io_errno(&io::Error::from(e)),
+    }
+}
+
+/// The errno for the kernel of a backing-file I/O error.
+fn backing_errno(e: IoError) -> Errno {
+    match e {
+        IoError::Plain(e) => io_errno(&e),
+        IoError::NoFs(e) => nofs_errno(e),
     }
 }
 
@@ -475,13 +471,10 @@ impl Passthrough {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
-            let n = if self.plain_io {
-                f.get_ref()
-                    .read_at(&mut buf[done..], at)
-                    .map_err(|e| io_errno(&e))
-            } else {
-                f.pread_nofs(&mut buf[done..], at).map_err(nofs_errno)
-            };
+            let n = self
+                .io(f)
+                .read_at(&mut buf[done..], at)
+                .map_err(backing_errno);
             match n {
                 Ok(0) => break,
                 Ok(n) => done += n,
@@ -492,31 +485,28 @@ impl Passthrough {
         Ok(done)
     }
 
-    fn write_at(&self, f: &NoFsFile, buf: &[u8], offset: u64) -> Result<(), Errno> {
-        if self.plain_io {
-            f.get_ref()
-                .write_all_at(buf, offset)
-                .map_err(|e| io_errno(&e))
-        } else {
-            f.write_all_at_nofs(buf, offset).map_err(nofs_errno)
+    /// `f`'s data I/O: through `NoFsFile`, or plain under `--unprotected`.
+    fn io<'f>(&self, f: &'f NoFsFile) -> FileIo<'f> {
+        FileIo {
+            file: f,
+            plain: self.plain_io,
         }
     }
 
+    fn write_at(&self, f: &NoFsFile, buf: &[u8], offset: u64) -> Result<(), Errno> {
+        self.io(f).write_all_at(buf, offset).map_err(backing_errno)
+    }
+
     fn sync(&self, f: &NoFsFile, datasync: bool) -> Result<(), Errno> {
-        match (self.plain_io, datasync) {
-            (true, true) => f.get_ref().sync_data().map_err(|e| io_errno(&e)),
-            (true, false) => f.get_ref().sync_all().map_err(|e| io_errno(&e)),
-            (false, true) => f.sync_data_nofs().map_err(nofs_errno),
-            (false, false) => f.sync_all_nofs().map_err(nofs_errno),
+        if datasync {
+            self.io(f).sync_data().map_err(backing_errno)
+        } else {
+            self.io(f).sync_all().map_err(backing_errno)
         }
     }
 
     fn set_len(&self, f: &NoFsFile, len: u64) -> Result<(), Errno> {
-        if self.plain_io {
-            f.get_ref().set_len(len).map_err(|e| io_errno(&e))
-        } else {
-            f.set_len_nofs(len).map_err(nofs_errno)
-        }
+        self.io(f).set_len(len).map_err(backing_errno)
     }
 
     /// SETATTR in `passthrough_hp`'s order: mode, owner, size, times, each
@@ -1259,7 +1249,7 @@ impl Filesystem for Passthrough {
     /// SETXATTR as the caller (like the creating requests), with the
     /// kernel's `XATTR_CREATE`/`XATTR_REPLACE` passed to the source so it
     /// answers EEXIST/ENODATA itself, atomically. Through the inode's
-    /// `/proc/self/fd/N` path, following it (see [`xattr_path`]).
+    /// `/proc/self/fd/N` path, following it (see `xattr_path`).
     fn setxattr(
         &self,
         req: &Request,
@@ -1688,7 +1678,7 @@ impl Mounted {
 
     /// Whether the session has ended (the serving thread returned).
     pub fn ended(&self) -> bool {
-        self.serving.as_ref().map_or(true, |t| t.is_finished())
+        self.serving.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// What unmounts this mount, for a signal handler (once).
@@ -1721,20 +1711,16 @@ pub fn mount(fs: Passthrough, mountpoint: &Path, threads: usize) -> io::Result<M
     let serving = std::thread::Builder::new()
         .name("fuse-serve".into())
         .spawn(move || {
-            let _guard = match guarding {
-                Guarding::None => None,
-                Guarding::IoFlusher => Some(IoFlusher::enter()),
-                Guarding::Strict => match IoFlusher::try_enter() {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        let e = io::Error::new(
-                            io::ErrorKind::PermissionDenied,
-                            format!("refusing to serve unprotected (--strict): {e}"),
-                        );
-                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-                        return Err(e);
-                    }
-                },
+            let _guard = match guarding.enter() {
+                Ok(g) => g,
+                Err(e) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("refusing to serve unprotected (--strict): {e}"),
+                    );
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
             };
             let mut session = match Session::new(fs, &mp, &config) {
                 Ok(s) => s,

@@ -1,7 +1,7 @@
 //! The SCSI direct-access disk over its backing store (a regular file or a
-//! block device): decoded commands ([`crate::scsi::parse`]) executed with
-//! `NoFsFile` I/O, responses from [`crate::pages`], backing-store errors
-//! turned into sense data ([`crate::scsi::errno_fail`]).
+//! block device): decoded commands ([`super::scsi::parse`]) executed with
+//! `NoFsFile` I/O, responses from [`super::pages`], backing-store errors
+//! turned into sense data ([`super::scsi::errno_fail`]).
 //!
 //! Thin provisioning: READ CAPACITY(16) sets LBPME and LBPRZ, VPD 0xb2
 //! advertises UNMAP and WRITE SAME with UNMAP, so Linux sends discards as
@@ -11,18 +11,19 @@
 //! repeatedly. Where the backing store cannot punch, zeros are written, so
 //! an unmapped block always reads as zeros, as LBPRZ promises.
 //!
-//! Zoned (`--zbc`, [`crate::zbc`]): no thin provisioning; reads, writes
+//! Zoned (`--zbc`, [`super::zbc`]): no thin provisioning; reads, writes
 //! and WRITE SAME go through the zone rules (blocks past a write pointer
 //! read as zeros), ZBC IN / ZBC OUT report and manage the zones, and
 //! SYNCHRONIZE CACHE and FUA writes make the zone state durable after the
 //! data.
 
-use crate::pages::{
+use super::pages::{
     self, ModeArgs, Unit, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
-use crate::scsi::{
+use super::scsi::{
     errno_fail, parse, ByteCheck, Command, Fail, IoDir, Range, Sense, ILLEGAL_REQUEST,
 };
+use crate::daemon::{FileIo, IoError};
 use reclaim_scope::{NoFsFile, NoFsIoError};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -30,7 +31,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The command's data buffer (the ring's iovecs).
 pub trait DataBuf {
+    /// The buffer's length in bytes.
     fn len(&self) -> usize;
+    /// Whether the command carries no data.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Data-in: copy `src` to the start of the initiator's buffer and zero
     /// the rest of it (no stale bytes); bytes of `src` copied.
     fn fill(&mut self, src: &[u8]) -> usize;
@@ -103,6 +109,15 @@ impl From<NoFsIoError> for IoErr {
     }
 }
 
+impl From<IoError> for IoErr {
+    fn from(e: IoError) -> IoErr {
+        match e {
+            IoError::Plain(e) => e.into(),
+            IoError::NoFs(e) => e.into(),
+        }
+    }
+}
+
 impl From<io::Error> for IoErr {
     fn from(e: io::Error) -> IoErr {
         IoErr {
@@ -122,7 +137,7 @@ pub struct Disk {
     pub counters: Counters,
     /// The zones of a ZBC host-managed disk (`--zbc`); `None`: a
     /// conventional disk.
-    pub zones: Option<crate::zbc::Zones>,
+    pub zones: Option<super::zbc::Zones>,
 }
 
 /// Send `r`, at most `alloc` bytes of it, as data-in; the length sent.
@@ -155,7 +170,7 @@ impl Disk {
                 let zone_rule = sense.asc == 0x21 && matches!(sense.ascq, 0x04 | 0x05 | 0x07);
                 if sense.key == ILLEGAL_REQUEST && !zone_rule && self.counters.refuse(op) {
                     let hex: Vec<String> = cdb.iter().map(|b| format!("{b:02x}")).collect();
-                    let name = crate::scsi::lookup(cdb, zoned).map_or("unsupported", |c| c.name);
+                    let name = super::scsi::lookup(cdb, zoned).map_or("unsupported", |c| c.name);
                     eprintln!(
                         "tcmu-file: refused opcode {op:#04x} ({name}) with ILLEGAL REQUEST, ASC \
                          {:#04x}/{:#04x} (cdb {}); later refusals of this opcode are only counted",
@@ -603,28 +618,23 @@ impl Disk {
         fail
     }
 
-    fn read_at(&self, b: &mut [u8], off: u64) -> Result<(), IoErr> {
-        if self.plain_io {
-            Ok(self.file.get_ref().read_exact_at(b, off)?)
-        } else {
-            Ok(self.file.read_exact_at_nofs(b, off)?)
+    fn io(&self) -> FileIo<'_> {
+        FileIo {
+            file: &self.file,
+            plain: self.plain_io,
         }
+    }
+
+    fn read_at(&self, b: &mut [u8], off: u64) -> Result<(), IoErr> {
+        Ok(self.io().read_exact_at(b, off)?)
     }
 
     fn write_at(&self, b: &[u8], off: u64) -> Result<(), IoErr> {
-        if self.plain_io {
-            Ok(self.file.get_ref().write_all_at(b, off)?)
-        } else {
-            Ok(self.file.write_all_at_nofs(b, off)?)
-        }
+        Ok(self.io().write_all_at(b, off)?)
     }
 
     fn sync(&self) -> Result<(), IoErr> {
-        if self.plain_io {
-            Ok(self.file.get_ref().sync_data()?)
-        } else {
-            Ok(self.file.sync_data_nofs()?)
-        }
+        Ok(self.io().sync_data()?)
     }
 
     /// Zero a range: a hole (`punch`) or zeroed blocks; where the backing

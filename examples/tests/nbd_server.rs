@@ -3,15 +3,10 @@
 //! that breaks the protocol on purpose. Needs no capability: the server runs
 //! in this process, with best-effort guards.
 
-#[path = "../examples/nbd_server/server.rs"]
-mod server;
-
-mod common;
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
-
-use common::scratch::require_root;
+use reclaim_scope_examples::daemon::{self, BackingOpts};
+use reclaim_scope_examples::nbd as server;
+use reclaim_scope_examples::testkit::require_root;
+use reclaim_scope_examples::testkit::rng::Rng;
 use server::*;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -20,6 +15,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// The daemon's backing store at `path`, a new file getting `size` bytes.
+fn open_backing(
+    path: &Path,
+    size: u64,
+    read_only: bool,
+) -> std::io::Result<(reclaim_scope::NoFsFile, u64)> {
+    let opts = BackingOpts {
+        size: None,
+        default_size: size,
+        read_only,
+    };
+    daemon::open_backing(path, opts, |_| Ok(())).map(|b| (b.file, b.size))
+}
 
 const SIZE: u64 = 64 << 20;
 
@@ -1249,19 +1258,6 @@ fn example_bin() -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.ends_with("release") {
             c.arg("--release");
-        }
-        let mut features = Vec::new();
-        for (on, f) in [
-            (cfg!(feature = "cli"), "cli"),
-            (cfg!(feature = "tokio"), "tokio"),
-            (cfg!(feature = "futures-core"), "futures-core"),
-        ] {
-            if on {
-                features.push(f);
-            }
-        }
-        if !features.is_empty() {
-            c.arg("--features").arg(features.join(","));
         }
         run(&mut c);
         profile_dir.join("examples/nbd_server")

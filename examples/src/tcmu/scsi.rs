@@ -594,7 +594,7 @@ pub enum Command {
     },
     /// ZBC OUT: CLOSE, FINISH, OPEN ZONE, RESET WRITE POINTER (zoned disks).
     ZoneOut {
-        action: crate::zbc::Action,
+        action: super::zbc::Action,
         zone_id: u64,
         count: u16,
         all: bool,
@@ -710,7 +710,7 @@ pub fn parse(cdb: &[u8], zoned: bool) -> Result<Command, Sense> {
         }
         0x25 => Command::ReadCapacity10,
         0x94 => {
-            use crate::zbc::Action;
+            use super::zbc::Action;
             Command::ZoneOut {
                 action: match cdb[1] & 0x1f {
                     0x01 => Action::Close,
@@ -725,7 +725,7 @@ pub fn parse(cdb: &[u8], zoned: bool) -> Result<Command, Sense> {
         }
         0x95 => {
             let option = cdb[14] & 0x3f;
-            if !crate::zbc::REPORTING_OPTIONS.contains(&option) {
+            if !super::zbc::REPORTING_OPTIONS.contains(&option) {
                 return Err(Sense::invalid_cdb(14, 5));
             }
             Command::ReportZones {
@@ -1000,7 +1000,7 @@ mod tests {
         for opt in 0..0x40u8 {
             rz[14] = 0x80 | opt;
             let r = parse(&rz, true);
-            if crate::zbc::REPORTING_OPTIONS.contains(&opt) {
+            if crate::tcmu::zbc::REPORTING_OPTIONS.contains(&opt) {
                 assert_eq!(
                     r,
                     Ok(Command::ReportZones {
@@ -1023,7 +1023,7 @@ mod tests {
         assert_eq!(
             parse(&zo, true),
             Ok(Command::ZoneOut {
-                action: crate::zbc::Action::Reset,
+                action: crate::tcmu::zbc::Action::Reset,
                 zone_id: 128,
                 count: 3,
                 all: true

@@ -25,34 +25,21 @@
 //! requests are kept (TCP keepalive finds dead peers) unless
 //! [`Limits::idle_timeout`] is set.
 
-#![allow(dead_code)] // shared with tests/nbd_server.rs and fuzz/, which use a subset
-
-#[path = "proto.rs"]
 pub mod proto;
 
 pub use proto::*;
-use reclaim_scope::{IoFlusher, NoFsFile, NoFsIoError};
+use reclaim_scope::{NoFsFile, NoFsIoError};
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How connection workers get their allocation context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Guarding {
-    /// Each connection thread holds an `IoFlusher`; best effort (a refusal
-    /// was reported at start-up).
-    IoFlusher,
-    /// Each connection thread must be an I/O flusher; refuse to serve
-    /// otherwise.
-    Strict,
-    /// No guard at all: the unprotected baseline for comparison.
-    None,
-}
+pub use crate::daemon::Guarding;
+use crate::daemon::{FileIo, IoError};
 
 /// Bounds on what clients can hold (issue 13; qemu-nbd's CVE-2024-7409 is
 /// this class: clients that never finish negotiating pinned the server).
@@ -184,29 +171,24 @@ impl Export {
         self.shutdown.load(Ordering::Relaxed)
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoFail> {
-        if self.plain_io {
-            Ok(self.file.get_ref().read_exact_at(buf, offset)?)
-        } else {
-            Ok(self.file.read_exact_at_nofs(buf, offset)?)
+    fn io(&self) -> FileIo<'_> {
+        FileIo {
+            file: &self.file,
+            plain: self.plain_io,
         }
     }
 
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoFail> {
+        Ok(self.io().read_exact_at(buf, offset)?)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), IoFail> {
-        if self.plain_io {
-            Ok(self.file.get_ref().write_all_at(buf, offset)?)
-        } else {
-            Ok(self.file.write_all_at_nofs(buf, offset)?)
-        }
+        Ok(self.io().write_all_at(buf, offset)?)
     }
 
     fn sync(&self) -> Result<(), IoFail> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        if self.plain_io {
-            Ok(self.file.get_ref().sync_data()?)
-        } else {
-            Ok(self.file.sync_data_nofs()?)
-        }
+        Ok(self.io().sync_data()?)
     }
 
     /// NBD_CMD_TRIM: advisory. A hole in a file, a discard on a device
@@ -329,6 +311,15 @@ impl From<NoFsIoError> for IoFail {
     }
 }
 
+impl From<IoError> for IoFail {
+    fn from(e: IoError) -> Self {
+        match e {
+            IoError::Plain(e) => e.into(),
+            IoError::NoFs(e) => e.into(),
+        }
+    }
+}
+
 impl From<io::Error> for IoFail {
     fn from(e: io::Error) -> Self {
         IoFail {
@@ -442,13 +433,9 @@ pub fn serve<R: Wire, W: Write>(export: &Export, reader: R, writer: W, peer: &st
 fn serve_inner<R: Wire, W: Write>(export: &Export, reader: R, writer: W) -> End {
     // The whole connection runs as an I/O flusher: the NoFsFile calls below
     // then add no syscall of their own.
-    let _flusher = match export.guarding {
-        Guarding::None => None,
-        Guarding::IoFlusher => Some(IoFlusher::enter()),
-        Guarding::Strict => match IoFlusher::try_enter() {
-            Ok(g) => Some(g),
-            Err(e) => return End::Unprotected(e),
-        },
+    let _flusher = match export.guarding.enter() {
+        Ok(g) => g,
+        Err(e) => return End::Unprotected(e),
     };
     let mut r = BufReader::with_capacity(256 << 10, reader);
     let mut w = BufWriter::with_capacity(256 << 10, writer);
@@ -1186,75 +1173,4 @@ pub fn run_unix(listener: UnixListener, export: Arc<Export>) {
             Err(e) => accept_failed("the unix socket", e),
         }
     }
-}
-
-/// Opens the backing store: a block device (its size is the device's; never
-/// truncated), or a regular file, created sparse with `size` bytes when
-/// missing or empty (an existing non-empty file keeps its size).
-pub fn open_backing(
-    path: &std::path::Path,
-    size: u64,
-    read_only: bool,
-) -> io::Result<(NoFsFile, u64)> {
-    use std::os::unix::fs::FileTypeExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true).write(!read_only);
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() && !m.file_type().is_block_device() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: not a regular file or a block device (a {:?})",
-                    path.display(),
-                    m.file_type()
-                ),
-            ));
-        }
-        Ok(_) => {}
-        // A mistyped device name must not become a file in devtmpfs.
-        Err(_) if path.starts_with("/dev") => {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{}: no such device (a backing file is never created under /dev)",
-                    path.display()
-                ),
-            ));
-        }
-        Err(_) if read_only => {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{}: no such file (--read-only never creates a backing file)",
-                    path.display()
-                ),
-            ));
-        }
-        Err(_) => {
-            opts.create(true);
-        }
-    }
-    // The error names the path and keeps its kind.
-    let file = NoFsFile::open(path, &opts).map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-    let mut len = file.size_nofs()?;
-    if file.is_block_device() {
-        if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: the block device has no media (size 0)", path.display()),
-            ));
-        }
-        return Ok((file, len));
-    }
-    if len == 0 && !read_only {
-        file.set_len_nofs(size)?;
-        len = size;
-    }
-    if len == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: the backing file is empty", path.display()),
-        ));
-    }
-    Ok((file, len))
 }
