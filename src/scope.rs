@@ -10,16 +10,17 @@
 //! - The kernel's real state is probed once per thread, at the first entry
 //!   (threads inherit the flag from the thread that created them), and kept
 //!   in step with every change this crate makes.
-//! - A refusal (`EPERM`, `EINVAL`) is remembered for the process, so a
-//!   best-effort scope on an unprivileged daemon costs no syscall after the
-//!   first, and is reported once ([`crate::degradation`]).
+//! - A refusal (`EPERM`, `EINVAL`) is remembered per thread (capabilities
+//!   are per thread), so a best-effort scope on an unprivileged daemon costs
+//!   no syscall after each thread's first, and is reported once per process
+//!   ([`crate::degradation`]). One thread's refusal never stops another
+//!   thread that holds the capability.
 //! - Guards dropped out of order are a bug: debug builds panic, release
 //!   builds keep the flag right for the guards still alive.
 
 use crate::{report, sys, Error};
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicI32, Ordering};
 
 const OP_SET: &str = "prctl(PR_SET_IO_FLUSHER)";
 const OP_GET: &str = "prctl(PR_GET_IO_FLUSHER)";
@@ -101,17 +102,20 @@ thread_local! {
     /// `(level, restore)` of guards dropped before the guards above them.
     /// Cold: touched only after a nesting bug.
     static PENDING: RefCell<Vec<(u32, bool)>> = const { RefCell::new(Vec::new()) };
+    /// The thread's memo of a refused `PR_SET_IO_FLUSHER`: 0, or the errno.
+    /// Per thread, as capabilities are (`capset(2)`, libcap's
+    /// `cap_set_proc`): a thread that dropped `CAP_SYS_RESOURCE` must not
+    /// stop a thread that holds it from being flagged. A `const` `Cell`
+    /// without a destructor: one `%fs`-relative load, never inaccessible.
+    static REFUSED: Cell<i32> = const { Cell::new(0) };
 }
-
-/// The process-wide memo of a refused `PR_SET_IO_FLUSHER`: 0, or the errno.
-static REFUSED: AtomicI32 = AtomicI32::new(0);
 
 fn refused() -> i32 {
     #[cfg(test)]
     if let Some(s) = sys::fake::state() {
         return s.refused;
     }
-    REFUSED.load(Ordering::Relaxed)
+    REFUSED.with(Cell::get)
 }
 
 fn set_refused(errno: i32) {
@@ -119,7 +123,7 @@ fn set_refused(errno: i32) {
     if sys::fake::state().is_some() {
         return sys::fake::update(|s| s.refused = errno);
     }
-    REFUSED.store(errno, Ordering::Relaxed);
+    REFUSED.with(|r| r.set(errno));
 }
 
 /// `prctl(PR_SET_IO_FLUSHER, on)`, published for `Audit::current()`: the call
@@ -132,7 +136,7 @@ fn set_kernel_flag(on: bool) -> Result<(), sys::Errno> {
     crate::audit::guard_set(on, sys::set_io_flusher)
 }
 
-/// A refused set: remembered for the process when it is a missing
+/// A refused set: remembered for the thread when it is a missing
 /// capability (`EPERM`) or an old kernel (`EINVAL`), so later scopes make no
 /// syscall; any other errno (a seccomp filter, an LSM) is asked again.
 /// Returns the errno.
@@ -361,6 +365,8 @@ fn restore<const ON: bool>(down: Word) {
     if down.kernel() & KNOWN != 0 && refused() == 0 {
         // Known to be in the other state (else `down` would be in the
         // desired one), nothing refused: the outermost guard's restore.
+        // (After a refusal the memo, per thread as capabilities are, says
+        // this thread's restore would be refused too.)
         let mark = crate::audit::begin_set();
         match sys::set_io_flusher(ON) {
             Ok(()) => {

@@ -363,3 +363,49 @@ fresh_thread_test! {
         assert_fs_io("inside AllowFsReclaim", &allowed, PAGES);
     }
 }
+
+vm_test! {
+    /// Capabilities are per thread (`capset(2)`): a thread that dropped
+    /// `CAP_SYS_RESOURCE` and was refused must not stop the others. A thread
+    /// flagged before that refusal still clears its flag on drop, and a
+    /// thread that enters after it is still flagged (the crate's refusal memo
+    /// is per thread; a process-wide memo failed both).
+    fn one_threads_refusal_does_not_stop_threads_that_hold_the_capability() {
+        use std::sync::{mpsc, Arc, Barrier};
+        require_vm();
+        const CAP_SYS_RESOURCE: u32 = 24;
+        let refused = Arc::new(Barrier::new(2));
+        let (holder_tx, holder_rx) = mpsc::channel();
+        let holder = {
+            let refused = Arc::clone(&refused);
+            std::thread::spawn(move || {
+                assert_thread_clear("holder, fresh thread");
+                let flusher = IoFlusher::try_enter().expect("holder has CAP_SYS_RESOURCE");
+                assert_thread_flagged("holder inside its IoFlusher");
+                holder_tx.send(()).unwrap();
+                refused.wait(); // another thread has been refused meanwhile
+                drop(flusher);
+                assert_thread_clear("holder after its IoFlusher, past another thread's refusal");
+            })
+        };
+        holder_rx.recv().unwrap();
+        on_fresh_thread(|| {
+            drop_effective_cap_of_this_thread(CAP_SYS_RESOURCE).expect("capset");
+            let e = IoFlusher::try_enter().expect_err("flagged without CAP_SYS_RESOURCE");
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+            assert!(!NoFsScope::enter().is_effective());
+            assert_thread_clear("the thread without the capability");
+        });
+        refused.wait();
+        holder.join().unwrap();
+        on_fresh_thread(|| {
+            assert_thread_clear("late thread, fresh");
+            let flusher = IoFlusher::try_enter()
+                .expect("a thread holding CAP_SYS_RESOURCE after another thread's refusal");
+            assert!(flusher.is_effective());
+            assert_thread_flagged("late thread inside its IoFlusher");
+            drop(flusher);
+            assert_thread_clear("late thread after its IoFlusher");
+        });
+    }
+}

@@ -62,7 +62,8 @@ impl NoFsScope {
     ///
     /// If the kernel refuses (no `CAP_SYS_RESOURCE`, kernel < 5.6, not
     /// Linux), the guard is [not effective](Self::is_effective), the refusal
-    /// is reported once per process, and later scopes cost no syscall.
+    /// is reported once per process, and the thread's later scopes cost no
+    /// syscall (the memo is per thread, as capabilities are).
     ///
     /// # Examples
     ///

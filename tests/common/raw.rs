@@ -30,3 +30,42 @@ pub fn raw_get_io_flusher() -> io::Result<i32> {
         Ok(r)
     }
 }
+
+/// Drops capability number `cap` (e.g. 24, `CAP_SYS_RESOURCE`) from the
+/// **calling thread's** effective set with `capset(2)`, which acts on one
+/// thread only (as libcap's `cap_set_proc` does): the other threads of the
+/// process keep it.
+pub fn drop_effective_cap_of_this_thread(cap: u32) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522; // _LINUX_CAPABILITY_VERSION_3: two Data
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget(2) with version 3 reads the header and writes exactly
+    // two `Data` (the `#[repr(C)]` layout of `struct __user_cap_data_struct`)
+    // through pointers to live, writable locals.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+    // SAFETY: capset(2) reads the header and two `Data` from live locals.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
