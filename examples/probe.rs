@@ -6,13 +6,24 @@
 //! ```
 //!
 //! Exit status 0. With `--require` it is 1 when scopes do not take effect
-//! (the reason is printed), so a script can use it as a preflight check.
+//! (the reason is printed), so a script can use it as a preflight check;
+//! 2 for an unknown argument (a mistyped `--require` must not pass).
 
 use reclaim_scope::{
     proc::{threads_of, ThreadFlags},
     support, IoFlusher, NoFsScope,
 };
 use std::process::ExitCode;
+
+/// Prints what the kernel says about PR_SET_IO_FLUSHER here, and this
+/// thread's real flags before, inside and after a scope.
+#[derive(clap::Parser)]
+#[command(name = "probe")]
+struct Args {
+    /// Exit with status 1 unless scopes take effect here (a preflight check).
+    #[arg(long)]
+    require: bool,
+}
 
 fn flags() -> String {
     match ThreadFlags::current() {
@@ -22,6 +33,7 @@ fn flags() -> String {
 }
 
 fn main() -> ExitCode {
+    let args = <Args as clap::Parser>::parse();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
@@ -48,7 +60,6 @@ fn main() -> ExitCode {
             println!("thread {} {:?}: {}", t.tid, t.name, t.flags);
         }
     }
-    let require = std::env::args().any(|a| a == "--require");
     if effective {
         println!("result: scopes take effect here");
         return ExitCode::SUCCESS;
@@ -56,7 +67,7 @@ fn main() -> ExitCode {
     if let Some(e) = support.error() {
         println!("result: scopes are no-ops here: {e}");
     }
-    if require {
+    if args.require {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -47,7 +47,7 @@
 //!   deadlock — inside the scope: `pread_nofs`, `write_all_at_nofs`,
 //!   vectored calls with typed [`RwFlags`], sync and `fallocate` forms.
 //! - The context travels explicitly: [`thread::spawn`] and
-//!   [`thread::Builder`] start threads in the spawner's context, a
+//!   [`thread::Builder`] start threads in the spawner's context, an
 //!   [`AllocContext`] carries it to pools you did not spawn,
 //!   [`future::NoFsFutureExt`] enters it on every poll, and the `tokio`
 //!   feature gives every runtime thread a policy. [`Audit::current`](audit::Audit::current) finds the

@@ -4,7 +4,7 @@
 //! ioctls `BLKGETSIZE64` and `BLKDISCARD`, one call each, answering a raw
 //! `errno`.
 //!
-//! Callers (`src/fs.rs`) validate offsets and clamp lengths first; these
+//! Callers (`src/fs/`) validate offsets and clamp lengths first; these
 //! wrappers only translate. On Linux they call `libc` (or the raw syscall
 //! for `preadv2`/`pwritev2`, so no glibc ≥ 2.26 is needed); on other Unix
 //! targets the positional calls go through `std`'s `FileExt`, and the

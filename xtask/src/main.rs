@@ -74,7 +74,7 @@ VM-OPTIONS:
   --test-timeout SECS  vm-test: kill one test binary after SECS (default 240)
   --cmdline ARGS       appended to the kernel command line
   --mttcg              multi-threaded TCG (one host thread per vCPU); the
-                       default is single-threaded TCG, see xtask/src/vm.rs
+                       default is single-threaded TCG, see xtask/src/vm/boot.rs
   --retries N          vm-test: boot a fresh VM up to N more times for test
                        binaries that never finished because the guest died
                        (soft lockup, panic, timeout); failed tests are never

@@ -54,7 +54,7 @@ pub(super) fn prepare(
 /// downloaded through [`PrivateApt`] and unpacked under target/vm/fetched,
 /// never installed; its libraries are the host's (checked with ldd when the
 /// binary is staged). dmzadm (dm-zoned-tools) formats dm-zoned's metadata
-/// for tests/vm_zoned.rs.
+/// for examples/tests/vm_zoned.rs.
 pub(super) const FETCHED_BINS: &[(&str, &str, &str, &str)] =
     &[("dmzadm", "trixie", "dm-zoned-tools", "usr/sbin/dmzadm")];
 
