@@ -102,28 +102,17 @@ thread_local! {
     /// `(level, restore)` of guards dropped before the guards above them.
     /// Cold: touched only after a nesting bug.
     static PENDING: RefCell<Vec<(u32, bool)>> = const { RefCell::new(Vec::new()) };
-    /// The thread's memo of a refused `PR_SET_IO_FLUSHER`: 0, or the errno.
-    /// Per thread, as capabilities are (`capset(2)`, libcap's
-    /// `cap_set_proc`): a thread that dropped `CAP_SYS_RESOURCE` must not
-    /// stop a thread that holds it from being flagged. A `const` `Cell`
-    /// without a destructor: one `%fs`-relative load, never inaccessible.
-    static REFUSED: Cell<i32> = const { Cell::new(0) };
 }
 
+/// The thread's memo of a refused `PR_SET_IO_FLUSHER` (0, or the errno):
+/// per thread, as capabilities are (see [`sys::refused`]).
+#[inline(always)]
 fn refused() -> i32 {
-    #[cfg(test)]
-    if let Some(s) = sys::fake::state() {
-        return s.refused;
-    }
-    REFUSED.with(Cell::get)
+    sys::refused()
 }
 
 fn set_refused(errno: i32) {
-    #[cfg(test)]
-    if sys::fake::state().is_some() {
-        return sys::fake::update(|s| s.refused = errno);
-    }
-    REFUSED.with(|r| r.set(errno));
+    sys::set_refused(errno)
 }
 
 /// `prctl(PR_SET_IO_FLUSHER, on)`, published for `Audit::current()`: the call

@@ -29,6 +29,34 @@ mod launch;
 pub(crate) use launch::restore_and_execvp;
 pub(crate) mod procfs;
 
+thread_local! {
+    static REFUSED: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's memo of a refused `PR_SET_IO_FLUSHER`: 0, or the
+/// errno. Per thread, as capabilities are (`capset(2)`, libcap's
+/// `cap_set_proc`): a thread that dropped `CAP_SYS_RESOURCE` must not stop a
+/// thread that holds it from being flagged. A `const` `Cell` without a
+/// destructor: one `%fs`-relative load, never inaccessible. Under
+/// `cfg(test)` the installed [`fake`] kernel's memo, if any.
+#[inline(always)]
+pub(crate) fn refused() -> i32 {
+    #[cfg(test)]
+    if let Some(s) = fake::state() {
+        return s.refused;
+    }
+    REFUSED.with(std::cell::Cell::get)
+}
+
+/// Remembers a refusal for the calling thread (see [`refused`]).
+pub(crate) fn set_refused(errno: i32) {
+    #[cfg(test)]
+    if fake::state().is_some() {
+        return fake::update(|s| s.refused = errno);
+    }
+    REFUSED.with(|r| r.set(errno));
+}
+
 /// `PF_SUPERPRIV`: set by the kernel when a task used a capability.
 #[cfg(test)]
 pub(crate) const PF_SUPERPRIV: u32 = 0x0000_0100;
