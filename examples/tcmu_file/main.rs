@@ -460,7 +460,7 @@ fn main() -> ExitCode {
             let mut sig = None;
             let mode = if args.read_only { ", read-only" } else { "" };
             loop {
-                if let Some(sd) = target::find_disk(&serial) {
+                if let Some(sd) = tgt.disk() {
                     eprintln!(
                         "tcmu-file: serving {} ({} bytes{mode}) as /dev/{sd}",
                         path.display(),
@@ -471,7 +471,7 @@ fn main() -> ExitCode {
                 sig = signals.pending().next();
                 if sig.is_some() || Instant::now() > deadline {
                     eprintln!(
-                        "tcmu-file: serving {} ({} bytes{mode}); no /dev/sd* with model TCMU-FILE (sd_mod loaded?)",
+                        "tcmu-file: serving {} ({} bytes{mode}); no /dev/sd* for its LUN within 20 s (sd_mod loaded?)",
                         path.display(),
                         cfg.dev_size
                     );

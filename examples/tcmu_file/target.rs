@@ -366,22 +366,34 @@ impl Drop for Target {
     }
 }
 
-/// The sdX whose INQUIRY came from us (model, and unit serial number when
-/// sysfs has VPD page 0x80), if it is there yet.
-pub fn find_disk(serial: &str) -> Option<String> {
-    for e in fs::read_dir("/sys/block").ok()?.flatten() {
-        let model = fs::read_to_string(e.path().join("device/model")).unwrap_or_default();
-        let vendor = fs::read_to_string(e.path().join("device/vendor")).unwrap_or_default();
-        if model.trim() != "TCMU-FILE" || vendor.trim() != "RSCOPE" {
-            continue;
+impl Target {
+    /// The sdX the kernel made of our LUN, once it is complete: found by
+    /// the SCSI address tcm_loop gives the TPG (configfs `address`,
+    /// `host:channel:target`, Linux ≥ 4.5; the LUN is 0), not by INQUIRY
+    /// strings, which an earlier instance's disk still being removed would
+    /// match as well; the SCSI device `running` and the disk's request
+    /// queue registered in sysfs (`queue/`: on 5.10 `/sys/block/sdX`
+    /// appears before it, and a client reading `queue/zoned` in between
+    /// would find no such file). `None` while it is not there yet.
+    pub fn disk(&self) -> Option<String> {
+        let tpg = Path::new(CONFIGFS)
+            .join("loopback")
+            .join(self.naa_name())
+            .join("tpgt_1");
+        let address = fs::read_to_string(tpg.join("address")).ok()?;
+        let sdev = Path::new("/sys/bus/scsi/devices").join(format!("{}:0", address.trim()));
+        let state = fs::read_to_string(sdev.join("state")).ok()?;
+        if state.trim() != "running" {
+            return None;
         }
-        let ours = match fs::read(e.path().join("device/vpd_pg80")) {
-            Ok(p) => p.windows(serial.len()).any(|w| w == serial.as_bytes()),
-            Err(_) => true,
-        };
-        if ours {
-            return e.file_name().to_str().map(str::to_owned);
-        }
+        fs::read_dir(sdev.join("block"))
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .find(|sd| {
+                let queue = Path::new("/sys/block").join(sd).join("queue");
+                fs::metadata(queue.join("logical_block_size")).is_ok()
+                    && Path::new("/dev").join(sd).exists()
+            })
     }
-    None
 }
