@@ -129,11 +129,7 @@ fn run_scenario(mode: Mode) -> Stats {
 
     // A fresh lower ext4 each run: same layout, so brd reuses the same pages
     // instead of growing by one backing file per run.
-    if is_mounted(LOWER) {
-        must(30, "umount", &[LOWER]);
-    }
-    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
-    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    fresh_ext4(LOWER_DEV, LOWER);
     let backing = format!("{LOWER}/disk.img");
     fs::File::create(&backing)
         .and_then(|f| f.set_len(BACKING_MIB << 20))

@@ -415,30 +415,10 @@ fn setup_once() {
     }
 }
 
-/// Unmounts `dev` wherever it is mounted: the other seed tests
-/// (`vm_nbd_seed`, `vm_tcmu`) format the same ramdisk and may have left it
-/// mounted under their own mount point.
-fn unmount_device(dev: &str) {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    for mnt in mounts.lines().filter_map(|l| {
-        let mut f = l.split_whitespace();
-        (f.next() == Some(dev)).then(|| f.next().map(str::to_owned))?
-    }) {
-        if let Err(e) = run_for(30, "umount", &[&mnt]) {
-            say(&format!(
-                "  {dev} still mounted on {mnt} ({e}): lazy unmount"
-            ));
-            must(30, "umount", &["-l", &mnt]);
-        }
-    }
-}
-
 fn run_mode(daemon: Daemon, mode: Mode) -> Run {
     let tag = format!("{}-{}", daemon.name(), mode.tag());
     let worker = daemon.worker();
-    unmount_device(LOWER_DEV);
-    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
-    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    fresh_ext4(LOWER_DEV, LOWER);
     let backing = format!("{LOWER}/disk.img");
     fs::File::create(&backing)
         .and_then(|f| f.set_len(BACKING_MIB << 20))

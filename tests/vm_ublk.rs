@@ -75,25 +75,9 @@ fn setup_once() {
     let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
 }
 
-/// Unmounts `dev` wherever it is mounted (other VM tests format the same
-/// ramdisk and may have left it mounted under their own mount point).
-fn unmount_device(dev: &str) {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    for mnt in mounts.lines().filter_map(|l| {
-        let mut f = l.split_whitespace();
-        (f.next() == Some(dev)).then(|| f.next().map(str::to_owned))?
-    }) {
-        if run_for(30, "umount", &[&mnt]).is_err() {
-            must(30, "umount", &["-l", &mnt]);
-        }
-    }
-}
-
 /// A fresh ext4 on the ramdisk with a sparse backing file; its path.
 fn fresh_lower() -> String {
-    unmount_device(LOWER_DEV);
-    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
-    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    fresh_ext4(LOWER_DEV, LOWER);
     let backing = format!("{LOWER}/disk.img");
     fs::File::create(&backing)
         .and_then(|f| f.set_len(BACKING_MIB << 20))
@@ -649,9 +633,7 @@ fn thread_evidence(pid: u32) -> String {
 
 fn throttle_run(mode: Mode) -> ThrRun {
     let tag = mode.tag();
-    unmount_device(LOWER_DEV);
-    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
-    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    fresh_ext4(LOWER_DEV, LOWER);
     let backing = format!("{LOWER}/disk.img");
     fs::File::create(&backing)
         .and_then(|f| f.set_len(THR_BACKING_MIB << 20))

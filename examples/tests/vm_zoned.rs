@@ -106,11 +106,7 @@ fn setup_once() {
 
 /// A fresh ext4 on the ramdisk with a sparse backing file; its path.
 fn fresh_lower() -> String {
-    if is_mounted(LOWER) {
-        must(30, "umount", &[LOWER]);
-    }
-    must(60, "mkfs.ext4", &["-q", "-F", LOWER_DEV]);
-    must(30, "mount", &["-t", "ext4", LOWER_DEV, LOWER]);
+    fresh_ext4(LOWER_DEV, LOWER);
     let backing = format!("{LOWER}/zoned.img");
     fs::File::create(&backing)
         .and_then(|f| f.set_len(BACKING_MIB << 20))

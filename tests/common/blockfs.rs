@@ -33,6 +33,34 @@ pub fn is_mounted(mnt: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Unmounts every mount of `dev` (`umount`, else `umount -l`), whoever left
+/// it: a test binary that failed half-way must not make the next one's
+/// `mkfs` refuse a device that is still mounted somewhere else.
+pub fn unmount_device(dev: &str) {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for mnt in mounts.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(dev)).then(|| f.next().map(str::to_owned))?
+    }) {
+        if let Err(e) = run_for(30, "umount", &[&mnt]) {
+            say(&format!(
+                "  {dev} still mounted on {mnt} ({e}): lazy unmount"
+            ));
+            must(30, "umount", &["-l", &mnt]);
+        }
+    }
+}
+
+/// A fresh ext4 on `dev`, mounted on `mnt`, after [`unmount_device`].
+pub fn fresh_ext4(dev: &str, mnt: &str) {
+    unmount_device(dev);
+    if is_mounted(mnt) {
+        must(30, "umount", &[mnt]);
+    }
+    must(60, "mkfs.ext4", &["-q", "-F", dev]);
+    must(30, "mount", &["-t", "ext4", dev, mnt]);
+}
+
 /// Parameters of the one `modprobe brd` of a VM boot: module parameters
 /// only apply on the first load, so every test that wants a ramdisk loads it
 /// through [`load_brd`]. `/dev/ram0` is [`scratch_fs`]; `/dev/ram1` is the
