@@ -69,9 +69,9 @@ VM-OPTIONS:
   --file HOST[:GUEST]  copy a file or directory in (default /opt/files/NAME).
   --mem SIZE           guest memory (default 512M)
   --smp N              guest CPUs (default 2)
-  --timeout SECS       kill a VM boot after SECS (default 600; vm-test may
+  --timeout SECS       kill a VM boot after SECS (default 900; vm-test may
                        boot twice, see --retries)
-  --test-timeout SECS  vm-test: kill one test binary after SECS (default 240)
+  --test-timeout SECS  vm-test: kill one test binary after SECS (default 480)
   --cmdline ARGS       appended to the kernel command line
   --mttcg              multi-threaded TCG (one host thread per vCPU); the
                        default is single-threaded TCG, see xtask/src/vm/boot.rs

@@ -91,11 +91,14 @@ impl Default for VmOpts {
             files: Vec::new(),
             mem: "512M".into(),
             smp: 2,
-            // The suite takes 3.5 min: almost 3x headroom for a loaded
-            // host, and with one retry the VM step stays well inside CI's
-            // 90 min even when both boots die.
-            timeout: Duration::from_secs(10 * 60),
-            test_timeout: Duration::from_secs(4 * 60),
+            // One kernel's suite takes 7 to 9.5 min under TCG (6.12 the
+            // longest, 554 s at its slowest): 15 min leaves half again as
+            // headroom. Only a hung or dying guest ever waits this long.
+            timeout: Duration::from_secs(15 * 60),
+            // The longest binary, vm_throttle (three daemons × three modes
+            // of dd + sync under dirty throttling), took 207 to 239 s on
+            // 6.1: 240 s killed it once. 8 min is twice its slowest run.
+            test_timeout: Duration::from_secs(8 * 60),
             install: true,
             refresh_kernel: false,
             keep_debug: false,

@@ -57,7 +57,7 @@ fn guest_death_names_the_cause() {
     );
     assert!(guest_death(&out(None, true, &[]), &opts)
         .unwrap()
-        .starts_with("VM timed out after 600 s"));
+        .starts_with("VM timed out after 900 s"));
     assert!(guest_death(&out(None, false, &["x"]), &opts)
         .unwrap()
         .contains("without the end marker"));
@@ -67,7 +67,7 @@ fn guest_death_names_the_cause() {
 fn payload_runs_each_binary_under_a_timeout() {
     let p = test_payload(&["vm_a", "vm_b"], &VmOpts::default(), &["seed".into()]);
     assert!(
-        p.contains("timeout -s KILL 240 /opt/tests/vm_a --include-ignored --test-threads=1 seed\n")
+        p.contains("timeout -s KILL 480 /opt/tests/vm_a --include-ignored --test-threads=1 seed\n")
     );
     assert!(p.contains("@@VM-BIN-END vm_b status=$st"));
     assert_eq!(p.matches("@@VM-BIN-BEGIN").count(), 2);
