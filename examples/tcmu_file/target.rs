@@ -374,12 +374,10 @@ impl Target {
     /// match as well; the SCSI device `running` and the disk's request
     /// queue registered in sysfs (`queue/`: on 5.10 `/sys/block/sdX`
     /// appears before it, and a client reading `queue/zoned` in between
-    /// would find no such file). `None` while it is not there yet.
+    /// would find no such file). `None` while it is not there yet, or
+    /// before [`Target::create_loopback`] made (or adopted) the TPG.
     pub fn disk(&self) -> Option<String> {
-        let tpg = Path::new(CONFIGFS)
-            .join("loopback")
-            .join(self.naa_name())
-            .join("tpgt_1");
+        let tpg = self.tpg.as_deref()?;
         let address = fs::read_to_string(tpg.join("address")).ok()?;
         let sdev = Path::new("/sys/bus/scsi/devices").join(format!("{}:0", address.trim()));
         let state = fs::read_to_string(sdev.join("state")).ok()?;
